@@ -1,0 +1,1 @@
+"""edgehook's pipeline: the worker and the jobs it runs."""

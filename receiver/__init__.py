@@ -1,0 +1,3 @@
+"""edgehook's receiver: the loopback HTTP endpoint that admits W&B webhook deliveries."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,299 @@
+"""Reading the audit log: `verify` the chain, `show` filtered lines, `tail` new ones.
+
+verify names the first damage and its kind:
+  edited      a line's MAC does not match its text (or the line is not a log line)
+  inserted    a line that is not part of the chain (forged, or a copy of an earlier line)
+  removed     lines missing from the middle (a seq gap, or a whole segment deleted)
+  reordered   authentic lines out of order
+  truncated   lines missing at the end (fewer than the head record says), a partial last
+              line, or the head record missing so the end cannot be proven
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TextIO
+
+from receiver.audit import GENESIS, list_segments, parse_line, read_head
+
+
+@dataclass(frozen=True)
+class Damage:
+    kind: str
+    file: str
+    line: int
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.file} line {self.line}: {self.detail}"
+
+
+@dataclass
+class Report:
+    lines: int = 0
+    segments: int = 0
+    last_seq: int = 0
+    damage: Damage | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.damage is None
+
+
+@dataclass(frozen=True)
+class _Line:
+    file: str
+    number: int
+    raw: str
+    complete: bool
+    record: dict[str, Any] | None
+
+
+def _lines(directory: Path, key: bytes) -> Iterator[_Line]:
+    for _, path in list_segments(directory):
+        with path.open("r", encoding="utf-8", errors="replace", newline="\n") as handle:
+            for number, raw in enumerate(handle, start=1):
+                complete = raw.endswith("\n")
+                text = raw[:-1] if complete else raw
+                yield _Line(path.name, number, text, complete, parse_line(text, key))
+
+
+def verify(directory: Path, key: bytes) -> Report:
+    report = Report(segments=len(list_segments(directory)))
+    if report.segments == 0:
+        report.damage = Damage("removed", str(directory), 0, "no audit segments found")
+        return report
+    # Pass 1: which seqs exist (authentic lines only) and where retention says the log starts.
+    present: set[int] = set()
+    retained_from: int | None = None
+    for line in _lines(directory, key):
+        if line.record is not None:
+            present.add(int(line.record["seq"]))
+            if line.record.get("kind") == "segment":
+                retained_from = int(line.record["retained_from_seq"])
+            if line.record.get("kind") == "break":
+                report.notes.append(
+                    f"recorded break at seq {line.record['seq']}: {line.record.get('reason')}"
+                )
+    # Pass 2: walk the chain.
+    expected_seq: int | None = None
+    expected_prev = GENESIS
+    seen: set[int] = set()
+    pending: _Line | None = None  # an unauthentic line, judged by the line after it
+    for line in _lines(directory, key):
+        report.lines += 1
+        if not line.complete:
+            report.damage = Damage("truncated", line.file, line.number, "partial last line")
+            return report
+        if pending is not None:
+            report.damage = _judge_bad(pending, line, expected_seq, expected_prev)
+            return report
+        record = line.record
+        if record is None:
+            pending = line
+            continue
+        seq, prev = int(record["seq"]), str(record["prev"])
+        if expected_seq is None:
+            expected_seq = 1 if retained_from is None or seq == 1 else retained_from
+            if seq == expected_seq and expected_seq > 1:
+                report.notes.append(
+                    f"log starts at seq {seq}: earlier segments pruned by retention"
+                )
+                expected_prev = prev
+        if seq == expected_seq and prev == expected_prev:
+            seen.add(seq)
+            expected_seq, expected_prev = seq + 1, str(record["mac"])
+            report.last_seq = seq
+            continue
+        if seq > expected_seq:
+            kind = "reordered" if expected_seq in present else "removed"
+            detail = (
+                f"seq {expected_seq} appears later"
+                if kind == "reordered"
+                else f"seq {expected_seq}..{seq - 1} missing"
+            )
+        elif seq in seen:
+            kind, detail = "inserted", f"a second copy of seq {seq}"
+        elif seq < expected_seq:
+            kind, detail = "reordered", f"seq {seq} appears after seq {expected_seq - 1}"
+        else:
+            kind, detail = "edited", f"seq {seq} does not chain to seq {seq - 1}"
+        report.damage = Damage(kind, line.file, line.number, detail)
+        return report
+    if pending is not None:
+        report.damage = _judge_bad(pending, None, expected_seq, expected_prev)
+        return report
+    head = read_head(directory, key)
+    if head is None:
+        report.damage = Damage(
+            "truncated",
+            "head.json",
+            0,
+            "head record missing or invalid: the log's end cannot be proven",
+        )
+    elif int(head["seq"]) > report.last_seq:
+        report.damage = Damage(
+            "truncated",
+            str(head["segment"]),
+            0,
+            f"log ends at seq {report.last_seq}, head says {head['seq']}",
+        )
+    return report
+
+
+def _judge_bad(
+    bad: _Line, after: _Line | None, expected_seq: int | None, expected_prev: str
+) -> Damage:
+    # If the chain carries on past the bad line as if it were not there, it was inserted;
+    # otherwise a real line was altered.
+    record = after.record if after is not None else None
+    if (
+        record is not None
+        and record.get("prev") == expected_prev
+        and (expected_seq is None or int(record["seq"]) == expected_seq)
+    ):
+        return Damage("inserted", bad.file, bad.number, "line is not part of the chain")
+    return Damage("edited", bad.file, bad.number, "line does not match its MAC")
+
+
+# -- show / tail ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Filter:
+    since: float | None = None
+    until: float | None = None
+    decision: str | None = None
+    client: str | None = None
+    event: str | None = None
+
+    def accepts(self, record: dict[str, Any]) -> bool:
+        ts = _timestamp(record.get("ts"))
+        if self.since is not None and (ts is None or ts < self.since):
+            return False
+        if self.until is not None and (ts is None or ts > self.until):
+            return False
+        if self.decision is not None and record.get("decision") != self.decision:
+            return False
+        if self.client is not None and record.get("client") != self.client:
+            return False
+        return self.event is None or self.event.lower() in str(record.get("event", "")).lower()
+
+
+def records(directory: Path) -> Iterator[dict[str, Any]]:
+    """Every parseable line, authentic or not (verify is the tool for authenticity)."""
+    for _, path in list_segments(directory):
+        with path.open("r", encoding="utf-8", errors="replace") as handle:
+            for raw in handle:
+                record = _load(raw)
+                if record is not None:
+                    yield record
+
+
+_COLUMNS = (
+    ("ts", 23),
+    ("status", 6),
+    ("decision", 10),
+    ("reason", 18),
+    ("client", 22),
+    ("event", 40),
+    ("job_id", 6),
+)
+
+
+def table_header() -> str:
+    return "  ".join(name.upper().ljust(width) for name, width in _COLUMNS).rstrip()
+
+
+def table_row(record: dict[str, Any]) -> str:
+    if record.get("kind") not in ("request", None):
+        detail = {
+            k: v for k, v in record.items() if k not in ("v", "seq", "ts", "kind", "prev", "mac")
+        }
+        return f"{str(record.get('ts', ''))[:23]:23}  [{record.get('kind')}] {json.dumps(detail)}"
+    cells = []
+    for name, width in _COLUMNS:
+        value = record.get(name)
+        text = "" if value is None else str(value)
+        cells.append(text[:width].ljust(width))
+    return "  ".join(cells).rstrip()
+
+
+def tail(
+    directory: Path,
+    out: Callable[[dict[str, Any]], None],
+    *,
+    follow: bool,
+    lines: int = 10,
+    poll_s: float = 0.5,
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Print the last `lines` records, then (with follow) new ones as they are written,
+    following rotation into new segments."""
+    history = list(records(directory))
+    for record in history[-lines:] if lines > 0 else []:
+        out(record)
+    if not follow:
+        return
+    segments = list_segments(directory)
+    number, handle = _open_at_end(segments[-1][1] if segments else None)
+    while not stop():
+        raw = handle.readline() if handle is not None else ""
+        if raw.endswith("\n"):
+            loaded = _load(raw)
+            if loaded is not None:
+                out(loaded)
+            continue
+        newer = [s for s in list_segments(directory) if s[0] > number]
+        if newer and not raw:
+            if handle is not None:
+                handle.close()
+            number, handle = newer[0][0], newer[0][1].open("r", encoding="utf-8")
+            continue
+        if raw and handle is not None:
+            handle.seek(handle.tell() - len(raw.encode("utf-8")))
+        time.sleep(poll_s)
+    if handle is not None:
+        handle.close()
+
+
+def _open_at_end(path: Path | None) -> tuple[int, TextIO | None]:
+    if path is None:
+        return 0, None
+    handle = path.open("r", encoding="utf-8")
+    handle.seek(0, 2)
+    return int(path.name[6:12]), handle
+
+
+def _load(raw: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _timestamp(value: Any) -> float | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value).timestamp()
+    except ValueError:
+        return None
+
+
+def parse_time(text: str, now: float) -> float:
+    """`2026-11-25T08:00`, `2026-11-25`, or a relative `30m`, `2h`, `7d` ago. ValueError if not."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units and text[:-1].isdigit():
+        return now - int(text[:-1]) * units[text[-1]]
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.timestamp()

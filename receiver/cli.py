@@ -1,0 +1,257 @@
+"""The `edgehook` command: one entry point, a subcommand per job, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from receiver import __version__
+from receiver.errors import ConfigError, EdgehookError
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgehook",
+        description="Receive W&B webhook automations on an edge device and run them safely.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_examples("edgehook init", "edgehook serve", "edgehook audit verify"),
+    )
+    parser.add_argument("--version", action="version", version=f"edgehook {__version__}")
+    parser.add_argument(
+        "--config",
+        help="config file (default: $EDGEHOOK_CONFIG or "
+        "./edgehook.toml if present, else embedded defaults)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        help="where the store and audit log live "
+        "(default: $EDGEHOOK_DATA_DIR or the config's data_dir)",
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, help_text: str, *examples: str) -> argparse.ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog=_examples(*examples),
+        )
+
+    p = add(
+        "init",
+        "write a starter config and fresh secrets, and print what to enter in W&B",
+        "edgehook init",
+        "edgehook init --dir /etc/edgehook",
+    )
+    p.add_argument("--dir", default=".", help="where to write edgehook.toml and secrets/")
+
+    p = add(
+        "serve",
+        "run the webhook receiver (loopback only unless told otherwise)",
+        "edgehook serve",
+        "edgehook --config /etc/edgehook/edgehook.toml serve",
+        "EDGEHOOK_PORT=9000 edgehook serve",
+    )
+    p.add_argument(
+        "--allow-public-bind",
+        action="store_true",
+        help="allow server.host to be a non-loopback address (not recommended)",
+    )
+
+    p = add(
+        "send-test",
+        "send a delivery exactly as W&B would, and print the answer",
+        "edgehook send-test",
+        "edgehook send-test https://abc.trycloudflare.com/webhook",
+        "edgehook send-test --payload my-template-rendered.json",
+    )
+    p.add_argument("url", nargs="?", help="default: the local receiver's /webhook")
+    p.add_argument("--payload", type=Path, help="JSON file to send instead of the sample")
+
+    audit = add(
+        "audit",
+        "review and verify the audit log",
+        "edgehook audit verify",
+        "edgehook audit show --since 1h --decision rejected",
+        "edgehook audit tail -f",
+    )
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    a = audit_sub.add_parser(
+        "verify",
+        help="check the chain; exit 1 naming the first damage",
+        epilog=_examples("edgehook audit verify"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a.add_argument("--json", action="store_true", help="print the report as JSON")
+    a = audit_sub.add_parser(
+        "show",
+        help="list audit lines, filtered",
+        epilog=_examples(
+            "edgehook audit show --since 2h",
+            "edgehook audit show --decision accepted --json",
+            "edgehook audit show --client 203.0.113.9",
+            "edgehook audit show --event retrain",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a.add_argument("--since", help="ISO time or relative (30m, 2h, 7d)")
+    a.add_argument("--until", help="ISO time or relative (30m, 2h, 7d)")
+    a.add_argument(
+        "--decision",
+        choices=["accepted", "duplicate", "ignored", "rejected", "unavailable", "error", "health"],
+    )
+    a.add_argument("--client", help="client address, exactly")
+    a.add_argument("--event", help="text in the event summary (type, artifact, alias)")
+    a.add_argument("--json", action="store_true", help="one JSON object per line")
+    a = audit_sub.add_parser(
+        "tail",
+        help="print the last lines; -f follows new ones",
+        epilog=_examples("edgehook audit tail", "edgehook audit tail -f -n 50"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a.add_argument("-f", "--follow", action="store_true")
+    a.add_argument("-n", "--lines", type=int, default=10)
+    a.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from receiver import logs
+
+    logs.configure(args.log_level)
+    # Everything edgehook creates (store, audit log, job dirs) is private to its user.
+    os.umask(0o077)
+    try:
+        return _dispatch(args, dict(os.environ))
+    except ConfigError as exc:
+        print(f"edgehook: {exc}", file=sys.stderr)
+        return 2
+    except EdgehookError as exc:
+        print(f"edgehook: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
+    if args.command == "init":
+        from receiver.initcmd import run_init
+
+        print(run_init(Path(args.dir)), end="")
+        return 0
+    config = _config(args, env)
+    if args.command == "serve":
+        from receiver.server import serve
+
+        return serve(config, env, allow_public=args.allow_public_bind)
+    if args.command == "send-test":
+        return _send_test(args, config, env)
+    return _audit(args, config, env)
+
+
+def _config(args: argparse.Namespace, env: dict[str, str]) -> Any:
+    from receiver.config import find_config, load_config
+
+    cwd = Path.cwd()
+    return load_config(find_config(args.config, env, cwd), env, cwd=cwd, data_dir=args.data_dir)
+
+
+def _send_test(args: argparse.Namespace, config: Any, env: dict[str, str]) -> int:
+    from receiver.credentials import load_secrets
+    from receiver.sendtest import send
+    from receiver.template import sample_body
+
+    secrets = load_secrets(config, env)
+    host = config.server.host if ":" not in config.server.host else f"[{config.server.host}]"
+    url = args.url or f"http://{host}:{config.server.port}/webhook"
+    if args.payload is not None:
+        try:
+            body = args.payload.read_bytes()
+        except OSError as exc:
+            raise EdgehookError(f"cannot read --payload {args.payload}: {exc.strerror}") from exc
+    else:
+        body = sample_body()
+    try:
+        reply = send(url, body, secrets)
+    except OSError as exc:
+        raise EdgehookError(
+            f"cannot reach {url}: {getattr(exc, 'reason', exc)}; is `edgehook serve` running?"
+        ) from exc
+    print(f"POST {url}\n{reply.status}  {reply.body}")
+    if "X-Request-Id" in reply.headers:
+        print(f"request id: {reply.headers['X-Request-Id']} (edgehook audit show)")
+    return 0 if 200 <= reply.status < 300 else 1
+
+
+def _audit(args: argparse.Namespace, config: Any, env: dict[str, str]) -> int:
+    from receiver import auditread
+    from receiver.credentials import load_audit_key
+
+    directory = config.audit_dir
+    if args.audit_command == "verify":
+        report = auditread.verify(directory, load_audit_key(config, env))
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "ok": report.ok,
+                        "lines": report.lines,
+                        "last_seq": report.last_seq,
+                        "segments": report.segments,
+                        "notes": report.notes,
+                        "damage": None if report.damage is None else vars(report.damage),
+                    }
+                )
+            )
+        else:
+            for note in report.notes:
+                print(f"note: {note}")
+            if report.ok:
+                print(
+                    f"ok: {report.lines} lines in {report.segments} segment(s), "
+                    f"chain intact through seq {report.last_seq}"
+                )
+            else:
+                print(f"DAMAGED: {report.damage}")
+        return 0 if report.ok else 1
+
+    def out(record: dict[str, Any]) -> None:
+        print(json.dumps(record) if args.json else auditread.table_row(record), flush=True)
+
+    if args.audit_command == "show":
+        now = time.time()
+        try:
+            chosen = auditread.Filter(
+                since=auditread.parse_time(args.since, now) if args.since else None,
+                until=auditread.parse_time(args.until, now) if args.until else None,
+                decision=args.decision,
+                client=args.client,
+                event=args.event,
+            )
+        except ValueError as exc:
+            raise EdgehookError(f"--since/--until: {exc}; use ISO time or 30m, 2h, 7d") from exc
+        if not args.json:
+            print(auditread.table_header())
+        for record in auditread.records(directory):
+            if chosen.accepts(record):
+                out(record)
+        return 0
+    if not args.json:
+        print(auditread.table_header())
+    auditread.tail(directory, out, follow=args.follow, lines=args.lines)
+    return 0

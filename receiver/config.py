@@ -1,0 +1,234 @@
+"""edgehook's configuration: one TOML file plus environment overrides, loaded once into
+frozen typed objects. Every error names the key, the problem and the fix.
+
+Lookup: `--config PATH`, else $EDGEHOOK_CONFIG, else ./edgehook.toml if present, else the
+embedded defaults. Relative paths in the file are relative to the file's directory.
+Environment overrides: EDGEHOOK_DATA_DIR, EDGEHOOK_HOST, EDGEHOOK_PORT (secrets: see
+credentials.py).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from receiver.errors import ConfigError
+from receiver.ratelimit import Limits
+from receiver.rules import Rule, parse_rules
+from receiver.tables import Table
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+
+DEFAULT_CONFIG_NAME = "edgehook.toml"
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+CLIENT_IP_HEADERS = ("x-forwarded-for", "cf-connecting-ip")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8090
+    allow_public_bind: bool = False
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/32", "::1/128")
+    client_ip_header: str = "x-forwarded-for"
+    max_body_bytes: int = 64 * 1024
+    max_json_depth: int = 16
+    max_connections: int = 256
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    max_file_bytes: int = 16 * 1024 * 1024
+    keep_files: int = 10
+    rejections_per_second: float = 5.0
+    rejection_burst: int = 50
+    summary_interval_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class SecretFiles:
+    """Where the file-based secrets live when the environment does not provide them."""
+
+    access_token_file: Path | None = None
+    signing_secret_files: tuple[Path, ...] = ()
+    audit_key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    base_dir: Path
+    data_dir: Path
+    path: Path | None = None
+    server: ServerConfig = field(default_factory=ServerConfig)
+    rate_limit: Limits = field(default_factory=Limits)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    secrets: SecretFiles = field(default_factory=SecretFiles)
+    duplicate_window_s: float = 86400.0
+    rules: tuple[Rule, ...] = ()
+
+    @property
+    def store_path(self) -> Path:
+        return self.data_dir / "edgehook.db"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.data_dir / "audit"
+
+
+def find_config(explicit: str | None, env: Mapping[str, str], cwd: Path) -> Path | None:
+    """The config file to read, or None for the embedded defaults."""
+    chosen = explicit or env.get("EDGEHOOK_CONFIG")
+    if chosen:
+        path = Path(chosen)
+        if not path.is_file():
+            raise ConfigError(
+                "--config",
+                f"{chosen} does not exist",
+                "give the path of an existing file, or run `edgehook init`",
+            )
+        return path
+    default = cwd / DEFAULT_CONFIG_NAME
+    return default if default.is_file() else None
+
+
+def load_config(
+    path: Path | None, env: Mapping[str, str], *, cwd: Path, data_dir: str | None = None
+) -> Config:
+    """Read, validate and freeze the configuration. Raises ConfigError."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"is not valid TOML ({exc})", "fix the syntax") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(str(path), f"cannot be read ({exc})", "check the path") from exc
+    base = (path.parent if path is not None else cwd).resolve()
+    top = Table(raw, "")
+
+    chosen_data_dir = (
+        data_dir or env.get("EDGEHOOK_DATA_DIR") or top.text("data_dir", "edgehook-data")
+    )
+    server = _server(top.table("server"), env)
+    rate_limit = _rate_limit(top.table("rate_limit"))
+    audit = _audit(top.table("audit"))
+    secrets = _secret_files(top.table("secrets"), base)
+    dedupe = top.table("dedupe")
+    window = dedupe.number("window_s", 86400.0, minimum=0.0, maximum=90 * 86400.0)
+    dedupe.finish()
+    rules = parse_rules(top.tables("rules"))
+    top.text("data_dir", None)
+    top.finish()
+    return Config(
+        base_dir=base,
+        data_dir=_resolve(base, chosen_data_dir),
+        path=path,
+        server=server,
+        rate_limit=rate_limit,
+        audit=audit,
+        secrets=secrets,
+        duplicate_window_s=window,
+        rules=rules,
+    )
+
+
+def _server(t: Table, env: Mapping[str, str]) -> ServerConfig:
+    host = env.get("EDGEHOOK_HOST") or t.text("host", "127.0.0.1")
+    port_text = env.get("EDGEHOOK_PORT")
+    if port_text is not None:
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ConfigError("EDGEHOOK_PORT", f"'{port_text}' is not a port", "use 1-65535")
+        port = int(port_text)
+        t.integer("port", 8090)
+    else:
+        port = t.integer("port", 8090, minimum=1, maximum=65535)
+    proxies = t.str_list("trusted_proxies", ("127.0.0.1/32", "::1/128"))
+    for proxy in proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError as exc:
+            raise ConfigError(
+                t.key("trusted_proxies"),
+                f"'{proxy}' is not an address or network",
+                "list addresses like 127.0.0.1 or networks like 10.0.0.0/8",
+            ) from exc
+    header = t.text("client_ip_header", "x-forwarded-for").lower()
+    if header not in CLIENT_IP_HEADERS:
+        raise ConfigError(
+            t.key("client_ip_header"),
+            f"'{header}' is not supported",
+            f"use one of {CLIENT_IP_HEADERS} (cf-connecting-ip for cloudflared)",
+        )
+    config = ServerConfig(
+        host=host,
+        port=port,
+        allow_public_bind=t.flag("allow_public_bind", False),
+        trusted_proxies=proxies,
+        client_ip_header=header,
+        max_body_bytes=t.integer(
+            "max_body_bytes", 64 * 1024, minimum=1024, maximum=16 * 1024 * 1024
+        ),
+        max_json_depth=t.integer("max_json_depth", 16, minimum=2, maximum=64),
+        max_connections=t.integer("max_connections", 256, minimum=8, maximum=65536),
+    )
+    t.finish()
+    return config
+
+
+def _rate_limit(t: Table) -> Limits:
+    limits = Limits(
+        requests_per_second=t.number("requests_per_second", 5.0, minimum=0.01),
+        burst=t.integer("burst", 30, minimum=1),
+        auth_failures_per_minute=t.number("auth_failures_per_minute", 6.0, minimum=0.0),
+        auth_failure_burst=t.integer("auth_failure_burst", 10, minimum=1),
+        max_clients=t.integer("max_clients", 16384, minimum=16, maximum=1_000_000),
+    )
+    t.finish()
+    return limits
+
+
+def _audit(t: Table) -> AuditConfig:
+    audit = AuditConfig(
+        max_file_bytes=t.integer("max_file_bytes", 16 * 1024 * 1024, minimum=4096),
+        keep_files=t.integer("keep_files", 10, minimum=0),
+        rejections_per_second=t.number("rejections_per_second", 5.0, minimum=0.0),
+        rejection_burst=t.integer("rejection_burst", 50, minimum=1),
+        summary_interval_s=t.number("summary_interval_s", 10.0, minimum=0.1, maximum=3600.0),
+    )
+    t.finish()
+    return audit
+
+
+def _secret_files(t: Table, base: Path) -> SecretFiles:
+    access = t.text("access_token_file", None)
+    audit_key = t.text("audit_key_file", None)
+    files = SecretFiles(
+        access_token_file=_resolve(base, access) if access else None,
+        signing_secret_files=tuple(
+            _resolve(base, p) for p in t.str_list("signing_secret_files", ())
+        ),
+        audit_key_file=_resolve(base, audit_key) if audit_key else None,
+    )
+    t.finish()
+    return files
+
+
+def _resolve(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,226 @@
+"""Parse a delivery body and normalise W&B's template fields into one typed Event.
+
+The body is whatever template the W&B admin wrote, flat or nested under `client_payload`
+(GitHub dispatch style), so several spellings of each field are accepted. Names that will
+later become paths or SDK lookups are checked against strict patterns here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from receiver.errors import Rejection
+
+EVENT_TYPES = frozenset(
+    {
+        "CREATE_ARTIFACT",
+        "ADD_ARTIFACT_ALIAS",
+        "LINK_MODEL",
+        "UNLINK_ARTIFACT",
+        "ADD_ARTIFACT_TAG",
+        "REMOVE_ARTIFACT_TAG",
+        "ADD_COLLECTION_TAG",
+        "REMOVE_COLLECTION_TAG",
+        "RUN_METRIC",
+        "RUN_METRIC_CHANGE",
+        "RUN_METRIC_ZSCORE",
+        "RUN_STATE",
+    }
+)
+# W&B's docs call LINK_MODEL "LINK_ARTIFACT"; both mean the same backend event.
+_EVENT_SYNONYMS = {"LINK_ARTIFACT": "LINK_MODEL"}
+
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
+_ALIAS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
+_EVENT_TYPE = re.compile(r"[A-Z][A-Z_]{0,63}")
+_VERSION_STRING = re.compile(
+    r"(?P<entity>[^/:]+)/(?P<project>[^/:]+)/(?P<collection>[^/:]+):(?P<version>[^/:]+)"
+)
+_AUTHOR = re.compile(r"[\w.@+\- ]{1,128}")
+_ARTIFACT_ID = re.compile(r"wandb-artifact://[A-Za-z0-9_/=+\-]{1,200}")
+
+# Each Event field, with the payload keys that may carry it, first found wins.
+_FIELDS = {
+    "event_type": ("event_type",),
+    "author": ("event_author", "author"),
+    "entity": ("entity_name", "entity"),
+    "project": ("project_name", "project"),
+    "collection": ("artifact_collection_name", "artifact_collection", "collection"),
+    "version_string": ("artifact_version_string", "version_string"),
+    "artifact_id": ("artifact_version",),
+    "alias": ("alias",),
+    "tag": ("tag",),
+}
+
+
+def canonical_event_type(value: str) -> str:
+    upper = value.strip().upper()
+    return _EVENT_SYNONYMS.get(upper, upper)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A W&B event, normalised. Optional fields are None when the template did not carry them."""
+
+    event_type: str
+    entity: str | None = None
+    project: str | None = None
+    collection: str | None = None
+    version: str | None = None
+    alias: str | None = None
+    tag: str | None = None
+    author: str | None = None
+    artifact_id: str | None = None
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def version_string(self) -> str | None:
+        """`entity/project/collection:version`, what `wandb.Api().artifact()` takes."""
+        if self.entity and self.project and self.collection and (self.version or self.alias):
+            return f"{self.entity}/{self.project}/{self.collection}:{self.version or self.alias}"
+        return None
+
+    def summary(self) -> str:
+        """One short line for logs: type and artifact, never args (they may be sensitive)."""
+        target = self.version_string or self.collection or "-"
+        alias = f" +{self.alias}" if self.alias else ""
+        return f"{self.event_type} {target}{alias}"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self) | {"args": dict(self.args)}, sort_keys=True)
+
+
+def parse_body(body: bytes, *, max_depth: int) -> dict[str, Any]:
+    """The body as a JSON object: strict UTF-8, no duplicate keys, nesting within max_depth."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejection(400, "bad_encoding", "body is not UTF-8") from exc
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicates)
+    except RecursionError as exc:
+        raise Rejection(400, "too_deep", f"JSON nests deeper than {max_depth}") from exc
+    except ValueError as exc:  # JSONDecodeError, huge integers, duplicate keys
+        detail = str(exc) if isinstance(exc, _DuplicateKey) else "body is not valid JSON"
+        raise Rejection(400, "bad_json", detail) from exc
+    if not isinstance(data, dict):
+        raise Rejection(400, "not_object", "body must be a JSON object")
+    if _depth(data) > max_depth:
+        raise Rejection(400, "too_deep", f"JSON nests deeper than {max_depth}")
+    return data
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(f"key '{key[:64]}' appears twice")
+        out[key] = value
+    return out
+
+
+def _depth(value: Any) -> int:
+    # Iterative: a hostile body must not be able to exhaust the interpreter's stack.
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        deepest = max(deepest, level)
+        children = (
+            node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        )
+        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
+    return deepest
+
+
+def normalise(data: Mapping[str, Any]) -> Event:
+    """The Event a parsed body describes, or Rejection(400) saying which field is wrong."""
+    nested = data.get("client_payload")
+    sources = [nested, data] if isinstance(nested, dict) else [data]
+    raw = {name: _first(sources, keys) for name, keys in _FIELDS.items()}
+
+    event_type = raw["event_type"]
+    if event_type is None:
+        raise Rejection(400, "missing_field", "event_type is missing (use ${event_type})")
+    event_type = canonical_event_type(_checked("event_type", event_type, _EVENT_TYPE))
+    entity = _checked("entity", raw["entity"], _NAME)
+    project = _checked("project", raw["project"], _NAME)
+    collection = _checked("artifact_collection_name", raw["collection"], _NAME)
+    alias = _checked("alias", raw["alias"], _ALIAS)
+    version = None
+    if raw["version_string"] is not None:
+        parts = _VERSION_STRING.fullmatch(_text("artifact_version_string", raw["version_string"]))
+        if parts is None:
+            raise Rejection(
+                400,
+                "bad_field",
+                "artifact_version_string must look like entity/project/name:version",
+            )
+        for name, given, pattern in (
+            ("entity", entity, _NAME),
+            ("project", project, _NAME),
+            ("artifact_collection_name", collection, _NAME),
+        ):
+            key = "collection" if name == "artifact_collection_name" else name
+            found = _checked(f"artifact_version_string {name}", parts[key], pattern)
+            if given is not None and given != found:
+                raise Rejection(
+                    400, "inconsistent", f"{name} disagrees with artifact_version_string"
+                )
+        entity, project, collection = parts["entity"], parts["project"], parts["collection"]
+        version = _checked("artifact_version_string version", parts["version"], _ALIAS)
+
+    args = _first(sources, ("args",))
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise Rejection(400, "bad_field", "args must be a JSON object")
+    # An arg W&B rendered empty (say, a metadata key the artifact lacks) counts as not given.
+    args = {k: v for k, v in args.items() if not _blank(v)}
+    return Event(
+        event_type=event_type,
+        entity=entity,
+        project=project,
+        collection=collection,
+        version=version,
+        alias=alias,
+        tag=_checked("tag", raw["tag"], _ALIAS),
+        author=_checked("event_author", raw["author"], _AUTHOR),
+        artifact_id=_checked("artifact_version", raw["artifact_id"], _ARTIFACT_ID),
+        args=args,
+    )
+
+
+def _first(sources: list[Any], keys: tuple[str, ...]) -> Any:
+    for source in sources:
+        for key in keys:
+            value = source.get(key)
+            if not _blank(value):
+                return value
+    return None
+
+
+def _blank(value: Any) -> bool:
+    """Empty, or a template variable W&B left unrendered: carries nothing."""
+    return value is None or value == "" or (isinstance(value, str) and value.startswith("${"))
+
+
+def _text(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise Rejection(400, "bad_field", f"{name} must be a string")
+    return value
+
+
+def _checked(name: str, value: Any, pattern: re.Pattern[str]) -> Any:
+    if value is None:
+        return None
+    if not pattern.fullmatch(_text(name, value)):
+        raise Rejection(400, "bad_field", f"{name} has characters or a length W&B never sends")
+    return value

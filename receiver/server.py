@@ -1,0 +1,91 @@
+"""`edgehook serve`: build the services once, then run the app under uvicorn on loopback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import structlog
+import uvicorn
+
+from receiver.app import Services, build_app
+from receiver.audit import AuditLog
+from receiver.clients import ClientResolver
+from receiver.committer import Committer
+from receiver.config import Config, is_loopback
+from receiver.credentials import load_audit_key, load_secrets
+from receiver.errors import ConfigError
+from receiver.ratelimit import RateLimiter
+from receiver.store import open_store
+
+log = structlog.get_logger("edgehook.serve")
+MAX_HEADER_BYTES = 16 * 1024
+
+
+def make_services(
+    config: Config,
+    env: Mapping[str, str],
+    *,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> Services:
+    """Check secrets, migrate the store, open the audit log. Raises EdgehookError."""
+    secrets = load_secrets(config, env)
+    audit_key = load_audit_key(config, env)
+    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    open_store(config.store_path).close()
+    return Services(
+        config=config,
+        secrets=secrets,
+        limiter=RateLimiter(config.rate_limit),
+        resolver=ClientResolver(config.server.trusted_proxies, config.server.client_ip_header),
+        audit=AuditLog(config.audit_dir, audit_key, config.audit, clock=clock),
+        committer=Committer(config.store_path, config.duplicate_window_s),
+        clock=clock,
+        monotonic=monotonic,
+    )
+
+
+def check_bind(host: str, allow_public: bool) -> None:
+    if is_loopback(host):
+        return
+    if not allow_public:
+        raise ConfigError(
+            "server.host",
+            f"{host} is not a loopback address",
+            "keep 127.0.0.1 (the tunnel is the way in) or pass --allow-public-bind",
+        )
+    log.warning(
+        "public_bind", host=host, detail="the receiver is reachable without the tunnel; firewall it"
+    )
+
+
+def uvicorn_config(services: Services, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        build_app(services),
+        host=host,
+        port=port,
+        server_header=False,  # no banner
+        proxy_headers=False,  # forwarding headers are ours to judge (clients.py)
+        access_log=False,  # the audit log is the access log
+        log_config=None,
+        lifespan="on",
+        limit_concurrency=services.config.server.max_connections,
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+    )
+
+
+def serve(config: Config, env: Mapping[str, str], *, allow_public: bool) -> int:
+    host, port = config.server.host, config.server.port
+    check_bind(host, allow_public or config.server.allow_public_bind)
+    services = make_services(config, env)
+    server = uvicorn.Server(uvicorn_config(services, host, port))
+    log.info(
+        "serving",
+        url=f"http://{host}:{port}/webhook",
+        data_dir=str(config.data_dir),
+        rules=[rule.name for rule in config.rules],
+    )
+    server.run()
+    return 0 if server.started else 1

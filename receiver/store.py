@@ -1,0 +1,157 @@
+"""The store: one SQLite file in WAL mode, shared by the receiver and the worker.
+
+Durability: synchronous=FULL. In WAL mode NORMAL keeps the file consistent but may lose
+the last commits on power loss, and a Jetson in a living room loses power; a 202 promises
+the event is on disk, so every commit fsyncs the WAL. The receiver groups concurrent
+deliveries into one transaction (committer.py) to keep that affordable on eMMC/SD cards.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from receiver.errors import StoreUnavailable
+
+# Each entry migrates the schema from version N-1 to N; applied in order at start-up.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        received_at REAL NOT NULL,
+        request_id TEXT NOT NULL,
+        client TEXT NOT NULL,
+        body_sha256 TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        version_string TEXT,
+        event_json TEXT NOT NULL
+    );
+    CREATE INDEX events_by_digest ON events (body_sha256, received_at);
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        event_id INTEGER NOT NULL REFERENCES events (id),
+        rule TEXT NOT NULL,
+        action TEXT NOT NULL,
+        args_json TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'queued',
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX jobs_by_state ON jobs (state, id);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: Path, *, busy_timeout_s: float = 2.0) -> sqlite3.Connection:
+    """An autocommit connection with edgehook's pragmas; transactions go through `transaction`."""
+    conn = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error. Every write goes through here."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema to SCHEMA_VERSION; returns the version found before."""
+    with transaction(conn):
+        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if found > SCHEMA_VERSION:
+            raise StoreUnavailable(
+                f"store schema is version {found}, newer than this edgehook ({SCHEMA_VERSION}); "
+                "upgrade edgehook"
+            )
+        for version in range(found, SCHEMA_VERSION):
+            for statement in MIGRATIONS[version].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    return found
+
+
+def open_store(path: Path, *, busy_timeout_s: float = 2.0) -> sqlite3.Connection:
+    """Connect and migrate; StoreUnavailable with a readable reason when that fails."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        conn = connect(path, busy_timeout_s=busy_timeout_s)
+        migrate(conn)
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreUnavailable(f"cannot open the store at {path}: {exc}") from exc
+    return conn
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """An authenticated, rule-matched event about to be committed with its job."""
+
+    received_at: float
+    request_id: str
+    client: str
+    body_sha256: str
+    event_type: str
+    version_string: str | None
+    event_json: str
+    rule: str
+    action: str
+    args_json: str
+
+
+@dataclass(frozen=True)
+class Committed:
+    job_id: int
+    duplicate: bool
+
+
+def commit_deliveries(
+    conn: sqlite3.Connection, deliveries: Sequence[Delivery], duplicate_window_s: float
+) -> list[Committed]:
+    """Commit each delivery and its job in one transaction, or find the job of an identical
+    delivery received within the window. All or nothing: on error nothing is committed."""
+    results = []
+    with transaction(conn):
+        for d in deliveries:
+            row = conn.execute(
+                "SELECT jobs.id FROM events JOIN jobs ON jobs.event_id = events.id "
+                "WHERE events.body_sha256 = ? AND events.received_at >= ? "
+                "ORDER BY events.id LIMIT 1",
+                (d.body_sha256, d.received_at - duplicate_window_s),
+            ).fetchone()
+            if row is not None:
+                results.append(Committed(job_id=int(row[0]), duplicate=True))
+                continue
+            event_id = conn.execute(
+                "INSERT INTO events (received_at, request_id, client, body_sha256, event_type, "
+                "version_string, event_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    d.received_at,
+                    d.request_id,
+                    d.client,
+                    d.body_sha256,
+                    d.event_type,
+                    d.version_string,
+                    d.event_json,
+                ),
+            ).lastrowid
+            job_id = conn.execute(
+                "INSERT INTO jobs (event_id, rule, action, args_json, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (event_id, d.rule, d.action, d.args_json, d.received_at, d.received_at),
+            ).lastrowid
+            assert job_id is not None
+            results.append(Committed(job_id=job_id, duplicate=False))
+    return results
