@@ -106,7 +106,11 @@ async def _webhook(svc: Services, request: Request) -> Response:
         if not bearer_valid(headers.get("authorization"), svc.secrets.access_token):
             svc.limiter.auth_failed(client, svc.monotonic())
             raise Rejection(401, "bad_token", "unauthorized")
-        body = await read_capped(request.stream(), config.max_body_bytes)
+        try:
+            body = await asyncio.wait_for(
+                read_capped(request.stream(), config.max_body_bytes), config.body_timeout_s)
+        except asyncio.TimeoutError as exc:
+            raise Rejection(408, "body_timeout", "body not received in time") from exc
         digest = hashlib.sha256(body).hexdigest()
         record.update(body_sha256=digest, body_len=len(body))
         signature = headers.get("x-wandb-signature")

@@ -41,6 +41,9 @@ class ServerConfig:
     max_body_bytes: int = 64 * 1024
     max_json_depth: int = 16
     max_connections: int = 256
+    max_header_bytes: int = 16 * 1024
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ def load_config(
 
 def _server(t: Table, env: Mapping[str, str]) -> ServerConfig:
     host = env.get("EDGEHOOK_HOST") or t.text("host", "127.0.0.1")
+    t.text("host", None)  # read (and type-checked) even when the environment overrides it
     port_text = env.get("EDGEHOOK_PORT")
     if port_text is not None:
         if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
@@ -177,6 +181,9 @@ def _server(t: Table, env: Mapping[str, str]) -> ServerConfig:
         ),
         max_json_depth=t.integer("max_json_depth", 16, minimum=2, maximum=64),
         max_connections=t.integer("max_connections", 256, minimum=8, maximum=65536),
+        max_header_bytes=t.integer("max_header_bytes", 16 * 1024, minimum=1024, maximum=1 << 20),
+        header_timeout_s=t.number("header_timeout_s", 10.0, minimum=0.1, maximum=300.0),
+        body_timeout_s=t.number("body_timeout_s", 10.0, minimum=0.1, maximum=300.0),
     )
     t.finish()
     return config

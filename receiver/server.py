@@ -15,11 +15,11 @@ from receiver.committer import Committer
 from receiver.config import Config, is_loopback
 from receiver.credentials import load_audit_key, load_secrets
 from receiver.errors import ConfigError
+from receiver.protocol import bounded_protocol
 from receiver.ratelimit import RateLimiter
 from receiver.store import open_store
 
 log = structlog.get_logger("edgehook.serve")
-MAX_HEADER_BYTES = 16 * 1024
 
 
 def make_services(
@@ -61,6 +61,7 @@ def check_bind(host: str, allow_public: bool) -> None:
 
 
 def uvicorn_config(services: Services, host: str, port: int) -> uvicorn.Config:
+    server = services.config.server
     return uvicorn.Config(
         build_app(services),
         host=host,
@@ -70,9 +71,9 @@ def uvicorn_config(services: Services, host: str, port: int) -> uvicorn.Config:
         access_log=False,  # the audit log is the access log
         log_config=None,
         lifespan="on",
-        limit_concurrency=services.config.server.max_connections,
+        http=bounded_protocol(server.max_header_bytes, server.header_timeout_s),
+        limit_concurrency=server.max_connections,
         timeout_keep_alive=5,
-        h11_max_incomplete_event_size=MAX_HEADER_BYTES,
     )
 
 

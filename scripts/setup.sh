@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Set up what edgehook needs on a fresh machine: system tools, a virtualenv, the package.
+# Idempotent; used by scripts/test.sh and scripts/demo.sh.
+#   EDGEHOOK_VENV   where the virtualenv lives (default: .venv in the repository)
+#   EXTRAS          pip extras to install (default: dev)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${EDGEHOOK_VENV:-.venv}
+EXTRAS=${EXTRAS:-dev}
+
+missing=()
+for tool in curl openssl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing ${missing[*]}" >&2
+    apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "setup: please install ${missing[*]} (the end-to-end tests use them)" >&2
+  fi
+fi
+
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+  || { echo "setup: edgehook needs Python 3.10 or newer" >&2; exit 1; }
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+stamp="$VENV/.edgehook-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp")" != "$EXTRAS" ]; then
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]"
+  echo "$EXTRAS" > "$stamp"
+fi

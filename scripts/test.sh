@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The test command (README.md): sets up everything, then lint, types and the test suite.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k audit
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+VENV=${EDGEHOOK_VENV:-.venv}
+"$VENV/bin/ruff" check .
+"$VENV/bin/mypy"
+"$VENV/bin/python" -m pytest "$@"

@@ -1,0 +1,148 @@
+"""Shared fixtures: an initialised edgehook directory, its config, and an in-process app."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from receiver.app import Services, build_app
+from receiver.config import Config, load_config
+from receiver.initcmd import run_init
+from receiver.server import make_services
+from receiver.signatures import sign
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Workspace:
+    dir: Path
+    config_path: Path
+    access_token: str
+    signing_secret: str
+    audit_key: str
+
+    def edit(self, old: str, new: str) -> None:
+        text = self.config_path.read_text(encoding="utf-8")
+        assert old in text, old
+        self.config_path.write_text(text.replace(old, new), encoding="utf-8")
+
+    def config(self, extra: str = "", **env: str) -> Config:
+        if extra:
+            with self.config_path.open("a", encoding="utf-8") as handle:
+                handle.write("\n" + extra)
+        return load_config(self.config_path, env, cwd=self.dir)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    run_init(tmp_path)
+    secret = {
+        name: (tmp_path / "secrets" / name).read_text().strip()
+        for name in ("access_token", "signing_secret", "audit_key")
+    }
+    return Workspace(
+        tmp_path,
+        tmp_path / "edgehook.toml",
+        secret["access_token"],
+        secret["signing_secret"],
+        secret["audit_key"],
+    )
+
+
+class Clock:
+    """A settable clock: tests move time instead of sleeping."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def signed(workspace: Workspace, body: bytes, **headers: str) -> dict[str, str]:
+    """The headers W&B sends for `body` (tests override any of them)."""
+    base = {
+        "content-type": "application/json",
+        "authorization": f"Bearer {workspace.access_token}",
+        "x-wandb-signature": sign(body, workspace.signing_secret.encode()),
+    }
+    return {**base, **headers}
+
+
+def make_client(config: Config, clock: Clock) -> tuple[TestClient, Services]:
+    services = make_services(config, {}, clock=clock, monotonic=clock)
+    return TestClient(build_app(services), client=("203.0.113.7", 50000)), services
+
+
+@pytest.fixture
+def app_client(workspace: Workspace, clock: Clock) -> Iterator[tuple[TestClient, Services]]:
+    client, services = make_client(workspace.config(), clock)
+    with client:
+        yield client, services
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+
+def start_server(workspace: Workspace, port: int, *extra_env: tuple[str, str]) -> Server:
+    """`edgehook serve` as a real process on a loopback port; waits for /healthz."""
+    env = {**os.environ, "EDGEHOOK_PORT": str(port), **dict(extra_env)}
+    log = workspace.dir / f"serve-{port}.log"
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "receiver", "--config", str(workspace.config_path), "serve"],
+            cwd=workspace.dir,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"serve exited: {log.read_text()}")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1):
+                return Server(url, process, log)
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise AssertionError(f"serve did not answer: {log.read_text()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()

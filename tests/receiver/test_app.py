@@ -1,0 +1,238 @@
+import json
+import sqlite3
+from collections.abc import Iterator
+
+from starlette.testclient import TestClient
+
+from receiver.app import Services
+from receiver.audit import list_segments
+from receiver.auditread import records, verify
+from receiver.committer import Committer
+from receiver.template import sample_body
+from tests.conftest import Clock, Workspace, make_client, signed
+
+URL = "/webhook"
+BODY = sample_body()
+
+Client = tuple[TestClient, Services]
+
+
+def jobs(services: Services) -> list[tuple[int, str, str]]:
+    with sqlite3.connect(services.config.store_path) as conn:
+        return conn.execute("SELECT id, action, args_json FROM jobs ORDER BY id").fetchall()
+
+
+def audit_lines(services: Services) -> list[dict[str, object]]:
+    return [r for r in records(services.config.audit_dir) if r["kind"] == "request"]
+
+
+def test_signed_delivery_is_committed_then_202(app_client: Client, workspace: Workspace) -> None:
+    client, services = app_client
+    reply = client.post(URL, content=BODY, headers=signed(workspace, BODY))
+    assert reply.status_code == 202
+    assert reply.json() == {"status": "accepted", "job_id": 1}
+    assert reply.headers["x-request-id"]
+    assert jobs(services) == [
+        (1, "retrain", '{"batch_size": 64, "epochs": 3, "lr": 0.01, "seed": 0}')
+    ]
+    line = audit_lines(services)[-1]
+    assert line["decision"] == "accepted" and line["job_id"] == 1
+    assert line["client"] == "203.0.113.7"
+    assert line["event"] == "ADD_ARTIFACT_ALIAS my-team/edge-demo/cifar10-subset:retrain +retrain"
+
+
+def test_identical_delivery_is_a_duplicate_within_the_window(
+    app_client: Client, workspace: Workspace, clock: Clock
+) -> None:
+    client, services = app_client
+    first = client.post(URL, content=BODY, headers=signed(workspace, BODY)).json()
+    clock.advance(23 * 3600)
+    again = client.post(URL, content=BODY, headers=signed(workspace, BODY))
+    assert again.status_code == 200
+    assert again.json() == {"status": "duplicate", "job_id": first["job_id"]}
+    assert len(jobs(services)) == 1
+    clock.advance(2 * 3600)
+    later = client.post(URL, content=BODY, headers=signed(workspace, BODY))
+    assert later.status_code == 202 and later.json()["job_id"] == 2
+
+
+def test_event_matching_no_rule_is_ignored(app_client: Client, workspace: Workspace) -> None:
+    client, services = app_client
+    body = sample_body(
+        alias="production", artifact_version_string="my-team/edge-demo/cifar10-subset:production"
+    )
+    reply = client.post(URL, content=body, headers=signed(workspace, body))
+    assert reply.status_code == 200 and reply.json()["status"] == "ignored"
+    assert jobs(services) == []
+
+
+def test_bad_arg_is_422_and_nothing_is_queued(app_client: Client, workspace: Workspace) -> None:
+    client, services = app_client
+    body = json.dumps({**json.loads(sample_body()), "args": {"epochs": "500"}}).encode()
+    reply = client.post(URL, content=body, headers=signed(workspace, body))
+    assert reply.status_code == 422
+    assert reply.json() == {"error": "bad_arg", "detail": "argument 'epochs' must be <= 50"}
+    body = json.dumps({**json.loads(sample_body()), "args": {"cmd": "id"}}).encode()
+    assert client.post(URL, content=body, headers=signed(workspace, body)).status_code == 422
+    assert jobs(services) == []
+
+
+def test_artifact_action_without_an_artifact_is_422(
+    app_client: Client, workspace: Workspace
+) -> None:
+    client, _ = app_client
+    body = b'{"event_type": "ADD_ARTIFACT_ALIAS", "alias": "retrain"}'
+    reply = client.post(URL, content=body, headers=signed(workspace, body))
+    assert reply.status_code == 422 and reply.json()["error"] == "missing_artifact"
+
+
+def test_bad_token_and_bad_signature_look_the_same(
+    app_client: Client, workspace: Workspace
+) -> None:
+    client, services = app_client
+    bad_token = client.post(
+        URL, content=BODY, headers=signed(workspace, BODY, authorization="Bearer " + "x" * 43)
+    )
+    bad_sig = client.post(
+        URL, content=BODY, headers=signed(workspace, BODY, **{"x-wandb-signature": "A" * 43 + "="})
+    )
+    no_sig_headers = signed(workspace, BODY)
+    del no_sig_headers["x-wandb-signature"]
+    no_sig = client.post(URL, content=BODY, headers=no_sig_headers)
+    for reply in (bad_token, bad_sig, no_sig):
+        assert reply.status_code == 401
+        assert reply.content == b'{"error":"unauthorized"}'
+        assert reply.headers["www-authenticate"] == 'Bearer realm="edgehook"'
+    reasons = [line["reason"] for line in audit_lines(services)]
+    assert reasons == ["bad_token", "bad_signature", "missing_signature"]
+    assert jobs(services) == []
+
+
+def test_content_type_and_size(app_client: Client, workspace: Workspace) -> None:
+    client, _ = app_client
+    reply = client.post(
+        URL, content=BODY, headers=signed(workspace, BODY, **{"content-type": "text/plain"})
+    )
+    assert reply.status_code == 415
+    ok = client.post(
+        URL,
+        content=BODY,
+        headers=signed(workspace, BODY, **{"content-type": "Application/JSON; charset=utf-8"}),
+    )
+    assert ok.status_code == 202
+    big = b'{"event_type": "ADD_ARTIFACT_ALIAS", "pad": "' + b"x" * 70_000 + b'"}'
+    assert client.post(URL, content=big, headers=signed(workspace, big)).status_code == 413
+
+    def chunked() -> Iterator[bytes]:
+        for _ in range(100):
+            yield b"x" * 1000
+
+    reply = client.post(
+        URL,
+        content=chunked(),
+        headers=signed(workspace, b"", **{"content-type": "application/json"}),
+    )
+    assert reply.status_code == 413
+
+
+def test_oversize_body_from_an_unauthenticated_caller_is_not_read(app_client: Client) -> None:
+    client, services = app_client
+    reply = client.post(URL, content=b"x" * 1000, headers={"content-type": "application/json"})
+    assert reply.status_code == 401
+    assert "body_len" not in audit_lines(services)[-1]
+
+
+def test_bad_json_after_valid_auth_is_400(app_client: Client, workspace: Workspace) -> None:
+    client, _ = app_client
+    body = b"{nope"
+    reply = client.post(URL, content=body, headers=signed(workspace, body))
+    assert reply.status_code == 400 and reply.json()["error"] == "bad_json"
+
+
+def test_unknown_paths_and_methods(app_client: Client) -> None:
+    client, services = app_client
+    assert client.get("/").status_code == 404
+    assert client.get("/docs").status_code == 404
+    assert client.get(URL).status_code == 405
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert [line["status"] for line in audit_lines(services)] == [404, 404, 405, 200]
+
+
+def test_rate_limit_429_with_retry_after(workspace: Workspace, clock: Clock) -> None:
+    workspace.edit("burst = 30", "burst = 3")
+    client, _services = make_client(workspace.config(), clock)
+    with client:
+        statuses = [client.get("/healthz").status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        reply = client.get("/healthz")
+        assert reply.headers["retry-after"] == "1"
+        clock.advance(1)
+        assert client.get("/healthz").status_code == 200
+
+
+def test_failed_auth_locks_a_client_out_before_its_general_budget(
+    app_client: Client, workspace: Workspace
+) -> None:
+    client, services = app_client
+    for _ in range(10):
+        assert (
+            client.post(URL, content=BODY, headers={"content-type": "application/json"}).status_code
+            == 401
+        )
+    reply = client.post(URL, content=BODY, headers=signed(workspace, BODY))
+    assert reply.status_code == 429
+    assert int(reply.headers["retry-after"]) == 10
+    assert jobs(services) == []
+
+
+def test_forwarded_header_is_ignored_from_an_untrusted_peer(app_client: Client) -> None:
+    client, services = app_client
+    client.get("/healthz", headers={"x-forwarded-for": "1.2.3.4"})
+    assert audit_lines(services)[-1]["client"] == "203.0.113.7"
+
+
+def test_store_locked_gives_503_and_loses_nothing(workspace: Workspace, clock: Clock) -> None:
+    client, services = make_client(workspace.config(), clock)
+    services.committer = Committer(services.config.store_path, 86400.0, busy_timeout_s=0.1)
+    with client:
+        blocker = sqlite3.connect(services.config.store_path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        reply = client.post(URL, content=BODY, headers=signed(workspace, BODY))
+        assert reply.status_code == 503
+        assert reply.headers["retry-after"] == "5"
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        assert jobs(services) == []
+        retry = client.post(URL, content=BODY, headers=signed(workspace, BODY))
+        assert retry.status_code == 202
+    assert len(jobs(services)) == 1
+    assert [line["decision"] for line in audit_lines(services)] == ["unavailable", "accepted"]
+
+
+def test_audit_log_never_holds_secrets_bodies_or_signatures(
+    app_client: Client, workspace: Workspace
+) -> None:
+    client, services = app_client
+    client.post(URL, content=BODY, headers=signed(workspace, BODY))
+    client.post(
+        URL,
+        content=BODY,
+        headers=signed(workspace, BODY, authorization="Bearer " + workspace.signing_secret),
+    )
+    text = "".join(p.read_text() for _, p in list_segments(services.config.audit_dir))
+    for secret in (
+        workspace.access_token,
+        workspace.signing_secret,
+        workspace.audit_key,
+        signed(workspace, BODY)["x-wandb-signature"],
+        'cifar10-subset:retrain"',
+    ):
+        assert secret not in text
+    assert verify(services.config.audit_dir, workspace.audit_key.encode()).ok
+
+
+def test_store_schema_is_created_with_wal(app_client: Client) -> None:
+    _, services = app_client
+    with sqlite3.connect(services.config.store_path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] >= 1

@@ -1,0 +1,96 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Workspace, free_port
+
+SUBCOMMANDS = [
+    ["init"],
+    ["serve"],
+    ["send-test"],
+    ["audit"],
+    ["audit", "verify"],
+    ["audit", "show"],
+    ["audit", "tail"],
+]
+
+
+def edgehook(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "receiver", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS, ids=" ".join)
+def test_every_subcommand_has_help_with_examples(words: list[str], tmp_path: Path) -> None:
+    result = edgehook(*words, "--help", cwd=tmp_path)
+    assert result.returncode == 0
+    assert "examples:" in result.stdout and "edgehook" in result.stdout
+
+
+def test_init_prints_wandb_instructions_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    first = edgehook("init", "--dir", str(tmp_path / "x"), cwd=tmp_path)
+    assert first.returncode == 0
+    assert "Access token" in first.stdout and "${event_type}" in first.stdout
+    second = edgehook("init", "--dir", str(tmp_path / "x"), cwd=tmp_path)
+    assert second.returncode == 1
+    assert second.stderr.count("\n") == 1 and "refusing to overwrite" in second.stderr
+
+
+def test_config_error_is_one_line_exit_2(workspace: Workspace) -> None:
+    workspace.edit("port = 8090", "port = 99999")
+    result = edgehook("serve", cwd=workspace.dir)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "server.port" in result.stderr and "fix:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_refuses_missing_secret_and_public_bind(workspace: Workspace) -> None:
+    (workspace.dir / "secrets" / "access_token").unlink()
+    result = edgehook("serve", cwd=workspace.dir)
+    assert result.returncode == 2 and "access_token" in result.stderr
+    assert "Traceback" not in result.stderr
+    public = edgehook(
+        "serve", cwd=workspace.dir, env={"EDGEHOOK_HOST": "0.0.0.0", "PATH": "/usr/bin"}
+    )
+    assert public.returncode == 2 and "--allow-public-bind" in public.stderr
+
+
+def test_send_test_to_nothing_is_one_readable_line(workspace: Workspace) -> None:
+    result = edgehook("send-test", f"http://127.0.0.1:{free_port()}/webhook", cwd=workspace.dir)
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "cannot reach" in result.stderr
+    bad = edgehook("send-test", "file:///etc/passwd", cwd=workspace.dir)
+    assert bad.returncode == 1 and "not an http(s) URL" in bad.stderr
+
+
+def test_audit_verify_exit_codes(workspace: Workspace) -> None:
+    from receiver.audit import AuditLog
+    from receiver.config import AuditConfig
+
+    log = AuditLog(
+        workspace.dir / "data" / "audit",
+        workspace.audit_key.encode(),
+        AuditConfig(),
+        clock=lambda: 1.8e9,
+    )
+    log.record("request", status=202, decision="accepted")
+    log.record("request", status=401, decision="rejected")
+    log.close()
+    assert edgehook("audit", "verify", cwd=workspace.dir).returncode == 0
+    segment = workspace.dir / "data" / "audit" / "audit-000001.jsonl"
+    segment.write_text(segment.read_text().replace('"status":401', '"status":200'))
+    result = edgehook("audit", "verify", cwd=workspace.dir)
+    assert result.returncode == 1 and "edited" in result.stdout and "line 2" in result.stdout
+    shown = edgehook("audit", "show", "--since", "garbage", cwd=workspace.dir)
+    assert shown.returncode == 1 and "--since" in shown.stderr
