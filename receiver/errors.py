@@ -25,8 +25,11 @@ class Rejection(EdgehookError):
     """A request fails a check. `status` is the HTTP status, `reason` a stable code for the
     audit log, `detail` a short explanation safe to return to the caller."""
 
-    def __init__(self, status: int, reason: str, detail: str) -> None:
+    def __init__(
+        self, status: int, reason: str, detail: str, *, retry_after: int | None = None
+    ) -> None:
         self.status = status
         self.reason = reason
         self.detail = detail
+        self.retry_after = retry_after
         super().__init__(f"{status} {reason}: {detail}")

@@ -13,8 +13,10 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-_HEAD_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n"
-                   b"connection: close\r\n\r\n")
+_HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n"
+    b"connection: close\r\n\r\n"
+)
 _HEAD_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
@@ -31,9 +33,9 @@ def bounded_protocol(max_head_bytes: int, head_timeout_s: float) -> type[HttpToo
         def on_headers_complete(self) -> None:
             self._in_head = False
             self._head_timer.cancel()
-            # A head that arrived within one read was not counted in data_received.
-            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
-            if size > max_head_bytes:
+            # The reads counted so far hold the head and maybe some body: measure the head
+            # exactly only when those reads could have held an oversized one.
+            if self._head_bytes > max_head_bytes and self._head_size() > max_head_bytes:
                 self._refuse(_HEAD_TOO_LARGE)
                 raise _HeadRefused
             super().on_headers_complete()
@@ -48,23 +50,24 @@ def bounded_protocol(max_head_bytes: int, head_timeout_s: float) -> type[HttpToo
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            counting = self._in_head
+            if self._in_head:
+                self._head_bytes += len(data)
             try:
                 super().data_received(data)
             except _HeadRefused:
                 return
-            # Counted after parsing: a chunk that also finished the head is not counted, so
-            # a head may overshoot by at most one read (bounded by the event loop's buffer).
-            if counting and self._in_head:
-                self._head_bytes += len(data)
-                if self._head_bytes > max_head_bytes:
-                    self._refuse(_HEAD_TOO_LARGE)
+            if self._in_head and self._head_bytes > max_head_bytes:
+                self._refuse(_HEAD_TOO_LARGE)
+
+        def _head_size(self) -> int:
+            return len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
 
         def _start_head(self) -> None:
             self._in_head = True
             self._head_bytes = 0
             self._head_timer = asyncio.get_running_loop().call_later(
-                head_timeout_s, self._head_timed_out)
+                head_timeout_s, self._head_timed_out
+            )
 
         def _head_timed_out(self) -> None:
             if self._in_head:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 import structlog
 import uvicorn
 
-from receiver.app import Services, build_app
+from receiver.app import build_app
 from receiver.audit import AuditLog
 from receiver.clients import ClientResolver
 from receiver.committer import Committer
@@ -17,6 +17,7 @@ from receiver.credentials import load_audit_key, load_secrets
 from receiver.errors import ConfigError
 from receiver.protocol import bounded_protocol
 from receiver.ratelimit import RateLimiter
+from receiver.services import Services
 from receiver.store import open_store
 
 log = structlog.get_logger("edgehook.serve")

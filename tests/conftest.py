@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from receiver.app import Services, build_app
+from receiver.app import build_app
 from receiver.config import Config, load_config
 from receiver.initcmd import run_init
 from receiver.server import make_services
+from receiver.services import Services
 from receiver.signatures import sign
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -2,12 +2,13 @@ import json
 import sqlite3
 from collections.abc import Iterator
 
+import pytest
 from starlette.testclient import TestClient
 
-from receiver.app import Services
 from receiver.audit import list_segments
 from receiver.auditread import records, verify
 from receiver.committer import Committer
+from receiver.services import Services
 from receiver.template import sample_body
 from tests.conftest import Clock, Workspace, make_client, signed
 
@@ -166,6 +167,7 @@ def test_rate_limit_429_with_retry_after(workspace: Workspace, clock: Clock) -> 
         assert statuses == [200, 200, 200, 429]
         reply = client.get("/healthz")
         assert reply.headers["retry-after"] == "1"
+        assert len(reply.headers["x-request-id"]) == 16
         clock.advance(1)
         assert client.get("/healthz").status_code == 200
 
@@ -236,3 +238,20 @@ def test_store_schema_is_created_with_wal(app_client: Client) -> None:
     with sqlite3.connect(services.config.store_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA user_version").fetchone()[0] >= 1
+
+
+def test_internal_error_is_a_plain_500_and_audited(
+    workspace: Workspace, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode(*_args: object) -> None:
+        raise RuntimeError("boom: internal detail")
+
+    monkeypatch.setattr("receiver.app.match", explode)
+    client, services = make_client(workspace.config(), clock)
+    with client:
+        reply = client.post(URL, content=BODY, headers=signed(workspace, BODY))
+    assert reply.status_code == 500
+    assert reply.json() == {"error": "internal_error", "detail": "internal error"}
+    assert "boom" not in reply.text
+    line = audit_lines(services)[-1]
+    assert (line["status"], line["decision"]) == (500, "error")

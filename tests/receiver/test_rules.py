@@ -31,6 +31,7 @@ def test_first_matching_rule_wins_and_globs_apply() -> None:
         },
         {"name": "any", "event": [ALIAS, "LINK_ARTIFACT"], "action": "download"},
     )
+
     def name(event: Event) -> str | None:
         found = match(rules, event)
         return None if found is None else found.name
