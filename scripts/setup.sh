@@ -8,14 +8,15 @@ cd "$(dirname "$0")/.."
 VENV=${EDGEHOOK_VENV:-.venv}
 EXTRAS=${EXTRAS:-dev}
 
+# curl and openssl: end-to-end tests; wrk and webhook (adnanh/webhook): the benchmark smoke test.
 missing=()
-for tool in curl openssl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in curl openssl wrk webhook; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing ${missing[*]}" >&2
     apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "setup: please install ${missing[*]} (the end-to-end tests use them)" >&2
+    echo "setup: please install ${missing[*]} (the tests use them)" >&2
   fi
 fi
 
