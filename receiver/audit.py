@@ -185,10 +185,6 @@ class AuditLog:
         os.fsync(self._head_fd)
         os.close(self._head_fd)
 
-    @property
-    def seq(self) -> int:
-        return self._seq
-
     # -- chain ---------------------------------------------------------------------------
 
     def _seal(self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> str:

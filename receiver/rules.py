@@ -11,7 +11,7 @@ import fnmatch
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from receiver.errors import ConfigError, Rejection
@@ -114,7 +114,6 @@ class Rule:
     timeout_s: float = 3600.0
     max_retries: int = 3
     coalesce: bool = True
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def matches(self, event: Event) -> bool:
         if event.event_type not in self.events:

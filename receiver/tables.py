@@ -27,9 +27,6 @@ class Table:
     def key(self, name: str) -> str:
         return f"{self._prefix}.{name}" if self._prefix else name
 
-    def has(self, name: str) -> bool:
-        return name in self._data
-
     def _get(self, name: str, types: tuple[type, ...], default: Any, what: str) -> Any:
         self._seen.add(name)
         value = self._data.get(name, _MISSING)

@@ -1,5 +1,6 @@
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -222,3 +223,40 @@ def test_lines_are_json_with_required_fields(log_dir: Path) -> None:
     record = json.loads(lines_of(log_dir)[0])
     assert {"v", "seq", "ts", "kind", "prev", "mac"} <= set(record)
     assert oct(os.stat(log_dir / "audit-000001.jsonl").st_mode & 0o777) == "0o600"
+
+
+def test_tail_follows_new_lines_across_rotation(tmp_path: Path, clock: Clock) -> None:
+    import threading
+
+    from receiver.auditread import tail
+
+    log = write_log(tmp_path, 3, clock, max_file_bytes=4096, keep_files=0)
+    seen: list[dict[str, object]] = []
+    done = threading.Event()
+    follower = threading.Thread(
+        target=tail,
+        kwargs={
+            "directory": tmp_path,
+            "out": seen.append,
+            "follow": True,
+            "lines": 2,
+            "poll_s": 0.01,
+            "stop": done.is_set,
+        },
+    )
+    follower.start()
+    deadline = time.monotonic() + 5
+    while len(seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for i in range(60):  # enough to rotate into a second segment
+        log.record("request", status=202, decision="accepted", job_id=1000 + i)
+    while len(seen) < 2 + 61 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    done.set()
+    follower.join()
+    log.close()
+    assert len(list_segments(tmp_path)) >= 2
+    jobs = [r.get("job_id") for r in seen if r.get("kind") == "request"]
+    assert jobs[:2] == [1, 2]
+    assert jobs[2:] == [1000 + i for i in range(60)]
+    assert any(r.get("kind") == "segment" for r in seen)
