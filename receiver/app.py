@@ -108,6 +108,9 @@ async def _webhook(svc: Services, request: Request) -> Response:
                 f"rule '{rule.name}' needs "
                 "artifact_version_string (or entity, project, collection and alias)",
             )
+        coalesce_key = None
+        if rule.coalesce and event.collection is not None:
+            coalesce_key = f"{rule.name}:{event.entity}/{event.project}/{event.collection}"
         delivery = Delivery(
             received_at=record["received_at"],
             request_id=record["request_id"],
@@ -119,6 +122,9 @@ async def _webhook(svc: Services, request: Request) -> Response:
             rule=rule.name,
             action=rule.action,
             args_json=json.dumps(args, sort_keys=True),
+            artifact_id=event.artifact_id,
+            coalesce_key=coalesce_key,
+            max_attempts=rule.max_retries + 1,
         )
         committed = await svc.committer.commit(delivery)
     except Rejection as exc:
@@ -131,6 +137,14 @@ async def _webhook(svc: Services, request: Request) -> Response:
             "store_unavailable",
             {"error": "store_unavailable", "detail": "try again later"},
             retry_after=RETRY_AFTER_STORE_S,
+        )
+    if committed.produced_here:
+        return answer(
+            record,
+            200,
+            "ignored",
+            "produced_here",
+            {"status": "ignored", "reason": "produced here"},
         )
     record["job_id"] = committed.job_id
     if committed.duplicate:

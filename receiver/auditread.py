@@ -189,11 +189,7 @@ class Filter:
 def records(directory: Path) -> Iterator[dict[str, Any]]:
     """Every parseable line, authentic or not (verify is the tool for authenticity)."""
     for _, path in list_segments(directory):
-        with path.open("r", encoding="utf-8", errors="replace") as handle:
-            for raw in handle:
-                record = _load(raw)
-                if record is not None:
-                    yield record
+        yield from _file_records(path)
 
 
 _COLUMNS = (
@@ -235,40 +231,65 @@ def tail(
     stop: Callable[[], bool] = lambda: False,
 ) -> None:
     """Print the last `lines` records, then (with follow) new ones as they are written,
-    following rotation into new segments."""
-    history = list(records(directory))
+    following rotation into new segments. The newest segment's history is read through the
+    handle that then follows it, so no line written meanwhile is skipped."""
+    segments = list_segments(directory)
+    history: list[dict[str, Any]] = []
+    for _, path in segments[:-1]:
+        history.extend(_file_records(path))
+    number, handle = (
+        (segments[-1][0], segments[-1][1].open("r", encoding="utf-8")) if segments else (0, None)
+    )
+    pending = ""
+    if handle is not None:
+        pending, _ = _drain(handle, history.append)
     for record in history[-lines:] if lines > 0 else []:
         out(record)
     if not follow:
+        if handle is not None:
+            handle.close()
         return
-    segments = list_segments(directory)
-    number, handle = _open_at_end(segments[-1][1] if segments else None)
     while not stop():
-        raw = handle.readline() if handle is not None else ""
-        if raw.endswith("\n"):
-            loaded = _load(raw)
-            if loaded is not None:
-                out(loaded)
-            continue
+        if handle is not None:
+            pending, emitted = _drain(handle, out, pending)
+            if emitted:
+                continue
         newer = [s for s in list_segments(directory) if s[0] > number]
-        if newer and not raw:
+        if newer and not pending:
             if handle is not None:
                 handle.close()
             number, handle = newer[0][0], newer[0][1].open("r", encoding="utf-8")
             continue
-        if raw and handle is not None:
-            handle.seek(handle.tell() - len(raw.encode("utf-8")))
         time.sleep(poll_s)
     if handle is not None:
         handle.close()
 
 
-def _open_at_end(path: Path | None) -> tuple[int, TextIO | None]:
-    if path is None:
-        return 0, None
-    handle = path.open("r", encoding="utf-8")
-    handle.seek(0, 2)
-    return int(path.name[6:12]), handle
+def _drain(
+    handle: TextIO, out: Callable[[dict[str, Any]], None], pending: str = ""
+) -> tuple[str, int]:
+    """Emit every complete line readable now. Returns a trailing partial line (to complete
+    on the next call) and how many lines were read."""
+    count = 0
+    while True:
+        raw = handle.readline()
+        if not raw:
+            return pending, count
+        if not raw.endswith("\n"):
+            return pending + raw, count
+        count += 1
+        record = _load(pending + raw)
+        pending = ""
+        if record is not None:
+            out(record)
+
+
+def _file_records(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open("r", encoding="utf-8", errors="replace") as handle:
+        for raw in handle:
+            record = _load(raw)
+            if record is not None:
+                yield record
 
 
 def _load(raw: str) -> dict[str, Any] | None:

@@ -42,6 +42,43 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX jobs_by_state ON jobs (state, id);
     """,
+    # 2: the worker's side of the queue (leases, attempts, retries, coalescing, loop guard).
+    """
+    ALTER TABLE jobs ADD COLUMN coalesce_key TEXT;
+    ALTER TABLE jobs ADD COLUMN max_attempts INTEGER NOT NULL DEFAULT 4;
+    ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN run_after REAL NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+    ALTER TABLE jobs ADD COLUMN lease_expires REAL;
+    ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN superseded_by INTEGER REFERENCES jobs (id);
+    ALTER TABLE jobs ADD COLUMN reason TEXT;
+    ALTER TABLE jobs ADD COLUMN summary TEXT;
+    ALTER TABLE jobs ADD COLUMN finished_at REAL;
+    CREATE INDEX jobs_runnable ON jobs (state, run_after, id);
+    CREATE INDEX jobs_by_coalesce_key ON jobs (coalesce_key, state, id);
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER NOT NULL REFERENCES jobs (id),
+        number INTEGER NOT NULL,
+        worker TEXT NOT NULL,
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        outcome TEXT,
+        reason TEXT,
+        exit_code INTEGER
+    );
+    CREATE INDEX attempts_by_job ON attempts (job_id, number);
+    CREATE TABLE produced (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER REFERENCES jobs (id),
+        version_string TEXT,
+        artifact_id TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX produced_by_version ON produced (version_string);
+    CREATE INDEX produced_by_artifact ON produced (artifact_id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -109,22 +146,33 @@ class Delivery:
     rule: str
     action: str
     args_json: str
+    artifact_id: str | None = None
+    coalesce_key: str | None = None
+    max_attempts: int = 4
 
 
 @dataclass(frozen=True)
 class Committed:
-    job_id: int
-    duplicate: bool
+    """What became of a delivery: a new job, the job of an earlier identical delivery, or
+    nothing because the event is about an artifact this device produced (the loop guard)."""
+
+    job_id: int | None
+    duplicate: bool = False
+    produced_here: bool = False
 
 
 def commit_deliveries(
     conn: sqlite3.Connection, deliveries: Sequence[Delivery], duplicate_window_s: float
 ) -> list[Committed]:
     """Commit each delivery and its job in one transaction, or find the job of an identical
-    delivery received within the window. All or nothing: on error nothing is committed."""
+    delivery received within the window, or drop an event about a version this device
+    produced. All or nothing: on error nothing is committed."""
     results = []
     with transaction(conn):
         for d in deliveries:
+            if produced_here(conn, d.version_string, d.artifact_id):
+                results.append(Committed(job_id=None, produced_here=True))
+                continue
             row = conn.execute(
                 "SELECT jobs.id FROM events JOIN jobs ON jobs.event_id = events.id "
                 "WHERE events.body_sha256 = ? AND events.received_at >= ? "
@@ -148,10 +196,33 @@ def commit_deliveries(
                 ),
             ).lastrowid
             job_id = conn.execute(
-                "INSERT INTO jobs (event_id, rule, action, args_json, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (event_id, d.rule, d.action, d.args_json, d.received_at, d.received_at),
+                "INSERT INTO jobs (event_id, rule, action, args_json, created_at, updated_at, "
+                "run_after, coalesce_key, max_attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    event_id,
+                    d.rule,
+                    d.action,
+                    d.args_json,
+                    d.received_at,
+                    d.received_at,
+                    d.received_at,
+                    d.coalesce_key,
+                    d.max_attempts,
+                ),
             ).lastrowid
             assert job_id is not None
             results.append(Committed(job_id=job_id, duplicate=False))
     return results
+
+
+def produced_here(
+    conn: sqlite3.Connection, version_string: str | None, artifact_id: str | None
+) -> bool:
+    """True when this device uploaded that artifact version (its own output re-firing)."""
+    if version_string is None and artifact_id is None:
+        return False
+    row = conn.execute(
+        "SELECT 1 FROM produced WHERE version_string = ? OR artifact_id = ? LIMIT 1",
+        (version_string, artifact_id),
+    ).fetchone()
+    return row is not None

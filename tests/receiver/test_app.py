@@ -255,3 +255,22 @@ def test_internal_error_is_a_plain_500_and_audited(
     assert "boom" not in reply.text
     line = audit_lines(services)[-1]
     assert (line["status"], line["decision"]) == (500, "error")
+
+
+def test_event_about_a_version_this_device_produced_is_ignored(
+    app_client: Client, workspace: Workspace
+) -> None:
+    client, services = app_client
+    with sqlite3.connect(services.config.store_path) as conn:
+        conn.execute(
+            "INSERT INTO produced (version_string, artifact_id, created_at) VALUES (?, ?, 0)",
+            ("my-team/edge-demo/cifar10-subset:v9", "wandb-artifact://_id/QXJ0aWZhY3Q6OQ=="),
+        )
+    by_version = sample_body(artifact_version_string="my-team/edge-demo/cifar10-subset:v9")
+    by_id = sample_body(artifact_version="wandb-artifact://_id/QXJ0aWZhY3Q6OQ==")
+    for body in (by_version, by_id):
+        reply = client.post(URL, content=body, headers=signed(workspace, body))
+        assert reply.status_code == 200
+        assert reply.json() == {"status": "ignored", "reason": "produced here"}
+    assert jobs(services) == []
+    assert audit_lines(services)[-1]["reason"] == "produced_here"
