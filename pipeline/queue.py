@@ -1,0 +1,390 @@
+"""The job queue: one documented contract, implemented over the SQLite store.
+
+Contract (every implementation, and the contract tests in tests/pipeline/test_queue.py):
+  enqueue(delivery, window_s)      commit an event and its job (the receiver's side)
+  claim(worker, lease_s, now)      the oldest runnable job, leased to `worker`; queued jobs
+                                   with the same coalesce key collapse into the newest first
+                                   (the rest become `superseded`, never lost)
+  heartbeat(job, worker, ...)      extend the lease; False if it was lost (stop the job)
+  complete(job, worker, ...)       succeeded, once: False if the lease was lost meanwhile
+  fail(job, worker, ...)           transient and attempts left: queued again after a delay;
+                                   otherwise failed, with the reason recorded
+  release(job, worker, now)        hand a job back (shutdown): queued, attempt not counted
+  reap_expired(now)                running jobs whose lease expired (their worker died) are
+                                   requeued with the attempt counted, or failed when none left
+  request_cancel / retry           operator actions (edgehook jobs cancel|retry)
+Job states are `JobState`. Time is always a parameter (`now`), never read here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from receiver.store import Committed, Delivery, commit_deliveries, transaction
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"
+
+
+FINAL_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.SUPERSEDED}
+)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed job: what the worker needs to run it."""
+
+    id: int
+    rule: str
+    action: str
+    args: dict[str, Any]
+    event: dict[str, Any]
+    attempt: int
+    max_attempts: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class JobRow:
+    """A job as `edgehook jobs` shows it."""
+
+    id: int
+    state: str
+    rule: str
+    action: str
+    attempts: int
+    max_attempts: int
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+    run_after: float
+    reason: str | None
+    summary: str | None
+    version_string: str | None
+    superseded_by: int | None
+    cancel_requested: bool
+    lease_owner: str | None
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    number: int
+    worker: str
+    started_at: float
+    finished_at: float | None
+    outcome: str | None
+    reason: str | None
+    exit_code: int | None
+
+
+_ROW = (
+    "SELECT jobs.id, state, rule, action, attempts, max_attempts, created_at, updated_at, "
+    "finished_at, run_after, reason, summary, events.version_string, superseded_by, "
+    "cancel_requested, lease_owner FROM jobs JOIN events ON events.id = jobs.event_id"
+)
+
+
+class SqliteQueue:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    # -- the receiver's side -----------------------------------------------------------------
+
+    def enqueue(self, delivery: Delivery, window_s: float) -> Committed:
+        return commit_deliveries(self.conn, [delivery], window_s)[0]
+
+    # -- the worker's side -------------------------------------------------------------------
+
+    def claim(self, worker: str, lease_s: float, now: float) -> Job | None:
+        with transaction(self.conn) as conn:
+            row = conn.execute(
+                "SELECT id, coalesce_key FROM jobs WHERE state = 'queued' AND run_after <= ? "
+                "ORDER BY id LIMIT 1",
+                (now,),
+            ).fetchone()
+            if row is None:
+                return None
+            job_id, key = int(row[0]), row[1]
+            if key is not None:
+                newest = int(
+                    conn.execute(
+                        "SELECT max(id) FROM jobs WHERE state = 'queued' AND coalesce_key = ?",
+                        (key,),
+                    ).fetchone()[0]
+                )
+                conn.execute(
+                    "UPDATE jobs SET state = 'superseded', superseded_by = ?, finished_at = ?, "
+                    "updated_at = ?, reason = ? WHERE state = 'queued' AND coalesce_key = ? "
+                    "AND id < ?",
+                    (newest, now, now, f"superseded by job {newest}", key, newest),
+                )
+                job_id = newest
+            conn.execute(
+                "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires = ?, "
+                "attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                (worker, now + lease_s, now, job_id),
+            )
+            job = conn.execute(
+                "SELECT jobs.id, rule, action, args_json, event_json, attempts, max_attempts, "
+                "created_at FROM jobs JOIN events ON events.id = jobs.event_id WHERE jobs.id = ?",
+                (job_id,),
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO attempts (job_id, number, worker, started_at) VALUES (?, ?, ?, ?)",
+                (job_id, job[5], worker, now),
+            )
+        return Job(
+            id=int(job[0]),
+            rule=job[1],
+            action=job[2],
+            args=json.loads(job[3]),
+            event=json.loads(job[4]),
+            attempt=int(job[5]),
+            max_attempts=int(job[6]),
+            created_at=float(job[7]),
+        )
+
+    def superseded_by(self, job_id: int) -> list[int]:
+        rows = self.conn.execute(
+            "SELECT id FROM jobs WHERE superseded_by = ? ORDER BY id", (job_id,)
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def heartbeat(self, job_id: int, worker: str, lease_s: float, now: float) -> bool:
+        with transaction(self.conn) as conn:
+            changed = conn.execute(
+                "UPDATE jobs SET lease_expires = ?, updated_at = ? WHERE id = ? AND "
+                "lease_owner = ? AND state = 'running'",
+                (now + lease_s, now, job_id, worker),
+            ).rowcount
+        return changed == 1
+
+    def complete(
+        self,
+        job_id: int,
+        worker: str,
+        now: float,
+        *,
+        summary: str = "",
+        produced: list[dict[str, str | None]] | None = None,
+    ) -> bool:
+        with transaction(self.conn) as conn:
+            if not self._finish(
+                conn, job_id, worker, now, JobState.SUCCEEDED, None, 0, summary=summary
+            ):
+                return False
+            for item in produced or ():
+                conn.execute(
+                    "INSERT INTO produced (job_id, version_string, artifact_id, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (job_id, item.get("version_string"), item.get("artifact_id"), now),
+                )
+        return True
+
+    def fail(
+        self,
+        job_id: int,
+        worker: str,
+        now: float,
+        reason: str,
+        *,
+        transient: bool,
+        retry_delay_s: float,
+        exit_code: int | None = None,
+    ) -> JobState | None:
+        """The job's new state, or None if this worker no longer held it."""
+        with transaction(self.conn) as conn:
+            row = conn.execute(
+                "SELECT attempts, max_attempts, cancel_requested FROM jobs WHERE id = ? AND "
+                "lease_owner = ? AND state = 'running'",
+                (job_id, worker),
+            ).fetchone()
+            if row is None:
+                return None
+            attempts, max_attempts, cancel = int(row[0]), int(row[1]), bool(row[2])
+            if transient and attempts < max_attempts and not cancel:
+                self._end_attempt(conn, job_id, now, "retry", reason, exit_code)
+                conn.execute(
+                    "UPDATE jobs SET state = 'queued', run_after = ?, lease_owner = NULL, "
+                    "lease_expires = NULL, updated_at = ?, reason = ? WHERE id = ?",
+                    (now + retry_delay_s, now, reason, job_id),
+                )
+                return JobState.QUEUED
+            state = JobState.CANCELLED if cancel else JobState.FAILED
+            self._finish(conn, job_id, worker, now, state, reason, exit_code)
+            return state
+
+    def cancelled(self, job_id: int, worker: str, now: float, reason: str) -> bool:
+        with transaction(self.conn) as conn:
+            return self._finish(conn, job_id, worker, now, JobState.CANCELLED, reason, None)
+
+    def release(self, job_id: int, worker: str, now: float) -> bool:
+        with transaction(self.conn) as conn:
+            changed = conn.execute(
+                "UPDATE jobs SET state = 'queued', run_after = ?, lease_owner = NULL, "
+                "lease_expires = NULL, attempts = attempts - 1, updated_at = ? WHERE id = ? "
+                "AND lease_owner = ? AND state = 'running'",
+                (now, now, job_id, worker),
+            ).rowcount
+            if changed:
+                self._end_attempt(conn, job_id, now, "handed back", "worker shut down", None)
+        return changed == 1
+
+    def reap_expired(self, now: float) -> list[tuple[int, JobState]]:
+        """Requeue (or fail) running jobs whose lease expired; returns what became of each."""
+        out = []
+        with transaction(self.conn) as conn:
+            rows = conn.execute(
+                "SELECT id, attempts, max_attempts, cancel_requested FROM jobs "
+                "WHERE state = 'running' AND lease_expires < ?",
+                (now,),
+            ).fetchall()
+            for job_id, attempts, max_attempts, cancel in rows:
+                reason = "lease expired: its worker died or stalled"
+                self._end_attempt(conn, job_id, now, "lost", reason, None)
+                if cancel or attempts >= max_attempts:
+                    state = JobState.CANCELLED if cancel else JobState.FAILED
+                    conn.execute(
+                        "UPDATE jobs SET state = ?, finished_at = ?, updated_at = ?, reason = ?, "
+                        "lease_owner = NULL, lease_expires = NULL WHERE id = ?",
+                        (state.value, now, now, reason, job_id),
+                    )
+                else:
+                    state = JobState.QUEUED
+                    conn.execute(
+                        "UPDATE jobs SET state = 'queued', run_after = ?, lease_owner = NULL, "
+                        "lease_expires = NULL, updated_at = ?, reason = ? WHERE id = ?",
+                        (now, now, reason, job_id),
+                    )
+                out.append((int(job_id), state))
+        return out
+
+    # -- operators -------------------------------------------------------------------------
+
+    def request_cancel(self, job_id: int, now: float) -> JobState | None:
+        """Queued: cancelled at once. Running: flagged; its worker kills it. None: no job."""
+        with transaction(self.conn) as conn:
+            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            state = JobState(row[0])
+            if state == JobState.QUEUED:
+                conn.execute(
+                    "UPDATE jobs SET state = 'cancelled', finished_at = ?, updated_at = ?, "
+                    "reason = 'cancelled by operator' WHERE id = ?",
+                    (now, now, job_id),
+                )
+                return JobState.CANCELLED
+            if state == JobState.RUNNING:
+                conn.execute(
+                    "UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?",
+                    (now, job_id),
+                )
+            return state
+
+    def cancel_requested(self, job_id: int) -> bool:
+        row = self.conn.execute(
+            "SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        return bool(row and row[0])
+
+    def retry(self, job_id: int, now: float) -> JobState | None:
+        """A failed, cancelled or superseded job queued again with a fresh set of attempts."""
+        with transaction(self.conn) as conn:
+            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return None
+            state = JobState(row[0])
+            if state not in (JobState.FAILED, JobState.CANCELLED, JobState.SUPERSEDED):
+                return state
+            conn.execute(
+                "UPDATE jobs SET state = 'queued', run_after = ?, attempts = 0, "
+                "cancel_requested = 0, finished_at = NULL, reason = NULL, superseded_by = NULL, "
+                "coalesce_key = NULL, updated_at = ? WHERE id = ?",
+                (now, now, job_id),
+            )
+            return JobState.QUEUED
+
+    def get(self, job_id: int) -> JobRow | None:
+        row = self.conn.execute(f"{_ROW} WHERE jobs.id = ?", (job_id,)).fetchone()
+        return None if row is None else _job_row(row)
+
+    def recent(self, state: str | None = None, limit: int = 50) -> list[JobRow]:
+        where, params = ("WHERE state = ?", (state,)) if state else ("", ())
+        rows = self.conn.execute(
+            f"{_ROW} {where} ORDER BY jobs.id DESC LIMIT ?", (*params, limit)
+        ).fetchall()
+        return [_job_row(row) for row in rows]
+
+    def attempts(self, job_id: int) -> list[AttemptRow]:
+        rows = self.conn.execute(
+            "SELECT number, worker, started_at, finished_at, outcome, reason, exit_code "
+            "FROM attempts WHERE job_id = ? ORDER BY id",
+            (job_id,),
+        ).fetchall()
+        return [AttemptRow(*row) for row in rows]
+
+    def runnable(self, now: float) -> bool:
+        """Cheap poll: is there anything to claim?"""
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM jobs WHERE state = 'queued' AND run_after <= ? LIMIT 1", (now,)
+            ).fetchone()
+            is not None
+        )
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        conn: sqlite3.Connection,
+        job_id: int,
+        worker: str,
+        now: float,
+        state: JobState,
+        reason: str | None,
+        exit_code: int | None,
+        summary: str | None = None,
+    ) -> bool:
+        changed = conn.execute(
+            "UPDATE jobs SET state = ?, finished_at = ?, updated_at = ?, reason = ?, "
+            "summary = coalesce(?, summary), lease_owner = NULL, lease_expires = NULL "
+            "WHERE id = ? AND lease_owner = ? AND state = 'running'",
+            (state.value, now, now, reason, summary, job_id, worker),
+        ).rowcount
+        if changed:
+            self._end_attempt(conn, job_id, now, state.value, reason, exit_code)
+        return changed == 1
+
+    @staticmethod
+    def _end_attempt(
+        conn: sqlite3.Connection,
+        job_id: int,
+        now: float,
+        outcome: str,
+        reason: str | None,
+        exit_code: int | None,
+    ) -> None:
+        conn.execute(
+            "UPDATE attempts SET finished_at = ?, outcome = ?, reason = ?, exit_code = ? "
+            "WHERE id = (SELECT max(id) FROM attempts WHERE job_id = ?) AND finished_at IS NULL",
+            (now, outcome, reason, exit_code, job_id),
+        )
+
+
+def _job_row(row: Any) -> JobRow:
+    names = [f.name for f in JobRow.__dataclass_fields__.values()]
+    values = dict(zip(names, row, strict=True))
+    values["cancel_requested"] = bool(values["cancel_requested"])
+    return JobRow(**values)
