@@ -186,6 +186,29 @@ class Filter:
         return self.event is None or self.event.lower() in str(record.get("event", "")).lower()
 
 
+# The receiver, the worker and operator commands each write a chain of their own (an audit
+# chain has exactly one writer at a time).
+CHAINS = (("receiver", ""), ("worker", "worker"), ("operator", "operator"))
+
+
+def chains(audit_dir: Path) -> list[tuple[str, Path]]:
+    """The chains that exist under the audit directory."""
+    found = []
+    for name, sub in CHAINS:
+        path = audit_dir / sub if sub else audit_dir
+        if list_segments(path) or (path / "head.json").exists():
+            found.append((name, path))
+    return found
+
+
+def merged_records(audit_dir: Path) -> list[dict[str, Any]]:
+    """Every chain's records, in time order, each tagged with its chain."""
+    out: list[dict[str, Any]] = []
+    for name, path in chains(audit_dir):
+        out.extend({**record, "chain": name} for record in records(path))
+    return sorted(out, key=lambda record: str(record.get("ts", "")))
+
+
 def records(directory: Path) -> Iterator[dict[str, Any]]:
     """Every parseable line, authentic or not (verify is the tool for authenticity)."""
     for _, path in list_segments(directory):

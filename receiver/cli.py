@@ -80,6 +80,54 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("url", nargs="?", help="default: the local receiver's /webhook")
     p.add_argument("--payload", type=Path, help="JSON file to send instead of the sample")
 
+    p = add(
+        "worker",
+        "run queued jobs, each in an isolated child process",
+        "edgehook worker",
+        "edgehook worker --once   # drain what is runnable, then exit",
+    )
+    p.add_argument("--once", action="store_true", help="exit when nothing is runnable")
+
+    jobs = add(
+        "jobs",
+        "list, inspect, cancel and retry jobs",
+        "edgehook jobs list",
+        "edgehook jobs list --state failed --json",
+        "edgehook jobs show 12",
+        "edgehook jobs logs 12",
+        "edgehook jobs cancel 12",
+        "edgehook jobs retry 12",
+    )
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    j = jobs_sub.add_parser(
+        "list",
+        help="recent jobs, newest first",
+        epilog=_examples("edgehook jobs list --state running"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    j.add_argument(
+        "--state", choices=["queued", "running", "succeeded", "failed", "cancelled", "superseded"]
+    )
+    j.add_argument("--limit", type=int, default=50)
+    j.add_argument("--json", action="store_true")
+    for name, text in (
+        ("show", "one job and its attempts"),
+        ("logs", "a job's output"),
+        ("cancel", "cancel a queued job, or kill a running one"),
+        ("retry", "queue a failed, cancelled or superseded job again"),
+    ):
+        j = jobs_sub.add_parser(
+            name,
+            help=text,
+            epilog=_examples(f"edgehook jobs {name} 12"),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        j.add_argument("job_id", type=int)
+        if name == "show":
+            j.add_argument("--json", action="store_true")
+        if name == "logs":
+            j.add_argument("--attempt", type=int, help="default: the latest")
+
     audit = add(
         "audit",
         "review and verify the audit log",
@@ -161,6 +209,14 @@ def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
         return serve(config, env, allow_public=args.allow_public_bind)
     if args.command == "send-test":
         return _send_test(args, config, env)
+    if args.command == "worker":
+        from pipeline.worker import run_worker
+
+        return run_worker(config, env, once=args.once)
+    if args.command == "jobs":
+        from pipeline.jobscli import run_jobs
+
+        return run_jobs(args, config, env)
     return _audit(args, config, env)
 
 
@@ -202,33 +258,40 @@ def _audit(args: argparse.Namespace, config: Any, env: dict[str, str]) -> int:
     from receiver import auditread
     from receiver.credentials import load_audit_key
 
-    directory = config.audit_dir
     if args.audit_command == "verify":
-        report = auditread.verify(directory, load_audit_key(config, env))
+        key = load_audit_key(config, env)
+        found = auditread.chains(config.audit_dir)
+        if not found:
+            raise EdgehookError(f"no audit log under {config.audit_dir}; has edgehook run here?")
+        reports = {name: auditread.verify(path, key) for name, path in found}
         if args.json:
             print(
                 json.dumps(
                     {
-                        "ok": report.ok,
-                        "lines": report.lines,
-                        "last_seq": report.last_seq,
-                        "segments": report.segments,
-                        "notes": report.notes,
-                        "damage": None if report.damage is None else vars(report.damage),
+                        name: {
+                            "ok": r.ok,
+                            "lines": r.lines,
+                            "last_seq": r.last_seq,
+                            "segments": r.segments,
+                            "notes": r.notes,
+                            "damage": None if r.damage is None else vars(r.damage),
+                        }
+                        for name, r in reports.items()
                     }
                 )
             )
         else:
-            for note in report.notes:
-                print(f"note: {note}")
-            if report.ok:
-                print(
-                    f"ok: {report.lines} lines in {report.segments} segment(s), "
-                    f"chain intact through seq {report.last_seq}"
-                )
-            else:
-                print(f"DAMAGED: {report.damage}")
-        return 0 if report.ok else 1
+            for name, report in reports.items():
+                for note in report.notes:
+                    print(f"{name}: note: {note}")
+                if report.ok:
+                    print(
+                        f"{name}: ok: {report.lines} lines in {report.segments} segment(s), "
+                        f"chain intact through seq {report.last_seq}"
+                    )
+                else:
+                    print(f"{name}: DAMAGED: {report.damage}")
+        return 0 if all(r.ok for r in reports.values()) else 1
 
     def out(record: dict[str, Any]) -> None:
         print(json.dumps(record) if args.json else auditread.table_row(record), flush=True)
@@ -247,11 +310,11 @@ def _audit(args: argparse.Namespace, config: Any, env: dict[str, str]) -> int:
             raise EdgehookError(f"--since/--until: {exc}; use ISO time or 30m, 2h, 7d") from exc
         if not args.json:
             print(auditread.table_header())
-        for record in auditread.records(directory):
+        for record in auditread.merged_records(config.audit_dir):
             if chosen.accepts(record):
                 out(record)
         return 0
     if not args.json:
         print(auditread.table_header())
-    auditread.tail(directory, out, follow=args.follow, lines=args.lines)
+    auditread.tail(config.audit_dir, out, follow=args.follow, lines=args.lines)
     return 0

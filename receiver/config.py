@@ -56,12 +56,37 @@ class AuditConfig:
 
 
 @dataclass(frozen=True)
+class WorkerConfig:
+    lease_s: float = 30.0
+    heartbeat_s: float = 10.0
+    poll_s: float = 0.05
+    concurrency: int = 1
+    max_log_bytes: int = 1024 * 1024
+    shutdown_grace_s: float = 30.0
+    kill_grace_s: float = 5.0
+    retry_base_s: float = 5.0
+    retry_max_s: float = 600.0
+    job_user: str | None = None
+    # 0 = no limit. Address space is unlimited by default: CUDA reserves huge virtual ranges.
+    address_space_mb: int = 0
+    open_files: int = 1024
+    cpu_seconds: int = 0
+
+
+@dataclass(frozen=True)
+class ArtifactsConfig:
+    source: str = "wandb"
+    local_root: Path | None = None
+
+
+@dataclass(frozen=True)
 class SecretFiles:
     """Where the file-based secrets live when the environment does not provide them."""
 
     access_token_file: Path | None = None
     signing_secret_files: tuple[Path, ...] = ()
     audit_key_file: Path | None = None
+    wandb_api_key_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +98,8 @@ class Config:
     rate_limit: Limits = field(default_factory=Limits)
     audit: AuditConfig = field(default_factory=AuditConfig)
     secrets: SecretFiles = field(default_factory=SecretFiles)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     duplicate_window_s: float = 86400.0
     rules: tuple[Rule, ...] = ()
 
@@ -83,6 +110,10 @@ class Config:
     @property
     def audit_dir(self) -> Path:
         return self.data_dir / "audit"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
 
 
 def find_config(explicit: str | None, env: Mapping[str, str], cwd: Path) -> Path | None:
@@ -126,6 +157,8 @@ def load_config(
     dedupe = top.table("dedupe")
     window = dedupe.number("window_s", 86400.0, minimum=0.0, maximum=90 * 86400.0)
     dedupe.finish()
+    worker = _worker(top.table("worker"))
+    artifacts = _artifacts(top.table("artifacts"), base)
     rules = parse_rules(top.tables("rules"))
     top.text("data_dir", None)
     top.finish()
@@ -137,6 +170,8 @@ def load_config(
         rate_limit=rate_limit,
         audit=audit,
         secrets=secrets,
+        worker=worker,
+        artifacts=artifacts,
         duplicate_window_s=window,
         rules=rules,
     )
@@ -213,15 +248,65 @@ def _audit(t: Table) -> AuditConfig:
     return audit
 
 
+def _worker(t: Table) -> WorkerConfig:
+    lease = t.number("lease_s", 30.0, minimum=2.0, maximum=3600.0)
+    worker = WorkerConfig(
+        lease_s=lease,
+        heartbeat_s=t.number("heartbeat_s", min(10.0, lease / 3), minimum=0.5, maximum=lease / 2),
+        poll_s=t.number("poll_s", 0.05, minimum=0.01, maximum=5.0),
+        concurrency=t.integer("concurrency", 1, minimum=1, maximum=64),
+        max_log_bytes=t.integer("max_log_bytes", 1024 * 1024, minimum=64 * 1024),
+        shutdown_grace_s=t.number("shutdown_grace_s", 30.0, minimum=0.0, maximum=3600.0),
+        kill_grace_s=t.number("kill_grace_s", 5.0, minimum=0.1, maximum=300.0),
+        retry_base_s=t.number("retry_base_s", 5.0, minimum=0.0, maximum=3600.0),
+        retry_max_s=t.number("retry_max_s", 600.0, minimum=0.0, maximum=86400.0),
+        job_user=t.text("job_user", None) or None,
+        address_space_mb=t.integer("address_space_mb", 0, minimum=0),
+        open_files=t.integer("open_files", 1024, minimum=16, maximum=1 << 20),
+        cpu_seconds=t.integer("cpu_seconds", 0, minimum=0),
+    )
+    if worker.job_user is not None:
+        import pwd
+
+        try:
+            pwd.getpwnam(worker.job_user)
+        except KeyError as exc:
+            raise ConfigError(
+                t.key("job_user"),
+                f"no user named '{worker.job_user}'",
+                "create the user or remove the setting",
+            ) from exc
+    t.finish()
+    return worker
+
+
+def _artifacts(t: Table, base: Path) -> ArtifactsConfig:
+    source = t.text("source", "wandb")
+    if source not in ("wandb", "local"):
+        raise ConfigError(t.key("source"), f"'{source}' is not a source", 'use "wandb" or "local"')
+    root = t.text("local_root", None)
+    if source == "local" and root is None:
+        raise ConfigError(
+            t.key("local_root"),
+            'is required with source = "local"',
+            "give the directory that holds entity/project/collection/version",
+        )
+    artifacts = ArtifactsConfig(source=source, local_root=_resolve(base, root) if root else None)
+    t.finish()
+    return artifacts
+
+
 def _secret_files(t: Table, base: Path) -> SecretFiles:
     access = t.text("access_token_file", None)
     audit_key = t.text("audit_key_file", None)
+    wandb_key = t.text("wandb_api_key_file", None)
     files = SecretFiles(
         access_token_file=_resolve(base, access) if access else None,
         signing_secret_files=tuple(
             _resolve(base, p) for p in t.str_list("signing_secret_files", ())
         ),
         audit_key_file=_resolve(base, audit_key) if audit_key else None,
+        wandb_api_key_file=_resolve(base, wandb_key) if wandb_key else None,
     )
     t.finish()
     return files

@@ -4,6 +4,8 @@ EDGEHOOK_ACCESS_TOKEN[_FILE]   the W&B webhook's Access token (the bearer creden
 EDGEHOOK_SIGNING_SECRET[_FILE] the W&B webhook's Secret (HMAC key); the config file's
                                secrets.signing_secret_files adds more, for rotation
 EDGEHOOK_AUDIT_KEY[_FILE]      the audit log's HMAC key, kept apart from the log
+EDGEHOOK_WANDB_API_KEY[_FILE]  the worker's W&B API key, given only to jobs whose rule
+                               lists WANDB_API_KEY in env_allow
 
 A secret shorter than MIN_LENGTH, or in a file that group or others may read or write, is
 refused: a leaked or guessable secret lets anyone queue jobs on the device.
@@ -49,6 +51,23 @@ def load_secrets(config: Config, env: Mapping[str, str]) -> Secrets:
             "(`edgehook init` makes one)",
         )
     return Secrets(access_token=access, signing_secrets=tuple(signing))
+
+
+def load_wandb_key(config: Config, env: Mapping[str, str]) -> str | None:
+    """The W&B API key for jobs whose rule allows it (the worker's own secret), or None."""
+    if not (
+        env.get("EDGEHOOK_WANDB_API_KEY")
+        or env.get("EDGEHOOK_WANDB_API_KEY_FILE")
+        or config.secrets.wandb_api_key_file
+    ):
+        return None
+    key = _one(
+        "EDGEHOOK_WANDB_API_KEY",
+        config.secrets.wandb_api_key_file,
+        "secrets.wandb_api_key_file",
+        env,
+    )
+    return key.decode("utf-8")
 
 
 def load_audit_key(config: Config, env: Mapping[str, str]) -> bytes:

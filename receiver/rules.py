@@ -22,6 +22,10 @@ ACTIONS = ("download", "retrain", "deploy", "command")
 ARTIFACT_ACTIONS = frozenset({"download", "retrain", "deploy"})
 ARG_TYPES = ("str", "int", "float", "bool")
 ARG_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+# What artifact actions may see by default: the W&B key (from the worker's own secret) and
+# the SDK's non-secret settings.
+WANDB_ENV = ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_MODE", "WANDB_ENTITY", "WANDB_PROJECT")
 _INT_TEXT = re.compile(r"[+-]?[0-9]{1,18}")
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
@@ -170,7 +174,7 @@ DEFAULT_RULES = (
         aliases=frozenset({"download", "retrain"}),
         action="retrain",
         args=TRAINING_ARGS,
-        env_allow=("WANDB_API_KEY",),
+        env_allow=WANDB_ENV,
     ),
 )
 
@@ -223,7 +227,7 @@ def _parse_rule(t: Table) -> Rule:
             f"'{command[0]}' is not an absolute path",
             "give the program's full path (no shell, no PATH lookup)",
         )
-    default_env = ("WANDB_API_KEY",) if action in ARTIFACT_ACTIONS else ()
+    default_env = WANDB_ENV if action in ARTIFACT_ACTIONS else ()
     rule = Rule(
         name=name,
         events=events,
@@ -234,13 +238,31 @@ def _parse_rule(t: Table) -> Rule:
         collection=t.text("collection", None),
         args=_parse_args(t.table("args")),
         command=command,
-        env_allow=t.str_list("env_allow", default_env),
+        env_allow=_env_allow(t, default_env),
         timeout_s=t.number("timeout_s", 3600.0, minimum=1.0, maximum=7 * 86400.0),
         max_retries=t.integer("max_retries", 3, minimum=0, maximum=20),
         coalesce=t.flag("coalesce", action == "retrain"),
     )
     t.finish()
     return rule
+
+
+def _env_allow(t: Table, default: tuple[str, ...]) -> tuple[str, ...]:
+    names: tuple[str, ...] = t.str_list("env_allow", default)
+    for name in names:
+        if not ENV_NAME.fullmatch(name):
+            raise ConfigError(
+                t.key("env_allow"),
+                f"'{name}' is not an environment variable name",
+                "use names like PATH or WANDB_BASE_URL",
+            )
+        if name.startswith("EDGEHOOK_"):
+            raise ConfigError(
+                t.key("env_allow"),
+                f"'{name}' would hand a job edgehook's own settings or secrets",
+                "remove it",
+            )
+    return names
 
 
 def _event_type(t: Table, value: str) -> str:

@@ -96,7 +96,7 @@ def test_send_test_and_audit_commands_against_the_running_server(
     lines = [json.loads(line) for line in shown.stdout.splitlines()]
     assert [line["job_id"] for line in lines] == [1]
     verified = edgehook("audit", "verify")
-    assert verified.returncode == 0 and verified.stdout.startswith("ok:")
+    assert verified.returncode == 0 and verified.stdout.startswith("receiver: ok:")
 
 
 def test_errors_never_carry_stack_traces(server: Server) -> None:

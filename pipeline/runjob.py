@@ -1,0 +1,87 @@
+"""The child process for built-in actions: `python -m pipeline.runjob job.json`.
+
+Runs in the job's own directory with only the environment its rule allows. Writes
+result.json (summary, produced artifacts, or the error) for the worker, which owns the
+outcome. Exit codes: see pipeline/errors.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.artifacts import Fetched, fetch_local, fetch_wandb
+from pipeline.errors import EXIT_FAILED, EXIT_TRANSIENT, JobError, TransientError
+
+RESULT = "result.json"
+
+
+def fetch(spec: dict[str, Any], job_dir: Path) -> Fetched:
+    version = spec["event"].get("version_string") or _version_string(spec["event"])
+    if version is None:
+        raise JobError("the event names no artifact version")
+    dest = job_dir / "artifact"
+    if spec["artifacts"]["source"] == "local":
+        return fetch_local(Path(spec["artifacts"]["local_root"]), version, dest)
+    return fetch_wandb(version, dest)
+
+
+def download(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
+    got = fetch(spec, job_dir)
+    return {
+        "summary": f"downloaded {got.version_string}: {got.files} files, {got.bytes} bytes, "
+        "digests verified"
+    }
+
+
+def retrain(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
+    # The training pipeline (its own issue) takes over from here; until then retrain only
+    # fetches and verifies, and says so in the job's summary.
+    got = fetch(spec, job_dir)
+    return {
+        "summary": f"retrain: fetched {got.version_string} ({got.files} files, digests "
+        "verified); training is not built yet, so nothing was trained"
+    }
+
+
+def deploy(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
+    raise JobError(
+        "deploy is refused: edgehook deploys only signed models, and model "
+        "signing is not built yet (model supply-chain issue)"
+    )
+
+
+ACTIONS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {
+    "download": download,
+    "retrain": retrain,
+    "deploy": deploy,
+}
+
+
+def _version_string(event: dict[str, Any]) -> str | None:
+    parts = [event.get(k) for k in ("entity", "project", "collection")]
+    tag = event.get("version") or event.get("alias")
+    return f"{parts[0]}/{parts[1]}/{parts[2]}:{tag}" if all(parts) and tag else None
+
+
+def main(argv: list[str]) -> int:
+    job_dir = Path.cwd()
+    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+    result: dict[str, Any]
+    try:
+        result = ACTIONS[spec["action"]](spec, job_dir)
+        code = 0
+    except TransientError as exc:
+        result, code = {"error": str(exc), "transient": True}, EXIT_TRANSIENT
+    except JobError as exc:
+        result, code = {"error": str(exc)}, EXIT_FAILED
+    (job_dir / RESULT).write_text(json.dumps(result), encoding="utf-8")
+    print(result.get("summary") or f"error: {result['error']}", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

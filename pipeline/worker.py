@@ -1,0 +1,406 @@
+"""`edgehook worker`: claims jobs under a lease and runs each in an isolated child process.
+
+One process, single-threaded: a loop that claims jobs while slots are free, reads the
+children's output, heartbeats their leases, enforces timeouts and cancellations, records
+each outcome in the store (then the audit log), and reaps leases of workers that died.
+rq's work-horse pattern: the child runs the job, the parent owns its outcome.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from pipeline.errors import EXIT_TRANSIENT
+from pipeline.queue import Job, JobState, SqliteQueue
+from pipeline.sandbox import (
+    CappedLog,
+    Limits,
+    command_environment,
+    job_environment,
+    make_job_dir,
+    signal_group,
+    spawn,
+)
+from receiver.audit import AuditLog
+from receiver.config import Config
+from receiver.errors import EdgehookError
+from receiver.rules import Rule
+
+log = structlog.get_logger("edgehook.worker")
+RESULT_LIMIT = 64 * 1024
+REAP_EVERY_S = 1.0
+CANCEL_CHECK_EVERY_S = 0.5
+
+
+@dataclass
+class Running:
+    job: Job
+    rule: Rule
+    process: subprocess.Popen[bytes]
+    job_dir: Path
+    log: CappedLog
+    started: float
+    last_heartbeat: float
+    kill_at: float | None = None  # SIGKILL deadline once SIGTERM was sent
+    stop_reason: str | None = None  # why we are stopping it (timeout, cancel, lost lease)
+    stop_state: JobState | None = None
+    output_open: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Worker:
+    def __init__(
+        self,
+        config: Config,
+        queue: SqliteQueue,
+        audit: AuditLog,
+        env: Mapping[str, str],
+        wandb_key: str | None,
+        *,
+        clock: Callable[[], float] = time.time,
+        worker_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.settings = config.worker
+        self.queue = queue
+        self.audit = audit
+        self.env = env
+        self.wandb_key = wandb_key
+        self.clock = clock
+        self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.rules = {rule.name: rule for rule in config.rules}
+        self.limits = Limits.from_config(self.settings)
+        self.running: dict[int, Running] = {}
+        self.selector = selectors.DefaultSelector()
+        self.stopping = False
+        self._stop_deadline = 0.0
+        self._last_reap = float("-inf")
+        self._last_cancel_check = float("-inf")
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def run(self, *, once: bool = False) -> int:
+        """Work until SIGTERM/SIGINT (or, with once, until nothing is runnable)."""
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        self.audit.record("worker_start", worker=self.id, pid=os.getpid())
+        try:
+            while True:
+                now = self.clock()
+                if now - self._last_reap >= REAP_EVERY_S:
+                    self._reap(now)
+                self._supervise(now)
+                if not self.stopping:
+                    self._claim(now)
+                if self.stopping and self._finish_stopping(now):
+                    break
+                if once and not self.running and not self.queue.runnable(self.clock()):
+                    break
+                self._wait_output(self.settings.poll_s)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self.audit.record("worker_stop", worker=self.id)
+        return 0
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if not self.stopping:
+            log.info(
+                "worker_stopping", signal=signal.Signals(signum).name, running=list(self.running)
+            )
+            self.stopping = True
+            self._stop_deadline = self.clock() + self.settings.shutdown_grace_s
+
+    def _finish_stopping(self, now: float) -> bool:
+        """Let running jobs finish within the grace period, then hand them back."""
+        if not self.running:
+            return True
+        if now < self._stop_deadline:
+            return False
+        for run in list(self.running.values()):
+            signal_group(run.process, signal.SIGKILL)
+            run.process.wait()
+            self._close_output(run)
+            if self.queue.release(run.job.id, self.id, now):
+                self._audit_job(run.job, "handed_back", reason="worker shut down")
+            self.running.pop(run.job.id)
+        return True
+
+    # -- claiming and starting -----------------------------------------------------------
+
+    def _claim(self, now: float) -> None:
+        while len(self.running) < self.settings.concurrency:
+            job = self.queue.claim(self.id, self.settings.lease_s, now)
+            if job is None:
+                return
+            for old in self.queue.superseded_by(job.id):
+                self._audit_job_id(old, "superseded", rule=job.rule, by=job.id)
+            self._start(job, now)
+
+    def _start(self, job: Job, now: float) -> None:
+        rule = self.rules.get(job.rule)
+        if rule is None:
+            self._record_failure(
+                job, now, f"rule '{job.rule}' is no longer configured", transient=False
+            )
+            return
+        try:
+            job_dir = make_job_dir(
+                self.config.jobs_dir, job.id, job.attempt, self.settings.job_user
+            )
+            argv, extra = self._argv(job, rule, job_dir)
+            env = job_environment(rule.env_allow, self.env, self.wandb_key, job_dir, extra)
+            process = spawn(argv, job_dir, env, self.limits, self.settings.job_user)
+        except OSError as exc:
+            # A missing or non-executable program will not fix itself; a failed fork might.
+            permanent = isinstance(exc, (FileNotFoundError, PermissionError))
+            self._record_failure(
+                job, now, f"could not start the job: {exc}", transient=not permanent
+            )
+            return
+        started = self.clock()
+        capped = CappedLog(
+            job_dir.parent / f"attempt-{job.attempt}.log", self.settings.max_log_bytes
+        )
+        assert process.stdout is not None
+        os.set_blocking(process.stdout.fileno(), False)
+        run = Running(job, rule, process, job_dir, capped, started, started)
+        self.selector.register(process.stdout, selectors.EVENT_READ, run)
+        self.running[job.id] = run
+        self._audit_job(
+            job, "started", pid=process.pid, waited_ms=round((started - job.created_at) * 1000, 1)
+        )
+
+    def _argv(self, job: Job, rule: Rule, job_dir: Path) -> tuple[list[str], dict[str, str]]:
+        extra = {"EDGEHOOK_JOB_ID": str(job.id), "EDGEHOOK_JOB_DIR": str(job_dir)}
+        if rule.action == "command":
+            return list(rule.command), extra | command_environment(job.args, job.event, job.id)
+        spec = {
+            "job_id": job.id,
+            "action": rule.action,
+            "args": job.args,
+            "event": job.event,
+            "attempt": job.attempt,
+            "artifacts": {
+                "source": self.config.artifacts.source,
+                "local_root": str(self.config.artifacts.local_root or ""),
+            },
+        }
+        (job_dir / "job.json").write_text(json.dumps(spec), encoding="utf-8")
+        return [sys.executable, "-m", "pipeline.runjob", "job.json"], extra
+
+    # -- supervising -----------------------------------------------------------------------
+
+    def _supervise(self, now: float) -> None:
+        check_cancel = now - self._last_cancel_check >= CANCEL_CHECK_EVERY_S
+        if check_cancel:
+            self._last_cancel_check = now
+        for run in list(self.running.values()):
+            code = run.process.poll()
+            if code is not None:
+                self._finished(run, code)
+                continue
+            if run.kill_at is not None:
+                if now >= run.kill_at:
+                    signal_group(run.process, signal.SIGKILL)
+                continue
+            if now - run.last_heartbeat >= self.settings.heartbeat_s:
+                run.last_heartbeat = now
+                if not self.queue.heartbeat(run.job.id, self.id, self.settings.lease_s, now):
+                    self._stop(run, now, "lease lost to another worker", None)
+                    continue
+            if now - run.started >= run.rule.timeout_s:
+                self._stop(run, now, f"timed out after {run.rule.timeout_s:g} s", JobState.FAILED)
+            elif check_cancel and self.queue.cancel_requested(run.job.id):
+                self._stop(run, now, "cancelled by operator", JobState.CANCELLED)
+
+    def _stop(self, run: Running, now: float, reason: str, state: JobState | None) -> None:
+        """SIGTERM to the whole group now, SIGKILL after the grace period."""
+        run.stop_reason, run.stop_state = reason, state
+        run.kill_at = now + self.settings.kill_grace_s
+        signal_group(run.process, signal.SIGTERM)
+
+    def _finished(self, run: Running, code: int) -> None:
+        # Whatever the child left behind in its process group goes with it.
+        signal_group(run.process, signal.SIGKILL)
+        self._close_output(run)
+        self.running.pop(run.job.id)
+        now = self.clock()
+        job = run.job
+        duration = round(now - run.started, 3)
+        if run.stop_reason is not None:
+            if run.stop_state == JobState.CANCELLED:
+                if self.queue.cancelled(job.id, self.id, now, run.stop_reason):
+                    self._audit_job(job, "cancelled", reason=run.stop_reason, duration_s=duration)
+            elif run.stop_state == JobState.FAILED:
+                self._record_failure(job, now, run.stop_reason, transient=False, exit_code=code)
+            else:
+                self._audit_job(job, "abandoned", reason=run.stop_reason)
+            return
+        result = self._result(run)
+        if code == 0:
+            summary = str(result.get("summary", ""))[:500]
+            produced = [p for p in result.get("produced", []) if isinstance(p, dict)]
+            if self.queue.complete(job.id, self.id, now, summary=summary, produced=produced):
+                self._audit_job(job, "succeeded", duration_s=duration, summary=summary)
+            return
+        if code < 0:
+            reason = f"killed by {signal.Signals(-code).name}"
+        else:
+            reason = str(result.get("error") or run.log.last_line or f"exit code {code}")[:500]
+        self._record_failure(
+            job, now, reason, transient=code == EXIT_TRANSIENT, exit_code=code, duration_s=duration
+        )
+
+    def _record_failure(
+        self,
+        job: Job,
+        now: float,
+        reason: str,
+        *,
+        transient: bool,
+        exit_code: int | None = None,
+        **extra: Any,
+    ) -> None:
+        delay = min(self.settings.retry_base_s * 2 ** (job.attempt - 1), self.settings.retry_max_s)
+        state = self.queue.fail(
+            job.id,
+            self.id,
+            now,
+            reason,
+            transient=transient,
+            retry_delay_s=delay,
+            exit_code=exit_code,
+        )
+        if state == JobState.QUEUED:
+            self._audit_job(
+                job,
+                "retry_scheduled",
+                reason=reason,
+                exit_code=exit_code,
+                retry_in_s=delay,
+                **extra,
+            )
+        elif state is not None:
+            self._audit_job(job, state.value, reason=reason, exit_code=exit_code, **extra)
+
+    def _result(self, run: Running) -> dict[str, Any]:
+        path = run.job_dir / "result.json"
+        try:
+            if path.stat().st_size > RESULT_LIMIT:
+                return {"error": "result.json is too large"}
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _reap(self, now: float) -> None:
+        self._last_reap = now
+        for job_id, state in self.queue.reap_expired(now):
+            self._audit_job_id(
+                job_id,
+                "requeued" if state == JobState.QUEUED else state.value,
+                reason="lease expired: its worker died or stalled",
+            )
+
+    # -- output ----------------------------------------------------------------------------
+
+    def _wait_output(self, timeout: float) -> None:
+        if not self.selector.get_map():
+            time.sleep(timeout)
+            return
+        for key, _ in self.selector.select(timeout):
+            run: Running = key.data
+            try:
+                data = os.read(key.fd, 65536)
+            except BlockingIOError:
+                continue
+            if data:
+                run.log.feed(data)
+            else:
+                self._close_output(run)
+
+    def _close_output(self, run: Running) -> None:
+        if not run.output_open:
+            return
+        run.output_open = False
+        assert run.process.stdout is not None
+        try:
+            while data := os.read(run.process.stdout.fileno(), 65536):
+                run.log.feed(data)
+        except (BlockingIOError, OSError):
+            pass
+        self.selector.unregister(run.process.stdout)
+        run.process.stdout.close()
+        run.log.close()
+
+    # -- audit -----------------------------------------------------------------------------
+
+    def _audit_job(self, job: Job, transition: str, **fields: Any) -> None:
+        self.audit.record(
+            "job",
+            job_id=job.id,
+            transition=transition,
+            rule=job.rule,
+            action=job.action,
+            attempt=job.attempt,
+            worker=self.id,
+            **fields,
+        )
+        log.info("job", job_id=job.id, transition=transition, **fields)
+
+    def _audit_job_id(self, job_id: int, transition: str, **fields: Any) -> None:
+        self.audit.record("job", job_id=job_id, transition=transition, worker=self.id, **fields)
+        log.info("job", job_id=job_id, transition=transition, **fields)
+
+
+class WorkerLock:
+    """One worker process per data directory (its audit chain has one writer)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._fd = os.open(data_dir / "worker.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(self._fd)
+            raise EdgehookError(
+                f"another edgehook worker is running on {data_dir}; "
+                "run one worker per data directory"
+            ) from exc
+
+    def release(self) -> None:
+        os.close(self._fd)
+
+
+def run_worker(config: Config, env: Mapping[str, str], *, once: bool) -> int:
+    """`edgehook worker`: open what the worker needs (never the receiver's secrets)."""
+    from receiver.credentials import load_audit_key, load_wandb_key
+    from receiver.store import open_store
+
+    audit_key = load_audit_key(config, env)
+    wandb_key = load_wandb_key(config, env)
+    lock = WorkerLock(config.data_dir)
+    conn = open_store(config.store_path)
+    audit = AuditLog(config.audit_dir / "worker", audit_key, config.audit, clock=time.time)
+    try:
+        return Worker(config, SqliteQueue(conn), audit, env, wandb_key).run(once=once)
+    finally:
+        audit.close()
+        conn.close()
+        lock.release()
