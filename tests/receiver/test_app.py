@@ -1,6 +1,7 @@
 import json
 import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
@@ -274,3 +275,22 @@ def test_event_about_a_version_this_device_produced_is_ignored(
         assert reply.json() == {"status": "ignored", "reason": "produced here"}
     assert jobs(services) == []
     assert audit_lines(services)[-1]["reason"] == "produced_here"
+
+
+def test_read_only_store_gives_503_then_resumes(workspace: Workspace, clock: Clock) -> None:
+    client, services = make_client(workspace.config(), clock)
+    path = services.config.store_path
+
+    def read_only(p: Path) -> sqlite3.Connection:
+        return sqlite3.connect(f"file:{p}?mode=ro", uri=True, isolation_level=None)
+
+    services.committer = Committer(path, 86400.0, connect_fn=read_only)
+    with client:
+        reply = client.post(URL, content=BODY, headers=signed(workspace, BODY))
+        assert reply.status_code == 503 and reply.json()["error"] == "store_unavailable"
+        assert jobs(services) == []
+        services.committer.stop()
+        services.committer = Committer(path, 86400.0)
+        services.committer.start()
+        assert client.post(URL, content=BODY, headers=signed(workspace, BODY)).status_code == 202
+    assert len(jobs(services)) == 1
