@@ -56,6 +56,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN summary TEXT;
     ALTER TABLE jobs ADD COLUMN finished_at REAL;
     CREATE INDEX jobs_runnable ON jobs (state, run_after, id);
+    CREATE INDEX jobs_by_event ON jobs (event_id);
     CREATE INDEX jobs_by_coalesce_key ON jobs (coalesce_key, state, id);
     CREATE TABLE attempts (
         id INTEGER PRIMARY KEY,
@@ -174,10 +175,7 @@ def commit_deliveries(
                 results.append(Committed(job_id=None, produced_here=True))
                 continue
             row = conn.execute(
-                "SELECT jobs.id FROM events JOIN jobs ON jobs.event_id = events.id "
-                "WHERE events.body_sha256 = ? AND events.received_at >= ? "
-                "ORDER BY events.id LIMIT 1",
-                (d.body_sha256, d.received_at - duplicate_window_s),
+                DUPLICATE_QUERY, (d.body_sha256, d.received_at - duplicate_window_s)
             ).fetchone()
             if row is not None:
                 results.append(Committed(job_id=int(row[0]), duplicate=True))
@@ -215,14 +213,19 @@ def commit_deliveries(
     return results
 
 
+# Driven from the digest index, then jobs by event: both indexed, whatever the store's size.
+DUPLICATE_QUERY = (
+    "SELECT id FROM jobs WHERE event_id = (SELECT id FROM events WHERE body_sha256 = ? "
+    "AND received_at >= ? ORDER BY id LIMIT 1) ORDER BY id LIMIT 1"
+)
+PRODUCED_QUERY = "SELECT 1 FROM produced WHERE version_string = ? OR artifact_id = ? LIMIT 1"
+
+
 def produced_here(
     conn: sqlite3.Connection, version_string: str | None, artifact_id: str | None
 ) -> bool:
     """True when this device uploaded that artifact version (its own output re-firing)."""
     if version_string is None and artifact_id is None:
         return False
-    row = conn.execute(
-        "SELECT 1 FROM produced WHERE version_string = ? OR artifact_id = ? LIMIT 1",
-        (version_string, artifact_id),
-    ).fetchone()
+    row = conn.execute(PRODUCED_QUERY, (version_string, artifact_id)).fetchone()
     return row is not None

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # README's first command: edgehook end to end on its embedded defaults, offline, on loopback.
-# Sets up the virtualenv, initialises a temporary edgehook directory, starts the receiver,
-# sends a delivery signed exactly as W&B signs it, a repeat and a forgery, then verifies
-# the audit log. Cleans up its processes and files (KEEP=1 keeps the directory).
+# Sets up the virtualenv, initialises a temporary edgehook directory with a local dataset
+# artifact, starts the receiver and the worker, sends a delivery signed exactly as W&B signs
+# it, a repeat and a forgery, shows the job run, then verifies the audit log.
+# Cleans up its processes and files (KEEP=1 keeps the directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -10,8 +11,9 @@ VENV=${EDGEHOOK_VENV:-.venv}
 EDGEHOOK="$PWD/$VENV/bin/edgehook"
 work=$(mktemp -d -t edgehook-demo.XXXXXX)
 server_pid=""
+worker_pid=""
 cleanup() {
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+  for pid in $worker_pid $server_pid; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
   if [ "${KEEP:-0}" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT INT TERM
@@ -23,12 +25,21 @@ step "edgehook init (config and fresh secrets in $work)"
 "$EDGEHOOK" init --dir "$work" | sed -n '1,8p'
 cd "$work"
 
+step "a local dataset artifact (no W&B account needed): my-team/edge-demo/cifar10-subset:v0"
+"$OLDPWD/$VENV/bin/python" "$OLDPWD/scripts/demo_artifact.py" artifacts
+printf '\n[artifacts]\nsource = "local"\nlocal_root = "artifacts"\n' >> edgehook.toml
+echo "60 images in 3 classes, with a manifest of SHA-256 digests; alias 'retrain' -> v0"
+
 step "edgehook serve on 127.0.0.1:$port"
 "$EDGEHOOK" serve >"$work/serve.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 100); do curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null || { cat "$work/serve.log"; exit 1; }
 echo "receiver is up (loopback only; a tunnel is the way in)"
+
+step "edgehook worker (a separate process; runs each job in an isolated child)"
+"$EDGEHOOK" worker >"$work/worker.log" 2>&1 &
+worker_pid=$!
 
 step "a delivery signed exactly as W&B signs it (edgehook send-test)"
 "$EDGEHOOK" send-test
@@ -39,14 +50,16 @@ curl -sS -X POST "http://127.0.0.1:$port/webhook" -H 'Content-Type: application/
   -H "Authorization: Bearer $(cat secrets/access_token)" -H 'X-Wandb-Signature: forged' -d '{}'
 echo
 
-step "the audit log (edgehook audit show)"
+step "the job: queued, claimed, run, recorded (edgehook jobs show 1)"
+for _ in $(seq 100); do
+  "$EDGEHOOK" jobs list --json | grep -q '"state": "\(succeeded\|failed\)"' && break; sleep 0.1
+done
+"$EDGEHOOK" jobs show 1
+step "its output (edgehook jobs logs 1)"
+"$EDGEHOOK" jobs logs 1
+step "the audit log, receiver and worker (edgehook audit show)"
 "$EDGEHOOK" audit show
-step "the queued job, committed in the store"
-"$OLDPWD/$VENV/bin/python" - <<'PY'
-import sqlite3
-for row in sqlite3.connect("data/edgehook.db").execute("SELECT id, action, state, args_json FROM jobs"):
-    print("job %s: %s, %s, args %s" % row)
-PY
+kill "$worker_pid"; wait "$worker_pid" 2>/dev/null || true; worker_pid=""
 kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=""
 step "edgehook audit verify"
 "$EDGEHOOK" audit verify

@@ -511,3 +511,111 @@ def test_jobs_list_show_logs_retry(
     assert again.returncode == 1 and "only failed" in again.stderr
     missing = cli("show", "999")
     assert missing.returncode == 1 and "no job 999" in missing.stderr
+
+
+def test_resource_limits_apply_to_the_child(
+    workspace: Workspace, tmp_path: Path, run_worker: RunWorker
+) -> None:
+    files = python_command(
+        tmp_path,
+        """
+        handles = []
+        try:
+            for _ in range(100):
+                handles.append(open("/dev/null"))
+        except OSError as exc:
+            print("FILES", len(handles), type(exc).__name__)
+        """,
+    )
+    memory = python_command(
+        tmp_path,
+        """
+        try:
+            block = bytearray(400 * 1024 * 1024)
+            print("ALLOCATED")
+        except MemoryError:
+            print("MEMORY refused")
+        """,
+    )
+    cpu = python_command(tmp_path, "while True: pass")
+    config = add_rules(
+        workspace,
+        command_rule("files", files)
+        + command_rule("memory", memory)
+        + command_rule("cpu", cpu, timeout_s=30),
+        worker="open_files = 32\naddress_space_mb = 300\ncpu_seconds = 1\n",
+    )
+    ids = {name: enqueue(config, name, n=n) for n, name in enumerate(("files", "memory", "cpu"))}
+    run_worker(config)
+    assert "FILES" in log_text(config, ids["files"])
+    assert int(log_text(config, ids["files"]).split()[1]) < 32
+    assert "MEMORY refused" in log_text(config, ids["memory"])
+    cpu_row = job(config, ids["cpu"])
+    assert cpu_row["state"] == "failed" and "SIGXCPU" in str(cpu_row["reason"])
+
+
+def test_concurrency_runs_jobs_side_by_side(
+    workspace: Workspace, tmp_path: Path, run_worker: RunWorker
+) -> None:
+    argv = python_command(
+        tmp_path,
+        """
+        import time
+        print("START", time.time(), flush=True)
+        time.sleep(1.0)
+        print("END", time.time())
+        """,
+    )
+    config = add_rules(workspace, command_rule("pair", argv), worker="concurrency = 2\n")
+    first, second = enqueue(config, "pair"), enqueue(config, "pair", n=1)
+    started = time.monotonic()
+    run_worker(config)
+    assert time.monotonic() - started < 1.9  # two 1 s jobs, overlapping
+
+    def span(job_id: int) -> tuple[float, float]:
+        words = log_text(config, job_id).split()
+        return float(words[1]), float(words[3])
+
+    (a_start, a_end), (b_start, b_end) = span(first), span(second)
+    assert a_start < b_end and b_start < a_end
+
+
+def test_what_a_job_reports_producing_is_not_run_again(
+    workspace: Workspace, tmp_path: Path, run_worker: RunWorker
+) -> None:
+    from pipeline.queue import SqliteQueue
+    from receiver.store import Delivery, open_store
+
+    argv = python_command(
+        tmp_path,
+        """
+        import json
+        json.dump({"summary": "uploaded model", "produced": [
+            {"version_string": "my-team/edge-demo/model:v4", "artifact_id": None}]},
+            open("result.json", "w"))
+        """,
+    )
+    config = add_rules(workspace, command_rule("publish", argv))
+    job_id = enqueue(config, "publish")
+    run_worker(config)
+    assert job(config, job_id)["summary"] == "uploaded model"
+    conn = open_store(config.store_path)
+    try:
+        again = SqliteQueue(conn).enqueue(
+            Delivery(
+                received_at=time.time(),
+                request_id="x",
+                client="203.0.113.1",
+                body_sha256="f" * 64,
+                event_type="CREATE_ARTIFACT",
+                version_string="my-team/edge-demo/model:v4",
+                event_json="{}",
+                rule="publish",
+                action="command",
+                args_json="{}",
+            ),
+            86400,
+        )
+    finally:
+        conn.close()
+    assert again.produced_here and again.job_id is None
