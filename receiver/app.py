@@ -92,13 +92,7 @@ async def _webhook(svc: Services, request: Request) -> Response:
         record["event"] = event.summary()
         rule = match(svc.config.rules, event)
         if rule is None:
-            return answer(
-                record,
-                200,
-                "ignored",
-                "no_rule",
-                {"status": "ignored", "reason": "no rule matches"},
-            )
+            return _ignored(record, "no_rule", "no rule matches")
         record["rule"] = rule.name
         args = rule.validate_args(event.args)
         if rule.action in ARTIFACT_ACTIONS and event.version_string is None:
@@ -139,13 +133,7 @@ async def _webhook(svc: Services, request: Request) -> Response:
             retry_after=RETRY_AFTER_STORE_S,
         )
     if committed.produced_here:
-        return answer(
-            record,
-            200,
-            "ignored",
-            "produced_here",
-            {"status": "ignored", "reason": "produced here"},
-        )
+        return _ignored(record, "produced_here", "produced here")
     record["job_id"] = committed.job_id
     if committed.duplicate:
         return answer(
@@ -158,6 +146,11 @@ async def _webhook(svc: Services, request: Request) -> Response:
     return answer(
         record, 202, "accepted", "queued", {"status": "accepted", "job_id": committed.job_id}
     )
+
+
+def _ignored(record: dict[str, Any], reason: str, text: str) -> Response:
+    """200: authentic, but nothing to do (no rule matches, or the device's own output)."""
+    return answer(record, 200, "ignored", reason, {"status": "ignored", "reason": text})
 
 
 async def healthz(request: Request) -> Response:

@@ -33,6 +33,21 @@ from tests.pipeline.conftest import (
 RunWorker = Callable[..., object]
 
 
+def lingering_job(tmp_path: Path) -> tuple[str, list[str]]:
+    """A job that starts a grandchild (findable by a marker) and then runs for 5 minutes."""
+    marker = f"edgehook-test-{uuid.uuid4().hex}"
+    argv = python_command(
+        tmp_path,
+        f"""
+        import subprocess, sys, time
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "{marker}"])
+        print("started", flush=True)
+        time.sleep(300)
+        """,
+    )
+    return marker, argv
+
+
 def test_command_gets_args_and_event_as_environment(
     workspace: Workspace, tmp_path: Path, run_worker: RunWorker
 ) -> None:
@@ -129,16 +144,7 @@ def test_wandb_key_only_for_rules_that_allow_it(
 def test_timeout_kills_the_whole_group_and_fails(
     workspace: Workspace, tmp_path: Path, run_worker: RunWorker
 ) -> None:
-    marker = f"edgehook-test-{uuid.uuid4().hex}"
-    argv = python_command(
-        tmp_path,
-        f"""
-        import subprocess, sys, time
-        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "{marker}"])
-        print("started", flush=True)
-        time.sleep(300)
-        """,
-    )
+    marker, argv = lingering_job(tmp_path)
     config = add_rules(
         workspace, command_rule("slow", argv, timeout_s=1), worker="kill_grace_s = 0.5\n"
     )
@@ -327,15 +333,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
 def test_cancel_kills_a_running_job_and_leaves_nothing(
     workspace: Workspace, tmp_path: Path
 ) -> None:
-    marker = f"edgehook-test-{uuid.uuid4().hex}"
-    argv = python_command(
-        tmp_path,
-        f"""
-        import subprocess, sys, time
-        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "{marker}"])
-        time.sleep(300)
-        """,
-    )
+    marker, argv = lingering_job(tmp_path)
     config = add_rules(workspace, command_rule("long", argv), worker="kill_grace_s = 1\n")
     job_id = enqueue(config, "long")
     worker = edgehook(workspace, "worker")
