@@ -24,7 +24,8 @@ from typing import Any
 
 import structlog
 
-from pipeline.errors import EXIT_TRANSIENT
+from pipeline import registry
+from pipeline.errors import EXIT_TRANSIENT, JobError
 from pipeline.queue import Job, JobState, SqliteQueue
 from pipeline.sandbox import (
     CappedLog,
@@ -254,7 +255,15 @@ class Worker:
             return
         result = self._result(run)
         if code == 0:
-            summary = str(result.get("summary", ""))[:500]
+            summary = str(result.get("summary", ""))[:400]
+            if isinstance(result.get("model"), str):
+                try:
+                    summary += "; " + self._promote(run, Path(result["model"]))
+                except JobError as exc:
+                    self._record_failure(
+                        job, now, f"model not accepted: {exc}", transient=False, exit_code=code
+                    )
+                    return
             produced = [p for p in result.get("produced", []) if isinstance(p, dict)]
             if self.queue.complete(job.id, self.id, now, summary=summary, produced=produced):
                 self._audit_job(job, "succeeded", duration_s=duration, summary=summary)
@@ -266,6 +275,26 @@ class Worker:
         self._record_failure(
             job, now, reason, transient=code == EXIT_TRANSIENT, exit_code=code, duration_s=duration
         )
+
+    def _promote(self, run: Running, model: Path) -> str:
+        """Register the job's model; make it active if it is no worse than the active one."""
+        if run.job_dir.resolve() not in model.resolve().parents:
+            raise JobError("the job reported a model outside its own directory")
+        decision = registry.promote(
+            self.config.models_dir,
+            model,
+            f"job{run.job.id}-attempt{run.job.attempt}",
+            self.config.promotion_tolerance,
+        )
+        self._audit_job(
+            run.job,
+            "model_promoted" if decision.promoted else "model_kept",
+            model=decision.name,
+            reason=decision.reason,
+        )
+        if decision.promoted:
+            return f"promoted {decision.name} ({decision.reason})"
+        return f"not promoted: {decision.reason}"
 
     def _record_failure(
         self,

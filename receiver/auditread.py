@@ -221,7 +221,7 @@ _COLUMNS = (
     ("decision", 10),
     ("reason", 18),
     ("client", 22),
-    ("event", 40),
+    ("event", 60),
     ("job_id", 6),
 )
 

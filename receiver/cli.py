@@ -128,6 +128,48 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "logs":
             j.add_argument("--attempt", type=int, help="default: the latest")
 
+    p = add(
+        "train",
+        "train a quantized model on a local dataset, without a webhook",
+        "edgehook train --data ./images --out ./model",
+        "edgehook train --data ./cifar-10-batches-py --epochs 5 --dry-run",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="an image-folder tree, CIFAR-10 python batches, or a .npz",
+    )
+    p.add_argument("--out", type=Path, required=True, help="where to write the model")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--dry-run", action="store_true", help="one batch of one epoch")
+
+    p = add(
+        "infer",
+        "classify images with the active (or a given) int8 model",
+        "edgehook infer photo.png",
+        "edgehook infer ./images --top-k 1 --json",
+        "edgehook infer --model ./model photo.png",
+    )
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--model", type=Path, help="a model directory (default: the active model)")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+
+    model = add(
+        "model",
+        "the device's models: list them, roll back the active one",
+        "edgehook model list",
+        "edgehook model rollback",
+    )
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    model_sub.add_parser("list", help="models, the active one starred")
+    model_sub.add_parser("rollback", help="make the previous model active again")
+
     audit = add(
         "audit",
         "review and verify the audit log",
@@ -197,6 +239,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
+    if args.command == "train":
+        from pipeline.commands import run_train
+
+        return run_train(args)
     if args.command == "init":
         from receiver.initcmd import run_init
 
@@ -213,6 +259,14 @@ def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
         from pipeline.worker import run_worker
 
         return run_worker(config, env, once=args.once)
+    if args.command == "infer":
+        from pipeline.commands import run_infer
+
+        return run_infer(args, config)
+    if args.command == "model":
+        from pipeline.commands import run_model
+
+        return run_model(args, config)
     if args.command == "jobs":
         from pipeline.jobscli import run_jobs
 

@@ -101,6 +101,7 @@ class Config:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     duplicate_window_s: float = 86400.0
+    promotion_tolerance: float = 0.01
     rules: tuple[Rule, ...] = ()
 
     @property
@@ -114,6 +115,10 @@ class Config:
     @property
     def jobs_dir(self) -> Path:
         return self.data_dir / "jobs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
 
 
 def find_config(explicit: str | None, env: Mapping[str, str], cwd: Path) -> Path | None:
@@ -157,6 +162,9 @@ def load_config(
     dedupe = top.table("dedupe")
     window = dedupe.number("window_s", 86400.0, minimum=0.0, maximum=90 * 86400.0)
     dedupe.finish()
+    models = top.table("models")
+    tolerance = models.number("promotion_tolerance", 0.01, minimum=0.0, maximum=1.0)
+    models.finish()
     worker = _worker(top.table("worker"))
     artifacts = _artifacts(top.table("artifacts"), base)
     rules = parse_rules(top.tables("rules"))
@@ -173,6 +181,7 @@ def load_config(
         worker=worker,
         artifacts=artifacts,
         duplicate_window_s=window,
+        promotion_tolerance=tolerance,
         rules=rules,
     )
 

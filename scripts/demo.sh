@@ -2,7 +2,9 @@
 # README's first command: edgehook end to end on its embedded defaults, offline, on loopback.
 # Sets up the virtualenv, initialises a temporary edgehook directory with a local dataset
 # artifact, starts the receiver and the worker, sends a delivery signed exactly as W&B signs
-# it, a repeat and a forgery, shows the job run, then verifies the audit log.
+# it, a repeat and a forgery, shows the job retrain a quantized model (QAT, int8 export,
+# inference check in a fresh process, promotion), classifies an image with it, then
+# verifies the audit log.
 # Cleans up its processes and files (KEEP=1 keeps the directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,13 +52,17 @@ curl -sS -X POST "http://127.0.0.1:$port/webhook" -H 'Content-Type: application/
   -H "Authorization: Bearer $(cat secrets/access_token)" -H 'X-Wandb-Signature: forged' -d '{}'
 echo
 
-step "the job: queued, claimed, run, recorded (edgehook jobs show 1)"
-for _ in $(seq 100); do
-  "$EDGEHOOK" jobs list --json | grep -q '"state": "\(succeeded\|failed\)"' && break; sleep 0.1
+step "the worker claims the job and retrains (edgehook jobs logs 1, when it is done)"
+for _ in $(seq 600); do
+  "$EDGEHOOK" jobs list --json | grep -q '"state": "\(succeeded\|failed\)"' && break; sleep 0.2
 done
-"$EDGEHOOK" jobs show 1
-step "its output (edgehook jobs logs 1)"
 "$EDGEHOOK" jobs logs 1
+step "the job's record (edgehook jobs show 1)"
+"$EDGEHOOK" jobs show 1
+step "the device's models (edgehook model list)"
+"$EDGEHOOK" model list
+step "the active int8 model classifies an image (edgehook infer)"
+"$EDGEHOOK" infer artifacts/my-team/edge-demo/cifar10-subset/v0/vertical/000.pgm
 step "the audit log, receiver and worker (edgehook audit show)"
 "$EDGEHOOK" audit show
 kill "$worker_pid"; wait "$worker_pid" 2>/dev/null || true; worker_pid=""

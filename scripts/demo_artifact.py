@@ -31,7 +31,7 @@ def image(kind: str, rng: random.Random) -> bytes:
 
 def main(root: Path) -> None:
     rng = random.Random(0)  # noqa: S311 - deterministic demo data, not a secret
-    files = {f"{kind}/{i:03d}.pgm": image(kind, rng) for kind in CLASSES for i in range(20)}
+    files = {f"{kind}/{i:03d}.pgm": image(kind, rng) for kind in CLASSES for i in range(40)}
     write_local_version(root, "my-team/edge-demo/cifar10-subset:v0", files, aliases=("retrain",))
 
 

@@ -2,11 +2,11 @@
 # Set up what edgehook needs on a fresh machine: system tools, a virtualenv, the package.
 # Idempotent; used by scripts/test.sh and scripts/demo.sh.
 #   EDGEHOOK_VENV   where the virtualenv lives (default: .venv in the repository)
-#   EXTRAS          pip extras to install (default: dev)
+#   EXTRAS          pip extras to install (default: dev,train)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${EDGEHOOK_VENV:-.venv}
-EXTRAS=${EXTRAS:-dev}
+EXTRAS=${EXTRAS:-dev,train}
 
 # curl and openssl: end-to-end tests; wrk and webhook (adnanh/webhook): the benchmark smoke test.
 missing=()
@@ -26,6 +26,12 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
 stamp="$VENV/.edgehook-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp")" != "$EXTRAS" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+  if [[ ",$EXTRAS," == *",train,"* ]]; then
+    # The CPU build, pinned: an unpinned torch pulls a multi-GB CUDA build. On a Jetson,
+    # install NVIDIA's wheel for JetPack first; the project accepts torch>=2.3.
+    "$VENV/bin/python" -c 'import torch' 2>/dev/null \
+      || "$VENV/bin/python" -m pip install -q --disable-pip-version-check torch==2.13.0
+  fi
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]"
   echo "$EXTRAS" > "$stamp"
 fi

@@ -7,7 +7,7 @@ import os
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -54,8 +54,8 @@ def enqueue(
     *,
     action: str = "command",
     n: int = 0,
-    args: dict[str, object] | None = None,
-    event: dict[str, object] | None = None,
+    args: Mapping[str, object] | None = None,
+    event: Mapping[str, object] | None = None,
     coalesce_key: str | None = None,
     max_attempts: int = 4,
 ) -> int:

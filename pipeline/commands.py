@@ -1,0 +1,120 @@
+"""`edgehook train`, `edgehook infer` and `edgehook model`: the pipeline without a webhook."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import registry
+from pipeline.errors import JobError
+from receiver.config import Config
+from receiver.errors import EdgehookError
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from pipeline.datasets import load_dataset
+    from pipeline.inference import check_in_fresh_process, predict
+    from pipeline.modelfile import save
+    from pipeline.train import TrainConfig, train
+
+    try:
+        dataset = load_dataset(args.data)
+        config = TrainConfig(
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=args.device,
+            dry_run=args.dry_run,
+        )
+        trained = train(dataset, config)
+        meta = save(
+            args.out, trained, sources=[str(args.data)], extra={"dataset_layout": dataset.layout}
+        )
+        expected = predict(trained.int8, trained.held_out, trained.normalisation).argmax(1)
+        check = check_in_fresh_process(args.out, trained.held_out, expected)
+    except JobError as exc:
+        raise EdgehookError(str(exc)) from exc
+    print(
+        f"wrote {args.out} (int8 accuracy {meta['metrics']['int8_accuracy']:.3f}); inference "
+        f"check: {check['agree']}/{check['samples']} agree"
+    )
+    return 0
+
+
+def run_infer(args: argparse.Namespace, config: Config) -> int:
+    from pipeline.datasets import IMAGE_SUFFIXES
+    from pipeline.inference import predict
+    from pipeline.modelfile import load_int8
+
+    model_dir = args.model or registry.active(config.models_dir)
+    if model_dir is None:
+        raise EdgehookError("no active model: train one (edgehook train) or pass --model DIR")
+    paths = [
+        p
+        for target in args.paths
+        for p in (
+            sorted(q for q in target.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+            if target.is_dir()
+            else [target]
+        )
+    ]
+    if not paths:
+        raise EdgehookError("no images given")
+    try:
+        model, meta = load_int8(Path(model_dir))
+        images = np.stack([_read(p, meta["spec"]) for p in paths])
+    except JobError as exc:
+        raise EdgehookError(str(exc)) from exc
+    probabilities = predict(model, images, meta["normalisation"])
+    classes = meta["classes"]
+    for path, row in zip(paths, probabilities, strict=True):
+        top = row.argsort()[::-1][: args.top_k]
+        ranked = ", ".join(f"{classes[i]} {row[i]:.3f}" for i in top)
+        print(
+            json.dumps(
+                {"image": str(path), "top": [[classes[i], round(float(row[i]), 4)] for i in top]}
+            )
+            if args.json
+            else f"{path}: {ranked}"
+        )
+    return 0
+
+
+def _read(path: Path, spec: dict[str, int]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            pixels = image.convert("L" if spec["in_channels"] == 1 else "RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise JobError(f"{path} is not a readable image") from exc
+    if pixels.size != (spec["width"], spec["height"]):
+        pixels = pixels.resize((spec["width"], spec["height"]))
+    array = np.asarray(pixels, dtype=np.float32) / 255.0
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def run_model(args: argparse.Namespace, config: Config) -> int:
+    if args.model_command == "rollback":
+        try:
+            name = registry.rollback(config.models_dir)
+        except JobError as exc:
+            raise EdgehookError(str(exc)) from exc
+        print(f"active model: {name}")
+        return 0
+    current = registry.state(config.models_dir)
+    names = [*current["history"], current["active"]] if current["active"] else []
+    if not names:
+        print("no models yet")
+    for name in names:
+        marker = "*" if name == current["active"] else " "
+        meta = json.loads((config.models_dir / name / "model.json").read_text())
+        print(
+            f"{marker} {name}  int8 accuracy {meta['metrics']['int8_accuracy']:.3f}  "
+            f"from {', '.join(meta.get('sources', []))}"
+        )
+    return 0

@@ -1,0 +1,126 @@
+"""A model on disk: weights (safetensors) plus metadata (JSON), and nothing else.
+
+A model artifact is input from the internet, and torch.load on a pickle, or loading a
+TorchScript archive, runs whatever the file says. So a model directory may hold exactly
+model.safetensors and model.json (and, with model signing, its signature); anything else (a
+.pt pickle, a TorchScript file, an unknown layout) is refused before a byte is loaded. The
+architecture is edgehook's own, rebuilt from validated metadata; the weights are the QAT
+model's float tensors, and the int8 model that runs inference is converted on this device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import JobError
+
+WEIGHTS = "model.safetensors"
+METADATA = "model.json"
+SIGNATURE = "model.sig"
+ALLOWED = frozenset({WEIGHTS, METADATA, SIGNATURE})
+FORMAT = 1
+MAX_METADATA_BYTES = 1 << 20
+
+
+def save(
+    directory: Path, trained: Any, *, sources: list[str], extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Write the model; returns its metadata."""
+    import torch
+    from safetensors.torch import save_file
+
+    from pipeline.train import config_dict
+
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in trained.qat.state_dict().items()}
+    save_file(state, str(directory / WEIGHTS))
+    meta = {
+        "format": FORMAT,
+        "spec": trained.spec.to_dict(),
+        "classes": list(trained.classes),
+        "normalisation": trained.normalisation,
+        "engine": trained.engine,
+        "metrics": trained.metrics,
+        "train_config": config_dict(trained.config),
+        "sources": sources,
+        "torch": torch.__version__,
+        "created_at": time.time(),
+        "weights_sha256": sha256(directory / WEIGHTS),
+        **(extra or {}),
+    }
+    (directory / METADATA).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    return meta
+
+
+def read_metadata(directory: Path) -> dict[str, Any]:
+    """The metadata of a model directory that holds only what edgehook accepts (no torch)."""
+    if not directory.is_dir():
+        raise JobError(f"{directory} is not a model directory")
+    names = {p.name for p in directory.iterdir()}
+    unexpected = sorted(names - ALLOWED)
+    if unexpected:
+        raise JobError(
+            f"refusing the model: it holds {', '.join(unexpected)}; edgehook loads "
+            f"only {WEIGHTS} and {METADATA} (pickles and TorchScript can run code)"
+        )
+    if WEIGHTS not in names or METADATA not in names:
+        raise JobError(f"refusing the model: it needs {WEIGHTS} and {METADATA}")
+    path = directory / METADATA
+    if path.stat().st_size > MAX_METADATA_BYTES:
+        raise JobError(f"{METADATA} is larger than {MAX_METADATA_BYTES} bytes")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise JobError(f"{METADATA} is not JSON") from exc
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise JobError(f"{METADATA} is not an edgehook model (format {FORMAT})")
+    if sha256(directory / WEIGHTS) != meta.get("weights_sha256"):
+        raise JobError(f"{WEIGHTS} does not match the digest in {METADATA}")
+    return meta
+
+
+def load_int8(directory: Path) -> tuple[Any, dict[str, Any]]:
+    """Rebuild the model from metadata, load the weights (no pickle), convert to int8."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from pipeline.model import ModelSpec, SmallCNN
+    from pipeline.quantize import backend, prepare_qat, to_int8
+
+    meta = read_metadata(directory)
+    spec = ModelSpec.from_dict(meta.get("spec"))
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or len(classes) != spec.num_classes:
+        raise JobError("model metadata lists the wrong number of classes")
+    norm = meta.get("normalisation")
+    if not (
+        isinstance(norm, dict)
+        and all(
+            isinstance(norm.get(k), list) and len(norm[k]) == spec.in_channels
+            for k in ("mean", "std")
+        )
+    ):
+        raise JobError("model metadata has no usable normalisation")
+    try:
+        state = load_file(str(directory / WEIGHTS))
+    except (SafetensorError, OSError) as exc:
+        raise JobError(f"{WEIGHTS} is not a safetensors file ({exc})") from exc
+    engine = backend()
+    model = prepare_qat(SmallCNN(spec), engine)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise JobError("the weights do not fit the architecture the metadata describes") from exc
+    return to_int8(model, engine), meta
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,103 @@
+"""The device's models: which one is active, the ones before it, promotion and rollback.
+
+data_dir/models/<name>/ holds each accepted model (model.safetensors + model.json);
+data_dir/models/registry.json records the active one and the history. No torch here: the
+worker promotes with metadata alone, after checking the file set and the weights' digest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import JobError
+from pipeline.modelfile import read_metadata
+
+REGISTRY = "registry.json"
+
+
+@dataclass(frozen=True)
+class Decision:
+    promoted: bool
+    name: str
+    reason: str
+
+
+def state(models_dir: Path) -> dict[str, Any]:
+    path = models_dir / REGISTRY
+    if not path.exists():
+        return {"active": None, "history": []}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {"active": None, "history": []}
+
+
+def active(models_dir: Path) -> Path | None:
+    name = state(models_dir).get("active")
+    return models_dir / name if name else None
+
+
+def promote(models_dir: Path, candidate: Path, name: str, tolerance: float) -> Decision:
+    """Keep the candidate; make it active unless its int8 accuracy is worse than the active
+    model's by more than `tolerance` (absolute, 0.01 = one point)."""
+    meta = read_metadata(candidate)
+    accuracy = _accuracy(meta)
+    models_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target = models_dir / name
+    if target.exists():
+        raise JobError(f"a model named {name} is already registered")
+    shutil.copytree(candidate, target)
+    read_metadata(target)  # the copy is what will be loaded: check it too
+    current = state(models_dir)
+    if current["active"]:
+        previous = _accuracy(read_metadata(models_dir / current["active"]))
+        if accuracy < previous - tolerance:
+            return Decision(
+                False,
+                name,
+                f"int8 accuracy {accuracy:.3f} is worse than the "
+                f"active model's {previous:.3f} by more than {tolerance:g}",
+            )
+        reason = f"int8 accuracy {accuracy:.3f} vs {previous:.3f} for the active model"
+    else:
+        reason = f"int8 accuracy {accuracy:.3f}; no model was active"
+    history = [*current["history"], current["active"]] if current["active"] else current["history"]
+    _write(models_dir, {"active": name, "history": history})
+    return Decision(True, name, reason)
+
+
+def rollback(models_dir: Path) -> str:
+    """Make the previous model active again; returns its name."""
+    current = state(models_dir)
+    if not current["history"]:
+        raise JobError("no earlier model to roll back to")
+    previous = current["history"][-1]
+    read_metadata(models_dir / previous)
+    _write(
+        models_dir,
+        {
+            "active": previous,
+            "history": current["history"][:-1],
+            "rolled_back_from": current["active"],
+        },
+    )
+    return str(previous)
+
+
+def _accuracy(meta: dict[str, Any]) -> float:
+    try:
+        return float(meta["metrics"]["int8_accuracy"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise JobError("model metadata has no int8 accuracy") from exc
+
+
+def _write(models_dir: Path, data: dict[str, Any]) -> None:
+    # Atomic: a crash leaves the old registry or the new one, never half of either.
+    temporary = models_dir / f".{REGISTRY}.tmp"
+    temporary.write_text(json.dumps(data, indent=2), encoding="utf-8")
+    with temporary.open("rb") as handle:
+        os.fsync(handle.fileno())
+    temporary.replace(models_dir / REGISTRY)

@@ -1,0 +1,197 @@
+"""Quantization-aware training, read top to bottom: train_one_epoch, evaluate, train.
+
+One flat TrainConfig, captured once and stored with the model. CUDA when available (Jetson),
+else CPU; the int8 conversion always happens on the CPU. One line per epoch in job logs; a
+live progress line when stderr is a terminal.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.datasets import Dataset, split
+from pipeline.model import ModelSpec, SmallCNN
+from pipeline.quantize import backend, prepare_qat, run, to_int8
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    lr: float = 0.01
+    batch_size: int = 64
+    seed: int = 0
+    holdout: float = 0.2
+    channels: int = 32
+    device: str = "auto"  # auto | cpu | cuda
+    dry_run: bool = False  # one batch of one epoch: check the plumbing
+
+
+@dataclass
+class Trained:
+    qat: nn.Module
+    int8: nn.Module
+    spec: ModelSpec
+    classes: tuple[str, ...]
+    normalisation: dict[str, list[float]]
+    engine: str
+    config: TrainConfig
+    metrics: dict[str, Any]
+    held_out: np.ndarray = field(repr=False)  # un-normalised held-out images, for checks
+
+
+def normalise(images: np.ndarray, normalisation: dict[str, list[float]]) -> torch.Tensor:
+    mean = np.asarray(normalisation["mean"], dtype=np.float32)[None, :, None, None]
+    std = np.asarray(normalisation["std"], dtype=np.float32)[None, :, None, None]
+    return torch.from_numpy(np.ascontiguousarray((images - mean) / std))
+
+
+def train_one_epoch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimiser: torch.optim.Optimizer,
+    batch_size: int,
+    generator: torch.Generator,
+    device: torch.device,
+    *,
+    dry_run: bool,
+    progress: Callable[[int], None],
+) -> tuple[float, float]:
+    model.train()
+    order = torch.randperm(len(x), generator=generator)
+    total_loss, correct, seen = 0.0, 0, 0
+    for start in range(0, len(x), batch_size):
+        index = order[start : start + batch_size]
+        inputs, targets = x[index].to(device), y[index].to(device)
+        optimiser.zero_grad()
+        logits = model(inputs)
+        loss = nn.functional.cross_entropy(logits, targets)
+        loss.backward()
+        optimiser.step()
+        total_loss += loss.item() * len(index)
+        correct += int((logits.argmax(1) == targets).sum())
+        seen += len(index)
+        progress(seen)
+        if dry_run:
+            break
+    return total_loss / seen, correct / seen
+
+
+def evaluate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    device: torch.device,
+    batch_size: int = 256,
+) -> tuple[float, list[list[int]]]:
+    """Accuracy and the confusion matrix (rows: true class, columns: predicted)."""
+    model.eval()
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for start in range(0, len(x), batch_size):
+        logits = run(model, x[start : start + batch_size].to(device))
+        predicted = logits.argmax(1).cpu().numpy()
+        np.add.at(confusion, (y[start : start + batch_size].numpy(), predicted), 1)
+    return float(np.trace(confusion) / max(1, confusion.sum())), confusion.tolist()
+
+
+def train(dataset: Dataset, config: TrainConfig, log: Callable[[str], None] = print) -> Trained:
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    use_cuda = config.device in ("auto", "cuda") and torch.cuda.is_available()
+    device = torch.device("cuda" if use_cuda else "cpu")
+    train_idx, held_idx = split(len(dataset.labels), config.holdout, config.seed)
+    train_images = dataset.images[train_idx]
+    flat = train_images.transpose(1, 0, 2, 3).reshape(train_images.shape[1], -1)
+    norm = {"mean": flat.mean(axis=1).tolist(), "std": np.maximum(flat.std(axis=1), 1e-6).tolist()}
+    x_train, x_held = normalise(train_images, norm), normalise(dataset.images[held_idx], norm)
+    y_train = torch.from_numpy(dataset.labels[train_idx])
+    y_held = torch.from_numpy(dataset.labels[held_idx])
+
+    channels, height, width = dataset.shape
+    spec = ModelSpec(channels, height, width, len(dataset.classes), config.channels)
+    engine = backend()
+    model = prepare_qat(SmallCNN(spec), engine).to(device)
+    optimiser = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
+    log(
+        f"training {spec.family} ({channels}x{height}x{width}, {spec.num_classes} classes) on "
+        f"{device.type}: {len(x_train)} images, {len(x_held)} held out, QAT backend {engine}"
+    )
+    epochs = 1 if config.dry_run else config.epochs
+    history = []
+    for epoch in range(1, epochs + 1):
+        started = time.perf_counter()
+        loss, train_acc = train_one_epoch(
+            model,
+            x_train,
+            y_train,
+            optimiser,
+            config.batch_size,
+            generator,
+            device,
+            dry_run=config.dry_run,
+            progress=_progress(epoch, epochs, len(x_train)),
+        )
+        seconds = time.perf_counter() - started
+        val_acc, _ = evaluate(model, x_held, y_held, spec.num_classes, device)
+        images = config.batch_size if config.dry_run else len(x_train)
+        history.append(
+            {
+                "epoch": epoch,
+                "loss": round(loss, 4),
+                "train_acc": round(train_acc, 4),
+                "val_acc": round(val_acc, 4),
+                "seconds": round(seconds, 3),
+                "images_per_s": round(images / seconds, 1),
+            }
+        )
+        log(
+            f"epoch {epoch}/{epochs}  loss {loss:.4f}  train_acc {train_acc:.3f}  "
+            f"val_acc {val_acc:.3f}  {seconds:.1f}s  {images / seconds:.0f} img/s"
+        )
+    qat_acc, _ = evaluate(model, x_held, y_held, spec.num_classes, device)
+    model = model.cpu()
+    int8 = to_int8(copy.deepcopy(model), engine)
+    int8_acc, confusion = evaluate(int8, x_held, y_held, spec.num_classes, torch.device("cpu"))
+    log(f"int8: held-out accuracy {int8_acc:.3f} (QAT model {qat_acc:.3f})")
+    metrics = {
+        "qat_accuracy": round(qat_acc, 4),
+        "int8_accuracy": round(int8_acc, 4),
+        "confusion": confusion,
+        "epochs": history,
+        "held_out": len(x_held),
+        "trained": len(x_train),
+        "device": device.type,
+    }
+    return Trained(
+        model, int8, spec, dataset.classes, norm, engine, config, metrics, dataset.images[held_idx]
+    )
+
+
+def config_dict(config: TrainConfig) -> dict[str, Any]:
+    return asdict(config)
+
+
+def _progress(epoch: int, epochs: int, total: int) -> Callable[[int], None]:
+    if not sys.stderr.isatty():
+        return lambda _seen: None
+
+    def show(seen: int) -> None:
+        filled = int(30 * seen / total)
+        sys.stderr.write(
+            f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (30 - filled)}] {seen}/{total}"
+        )
+        if seen >= total:
+            sys.stderr.write("\r" + " " * 70 + "\r")
+        sys.stderr.flush()
+
+    return show

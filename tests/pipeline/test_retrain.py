@@ -1,0 +1,107 @@
+"""retrain end to end through the worker: fetch, train, export, inference check, promotion;
+then the commands that use the result (infer, model list, model rollback)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from pipeline import synthetic
+from pipeline.artifacts import write_local_version
+from tests.conftest import Workspace
+from tests.pipeline.conftest import add_rules, enqueue, job, log_text
+
+
+def local_dataset(root: Path, version: str, seed: int) -> None:
+    x, y, classes = synthetic.make(per_class=40, size=16, seed=seed)
+    staging = root.parent / f"staging-{seed}"
+    synthetic.write_image_folder(staging, x, y, classes)
+    files = {str(p.relative_to(staging)): p.read_bytes() for p in staging.rglob("*.png")}
+    write_local_version(root, version, files, aliases=("retrain",))
+
+
+def test_retrain_job_trains_exports_checks_and_promotes(
+    workspace: Workspace, tmp_path: Path, run_worker: Callable[..., object]
+) -> None:
+    artifacts = tmp_path / "artifacts"
+    local_dataset(artifacts, "team/proj/shapes:v0", seed=0)
+    config = add_rules(workspace, f'[artifacts]\nsource = "local"\nlocal_root = "{artifacts}"\n')
+    event = {
+        "entity": "team",
+        "project": "proj",
+        "collection": "shapes",
+        "alias": "retrain",
+        "event_type": "ADD_ARTIFACT_ALIAS",
+    }
+    args = {"epochs": 4, "lr": 0.05, "batch_size": 32, "seed": 0}
+    first = enqueue(config, "default-retrain", action="retrain", event=event, args=args)
+    run_worker(config, audit_key=workspace.audit_key.encode())
+    row = job(config, first)
+    assert row["state"] == "succeeded", (row, log_text(config, first))
+    assert "int8 accuracy" in str(row["summary"]) and "promoted job" in str(row["summary"])
+    log = log_text(config, first)
+    assert "epoch 4/4" in log and "inference check: 24/24 predictions agree" in log
+    active = config.models_dir / f"job{first}-attempt1"
+    assert json.loads((config.models_dir / "registry.json").read_text())["active"] == active.name
+
+    def cli(*words: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "receiver", "--config", str(workspace.config_path), *words],
+            capture_output=True,
+            text=True,
+            cwd=workspace.dir,
+            timeout=120,
+        )
+
+    sample = next((tmp_path / "staging-0" / "vertical").glob("*.png"))
+    inferred = cli("infer", str(sample), "--top-k", "1", "--json")
+    assert inferred.returncode == 0, inferred.stderr
+    assert json.loads(inferred.stdout)["top"][0][0] == "vertical"
+
+    second = enqueue(config, "default-retrain", action="retrain", event=event, args=args, n=1)
+    run_worker(config, audit_key=workspace.audit_key.encode())
+    assert job(config, second)["state"] == "succeeded"
+    listed = cli("model", "list").stdout
+    assert f"* job{second}-attempt1" in listed and f"  job{first}-attempt1" in listed
+    rolled = cli("model", "rollback")
+    assert rolled.returncode == 0 and f"job{first}-attempt1" in rolled.stdout
+
+
+def test_train_and_infer_commands_without_a_webhook(tmp_path: Path) -> None:
+    x, y, classes = synthetic.make(per_class=30, size=16)
+    synthetic.write_npz(tmp_path / "data", x, y, classes)
+
+    def cli(*words: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "receiver", *words],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=120,
+        )
+
+    trained = cli(
+        "train",
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "model"),
+        "--epochs",
+        "2",
+        "--lr",
+        "0.05",
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert "inference check: 18/18 agree" in trained.stdout
+    missing = cli("infer", str(tmp_path / "nothing.png"), "--model", str(tmp_path / "model"))
+    assert missing.returncode == 1 and "not a readable image" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    bad = cli("train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "m2"))
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr

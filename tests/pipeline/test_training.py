@@ -1,0 +1,192 @@
+"""The training pipeline on data the tests make: layouts, QAT, int8, export, safe loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from pipeline import registry, synthetic
+from pipeline.datasets import load_dataset, split
+from pipeline.errors import JobError
+from pipeline.inference import check_in_fresh_process, predict
+from pipeline.modelfile import load_int8, read_metadata, save
+from pipeline.train import TrainConfig, Trained, train
+
+WRITERS = {
+    "image-folder": synthetic.write_image_folder,
+    "npz": synthetic.write_npz,
+    "cifar": synthetic.write_cifar,
+}
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    return synthetic.make(per_class=50, size=16)
+
+
+@pytest.fixture(scope="module")
+def trained(
+    data: tuple[np.ndarray, np.ndarray, tuple[str, ...]], tmp_path_factory: pytest.TempPathFactory
+) -> Trained:
+    root = tmp_path_factory.mktemp("train")
+    synthetic.write_npz(root, *data)
+    return train(load_dataset(root), TrainConfig(epochs=4, lr=0.05, seed=1), log=lambda _: None)
+
+
+@pytest.mark.parametrize("layout", WRITERS)
+def test_each_layout_loads(
+    layout: str, tmp_path: Path, data: tuple[np.ndarray, np.ndarray, tuple[str, ...]]
+) -> None:
+    WRITERS[layout](tmp_path, *data)
+    dataset = load_dataset(tmp_path)
+    assert dataset.layout == layout
+    assert len(dataset.labels) == 150 and len(dataset.classes) == 3
+    assert dataset.images.dtype == np.float32 and dataset.images.min() >= 0.0
+    assert dataset.images.max() <= 1.0
+
+
+def test_unknown_layout_names_what_was_expected(tmp_path: Path) -> None:
+    (tmp_path / "readme.txt").write_text("hello")
+    with pytest.raises(JobError, match=r"image-folder tree .* CIFAR-10 .* \.npz"):
+        load_dataset(tmp_path)
+
+
+def test_images_of_different_sizes_are_refused(tmp_path: Path) -> None:
+    x, y, classes = synthetic.make(per_class=2, size=16)
+    synthetic.write_image_folder(tmp_path, x, y, classes)
+    x2, y2, _ = synthetic.make(per_class=1, size=20)
+    synthetic.write_image_folder(tmp_path, x2, y2, classes)
+    with pytest.raises(JobError, match="resize them to match"):
+        load_dataset(tmp_path)
+
+
+def test_a_malicious_cifar_pickle_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": Exploit(), b"labels": [0]}))
+    with pytest.raises(JobError, match="refusing to unpickle"):
+        load_dataset(tmp_path)
+    assert not marker.exists()
+
+
+def test_npz_with_pickled_objects_is_refused(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", x=np.array([object()] * 4, dtype=object), y=np.zeros(4))
+    with pytest.raises(JobError, match="without pickles"):
+        load_dataset(tmp_path)
+
+
+def test_held_out_split_is_reproducible() -> None:
+    first, second = split(100, 0.2, seed=7), split(100, 0.2, seed=7)
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+    assert len(first[1]) == 20 and not set(first[0]) & set(first[1])
+    assert not np.array_equal(split(100, 0.2, seed=8)[1], first[1])
+
+
+def test_training_beats_chance_by_a_wide_margin(trained: Trained) -> None:
+    metrics = trained.metrics
+    assert metrics["int8_accuracy"] >= 0.9  # chance is 0.33
+    assert abs(metrics["int8_accuracy"] - metrics["qat_accuracy"]) <= 0.05
+    confusion = np.asarray(metrics["confusion"])
+    assert confusion.shape == (3, 3) and confusion.sum() == metrics["held_out"]
+    assert len(metrics["epochs"]) == 4
+
+
+def test_dry_run_trains_one_batch(
+    data: tuple[np.ndarray, np.ndarray, tuple[str, ...]], tmp_path: Path
+) -> None:
+    synthetic.write_npz(tmp_path, *data)
+    lines: list[str] = []
+    result = train(
+        load_dataset(tmp_path), TrainConfig(epochs=5, batch_size=8, dry_run=True), log=lines.append
+    )
+    assert len(result.metrics["epochs"]) == 1
+    assert any(line.startswith("epoch 1/1") for line in lines)
+
+
+def test_export_reloads_in_a_fresh_process_and_agrees(trained: Trained, tmp_path: Path) -> None:
+    save(tmp_path / "model", trained, sources=["test"])
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "model.json",
+        "model.safetensors",
+    ]
+    expected = predict(trained.int8, trained.held_out, trained.normalisation).argmax(1)
+    assert check_in_fresh_process(tmp_path / "model", trained.held_out, expected) == {
+        "samples": len(expected),
+        "agree": len(expected),
+    }
+    reloaded, meta = load_int8(tmp_path / "model")
+    again = predict(reloaded, trained.held_out, meta["normalisation"]).argmax(1)
+    assert np.array_equal(again, expected)
+
+
+def test_a_pickle_beside_the_weights_is_refused_and_never_loaded(
+    trained: Trained, tmp_path: Path
+) -> None:
+    model = tmp_path / "model"
+    save(model, trained, sources=["test"])
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    (model / "model.pt").write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(JobError, match=r"holds model\.pt"):
+        load_int8(model)
+    assert not marker.exists()
+
+
+def test_tampered_weights_or_metadata_are_refused(trained: Trained, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    save(model, trained, sources=["test"])
+    weights = model / "model.safetensors"
+    original = weights.read_bytes()
+    weights.write_bytes(original[:-8] + b"\x00" * 8)
+    with pytest.raises(JobError, match="does not match the digest"):
+        load_int8(model)
+    weights.write_bytes(original)
+    meta = json.loads((model / "model.json").read_text())
+    meta["spec"]["channels"] = 16  # an architecture the weights do not fit
+    (model / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(JobError, match="do not fit"):
+        load_int8(model)
+    meta["spec"]["family"] = "someone-elses-net"
+    (model / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(JobError, match="builds no other"):
+        load_int8(model)
+
+
+def test_promotion_keeps_the_better_model_and_rolls_back(trained: Trained, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    first = tmp_path / "first"
+    save(first, trained, sources=["a"])
+    assert registry.promote(models, first, "m1", 0.01).promoted
+    worse = tmp_path / "worse"
+    save(worse, trained, sources=["b"])
+    meta = json.loads((worse / "model.json").read_text())
+    meta["metrics"]["int8_accuracy"] = trained.metrics["int8_accuracy"] - 0.2
+    (worse / "model.json").write_text(json.dumps(meta))
+    decision = registry.promote(models, worse, "m2", 0.01)
+    assert not decision.promoted and "worse than the active model" in decision.reason
+    assert registry.active(models) == models / "m1"
+    assert registry.promote(models, first, "m3", 0.01).promoted
+    assert registry.rollback(models) == "m1"
+    assert registry.active(models) == models / "m1"
+    with pytest.raises(JobError, match="no earlier model"):
+        registry.rollback(models)
+    read_metadata(models / "m3")
+    shutil.rmtree(models / "m3")
