@@ -98,7 +98,46 @@ def _read(path: Path, spec: dict[str, int]) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
+def run_keys(args: argparse.Namespace, config: Config) -> int:
+    from pipeline import signing
+
+    path = config.secrets.model_signing_key_file or config.base_dir / "secrets" / (
+        "model_signing_key"
+    )
+    if args.keys_command == "init":
+        if path.exists():
+            raise EdgehookError(
+                f"{path} exists; refusing to overwrite a signing key (move it "
+                "away first if you mean to rotate it)"
+            )
+        public = signing.generate(path)
+        print(f"wrote {path} (mode 0600)")
+        if config.secrets.model_signing_key_file is None:
+            print(f'add to the config: [secrets] model_signing_key_file = "{path}"')
+    else:
+        try:
+            public = signing.public_text(signing.load_private(path).public_key())
+        except JobError as exc:
+            raise EdgehookError(str(exc)) from exc
+    print(f"{public}  (key id {signing.key_id(public)})")
+    return 0
+
+
 def run_model(args: argparse.Namespace, config: Config) -> int:
+    if args.model_command == "verify":
+        from pipeline import signing
+
+        trusted = list(config.models.trusted_keys)
+        if config.secrets.model_signing_key_file is not None:
+            own = signing.load_private(config.secrets.model_signing_key_file)
+            trusted.append(signing.public_text(own.public_key()))
+        try:
+            signer = signing.verify(args.path, trusted)
+        except JobError as exc:
+            print(f"NOT VERIFIED: {exc}")
+            return 1
+        print(f"verified: signed by trusted key {signer.key_id}")
+        return 0
     if args.model_command == "rollback":
         try:
             name = registry.rollback(config.models_dir)

@@ -69,6 +69,21 @@ def promote(models_dir: Path, candidate: Path, name: str, tolerance: float) -> D
     return Decision(True, name, reason)
 
 
+def activate(models_dir: Path, candidate: Path, name: str) -> Decision:
+    """Register the candidate and make it active whatever its accuracy (deploy)."""
+    read_metadata(candidate)
+    models_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target = models_dir / name
+    if target.exists():
+        raise JobError(f"a model named {name} is already registered")
+    shutil.copytree(candidate, target)
+    read_metadata(target)
+    current = state(models_dir)
+    history = [*current["history"], current["active"]] if current["active"] else current["history"]
+    _write(models_dir, {"active": name, "history": history})
+    return Decision(True, name, "deployed")
+
+
 def rollback(models_dir: Path) -> str:
     """Make the previous model active again; returns its name."""
     current = state(models_dir)

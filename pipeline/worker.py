@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from pipeline import registry
+from pipeline import registry, signing
 from pipeline.errors import EXIT_TRANSIENT, JobError
 from pipeline.queue import Job, JobState, SqliteQueue
 from pipeline.sandbox import (
@@ -192,6 +192,10 @@ class Worker:
         if rule.action == "command":
             return list(rule.command), extra | command_environment(job.args, job.event, job.id)
         spec = {
+            # deploy checks signatures in the child too, before loading anything: public
+            # keys only, never the private one.
+            "trusted_keys": self.trusted_keys() if rule.action == "deploy" else [],
+            "allow_unsigned": self.config.models.allow_unsigned,
             "job_id": job.id,
             "action": rule.action,
             "args": job.args,
@@ -256,10 +260,17 @@ class Worker:
         result = self._result(run)
         if code == 0:
             summary = str(result.get("summary", ""))[:400]
-            if isinstance(result.get("model"), str):
+            step = (
+                self._promote
+                if isinstance(result.get("model"), str)
+                else self._deploy
+                if isinstance(result.get("deploy"), str)
+                else None
+            )
+            if step is not None:
                 try:
-                    summary += "; " + self._promote(run, Path(result["model"]))
-                except JobError as exc:
+                    summary += "; " + step(run, Path(result.get("model") or result["deploy"]))
+                except (JobError, EdgehookError) as exc:
                     self._record_failure(
                         job, now, f"model not accepted: {exc}", transient=False, exit_code=code
                     )
@@ -277,24 +288,66 @@ class Worker:
         )
 
     def _promote(self, run: Running, model: Path) -> str:
-        """Register the job's model; make it active if it is no worse than the active one."""
-        if run.job_dir.resolve() not in model.resolve().parents:
-            raise JobError("the job reported a model outside its own directory")
+        """Sign the job's model with this device's key, register it, and make it active if it
+        is no worse than the active one (the worker holds the key; the job never does)."""
+        self._inside_job_dir(run, model)
+        signed = signing.sign(model, self._signing_key())
         decision = registry.promote(
             self.config.models_dir,
             model,
-            f"job{run.job.id}-attempt{run.job.attempt}",
-            self.config.promotion_tolerance,
+            self._model_name(run),
+            self.config.models.promotion_tolerance,
         )
         self._audit_job(
             run.job,
             "model_promoted" if decision.promoted else "model_kept",
             model=decision.name,
             reason=decision.reason,
+            key_id=signed.key_id,
         )
         if decision.promoted:
             return f"promoted {decision.name} ({decision.reason})"
         return f"not promoted: {decision.reason}"
+
+    def _deploy(self, run: Running, model: Path) -> str:
+        """Make a fetched model active, only if a trusted key signed it (checked again here,
+        whatever the job said)."""
+        self._inside_job_dir(run, model)
+        if self.config.models.allow_unsigned:
+            log.warning("deploying_without_signature_check", job_id=run.job.id)
+            signer = "unchecked (models.allow_unsigned = true)"
+        else:
+            signer = signing.verify(model, self.trusted_keys()).key_id
+        decision = registry.activate(self.config.models_dir, model, self._model_name(run))
+        self._audit_job(run.job, "model_deployed", model=decision.name, signer=signer)
+        return f"deployed {decision.name}, signed by {signer}"
+
+    def trusted_keys(self) -> list[str]:
+        own = []
+        if self.config.secrets.model_signing_key_file is not None:
+            own = [signing.public_text(self._signing_key().public_key())]
+        return [*own, *self.config.models.trusted_keys]
+
+    def _signing_key(self) -> Any:
+        path = self.config.secrets.model_signing_key_file
+        if path is None:
+            raise JobError(
+                "no model signing key: set secrets.model_signing_key_file "
+                "(edgehook keys init makes one)"
+            )
+        try:
+            return signing.load_private(path)
+        except EdgehookError as exc:
+            raise JobError(str(exc)) from exc
+
+    @staticmethod
+    def _inside_job_dir(run: Running, model: Path) -> None:
+        if run.job_dir.resolve() not in model.resolve().parents:
+            raise JobError("the job reported a model outside its own directory")
+
+    @staticmethod
+    def _model_name(run: Running) -> str:
+        return f"job{run.job.id}-attempt{run.job.attempt}"
 
     def _record_failure(
         self,

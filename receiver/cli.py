@@ -169,6 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
     model_sub.add_parser("list", help="models, the active one starred")
     model_sub.add_parser("rollback", help="make the previous model active again")
+    verify = model_sub.add_parser(
+        "verify",
+        help="check a model directory's signature",
+        epilog=_examples("edgehook model verify ./model"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    verify.add_argument("path", type=Path)
+
+    keys = add(
+        "keys", "this device's model signing key", "edgehook keys init", "edgehook keys show"
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    keys_sub.add_parser("init", help="make the key (refuses to overwrite one)")
+    keys_sub.add_parser("show", help="print the public key and its id")
 
     audit = add(
         "audit",
@@ -267,6 +281,10 @@ def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
         from pipeline.commands import run_model
 
         return run_model(args, config)
+    if args.command == "keys":
+        from pipeline.commands import run_keys
+
+        return run_keys(args, config)
     if args.command == "jobs":
         from pipeline.jobscli import run_jobs
 

@@ -87,6 +87,14 @@ class SecretFiles:
     signing_secret_files: tuple[Path, ...] = ()
     audit_key_file: Path | None = None
     wandb_api_key_file: Path | None = None
+    model_signing_key_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    promotion_tolerance: float = 0.01
+    trusted_keys: tuple[str, ...] = ()  # besides this device's own key
+    allow_unsigned: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,7 @@ class Config:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     duplicate_window_s: float = 86400.0
-    promotion_tolerance: float = 0.01
+    models: ModelsConfig = field(default_factory=ModelsConfig)
     rules: tuple[Rule, ...] = ()
 
     @property
@@ -162,9 +170,7 @@ def load_config(
     dedupe = top.table("dedupe")
     window = dedupe.number("window_s", 86400.0, minimum=0.0, maximum=90 * 86400.0)
     dedupe.finish()
-    models = top.table("models")
-    tolerance = models.number("promotion_tolerance", 0.01, minimum=0.0, maximum=1.0)
-    models.finish()
+    models = _models(top.table("models"))
     worker = _worker(top.table("worker"))
     artifacts = _artifacts(top.table("artifacts"), base)
     rules = parse_rules(top.tables("rules"))
@@ -181,7 +187,7 @@ def load_config(
         worker=worker,
         artifacts=artifacts,
         duplicate_window_s=window,
-        promotion_tolerance=tolerance,
+        models=models,
         rules=rules,
     )
 
@@ -305,10 +311,29 @@ def _artifacts(t: Table, base: Path) -> ArtifactsConfig:
     return artifacts
 
 
+def _models(t: Table) -> ModelsConfig:
+    keys = t.str_list("trusted_keys", ())
+    for key in keys:
+        if not key.startswith("ed25519:") or len(key) != len("ed25519:") + 44:
+            raise ConfigError(
+                t.key("trusted_keys"),
+                f"'{key[:30]}' is not an ed25519 public key",
+                "paste the line `edgehook keys show` prints on the signing machine",
+            )
+    models = ModelsConfig(
+        promotion_tolerance=t.number("promotion_tolerance", 0.01, minimum=0.0, maximum=1.0),
+        trusted_keys=keys,
+        allow_unsigned=t.flag("allow_unsigned", False),
+    )
+    t.finish()
+    return models
+
+
 def _secret_files(t: Table, base: Path) -> SecretFiles:
     access = t.text("access_token_file", None)
     audit_key = t.text("audit_key_file", None)
     wandb_key = t.text("wandb_api_key_file", None)
+    signing_key = t.text("model_signing_key_file", None)
     files = SecretFiles(
         access_token_file=_resolve(base, access) if access else None,
         signing_secret_files=tuple(
@@ -316,6 +341,7 @@ def _secret_files(t: Table, base: Path) -> SecretFiles:
         ),
         audit_key_file=_resolve(base, audit_key) if audit_key else None,
         wandb_api_key_file=_resolve(base, wandb_key) if wandb_key else None,
+        model_signing_key_file=_resolve(base, signing_key) if signing_key else None,
     )
     t.finish()
     return files

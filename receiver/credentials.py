@@ -88,6 +88,12 @@ def _one(env_name: str, config_file: Path | None, config_key: str, env: Mapping[
 
 
 def read_secret_file(path: Path, key: str) -> bytes:
+    data = read_secret_file_bytes(path, key)
+    return _checked(key, data.strip(), f"write a longer secret to {path}")
+
+
+def read_secret_file_bytes(path: Path, key: str) -> bytes:
+    """A secret file's bytes, refused when group or others may read or write it."""
     try:
         info = path.stat()
         data = path.read_bytes()
@@ -104,7 +110,7 @@ def read_secret_file(path: Path, key: str) -> bytes:
             f"(mode {stat.S_IMODE(info.st_mode):o})",
             f"run: chmod 600 {path}",
         )
-    return _checked(key, data.strip(), f"write a longer secret to {path}")
+    return data
 
 
 def _checked(key: str, value: bytes, fix: str) -> bytes:

@@ -24,6 +24,12 @@ port = 8090
 access_token_file = "secrets/access_token"        # W&B webhook "Access token"
 signing_secret_files = ["secrets/signing_secret"] # W&B webhook "Secret"; list several to rotate
 audit_key_file = "secrets/audit_key"              # never leaves this device
+model_signing_key_file = "secrets/model_signing_key"  # Ed25519; signs the models trained here
+
+[models]
+promotion_tolerance = 0.01   # a new model must not lose more than this much int8 accuracy
+trusted_keys = []            # other signers whose models deploy may accept (edgehook keys show)
+allow_unsigned = false
 
 [rate_limit]
 requests_per_second = 5.0
@@ -45,12 +51,22 @@ window_s = 86400
 """
 
 SECRET_NAMES = ("access_token", "signing_secret", "audit_key")
+SIGNING_KEY = "model_signing_key"
+
+
+def generate_signing_key(path: Path) -> str:
+    # cryptography only (no torch): the receiver's install has it.
+    from pipeline.signing import generate
+
+    return generate(path)
 
 
 def run_init(directory: Path) -> str:
     """Create the files; return what to print. Refuses to overwrite anything."""
     config_path = directory / DEFAULT_CONFIG_NAME
-    targets = [config_path] + [directory / "secrets" / name for name in SECRET_NAMES]
+    targets = [config_path] + [
+        directory / "secrets" / name for name in (*SECRET_NAMES, SIGNING_KEY)
+    ]
     existing = [str(p) for p in targets if p.exists()]
     if existing:
         raise EdgehookError(
@@ -61,6 +77,7 @@ def run_init(directory: Path) -> str:
     values = {name: secrets.token_urlsafe(32) for name in SECRET_NAMES}
     for name, value in values.items():
         write_secret_file(directory / "secrets" / name, value)
+    public_key = generate_signing_key(directory / "secrets" / SIGNING_KEY)
     config_path.write_text(STARTER_CONFIG, encoding="utf-8")
     return f"""\
 Wrote {config_path} and {directory / "secrets"}/ (mode 0600).
@@ -75,5 +92,9 @@ Then Team Settings > Webhooks > New webhook:
 Automation payload (recommended template):
 {template_text()}
 
-Next: edgehook serve --config {config_path}
+This device's model signing key (trusted by default; add it to other devices'
+[models] trusted_keys to let them deploy models trained here):
+  {public_key}
+
+Next: edgehook serve --config {config_path}   and   edgehook worker --config {config_path}
 """

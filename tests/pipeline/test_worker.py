@@ -279,28 +279,6 @@ def test_download_verifies_local_artifacts(
     assert attempts(config, bad) == ["failed"]
 
 
-def test_deploy_is_refused_until_models_are_signed(
-    workspace: Workspace, tmp_path: Path, run_worker: RunWorker
-) -> None:
-    config = add_rules(
-        workspace,
-        """
-        [artifacts]
-        source = "local"
-        local_root = "artifacts"
-
-        [[rules]]
-        name = "ship"
-        event = "ADD_ARTIFACT_ALIAS"
-        action = "deploy"
-        """.replace("\n        ", "\n"),
-    )
-    job_id = enqueue(config, "ship", action="deploy", event={"alias": "production"})
-    run_worker(config)
-    row = job(config, job_id)
-    assert row["state"] == "failed" and "only signed models" in str(row["reason"])
-
-
 def test_unknown_rule_fails_the_job_with_a_reason(
     workspace: Workspace, run_worker: RunWorker
 ) -> None:
