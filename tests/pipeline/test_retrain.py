@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from pipeline import synthetic
+from pipeline import signing, synthetic
 from pipeline.artifacts import write_local_version
 from tests.conftest import Workspace
 from tests.pipeline.conftest import add_rules, enqueue, job, log_text
@@ -50,6 +50,8 @@ def test_retrain_job_trains_exports_checks_and_promotes(
     assert "epoch 4/4" in log and "inference check: 24/24 predictions agree" in log
     active = config.models_dir / f"job{first}-attempt1"
     assert json.loads((config.models_dir / "registry.json").read_text())["active"] == active.name
+    device_key = signing.load_private(workspace.dir / "secrets" / "model_signing_key")
+    assert signing.verify(active, [signing.public_text(device_key.public_key())])
 
     def cli(*words: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
