@@ -71,7 +71,7 @@ def fetch_local(root: Path, version_string: str, dest: Path) -> Fetched:
     return Fetched(dest, f"{entity}/{project}/{collection}:{resolved}", len(entries), total)
 
 
-def fetch_wandb(version_string: str, dest: Path) -> Fetched:  # pragma: no cover - issue 7
+def fetch_wandb(version_string: str, dest: Path) -> Fetched:
     import wandb
     from wandb.errors import CommError
 
@@ -88,12 +88,9 @@ def fetch_wandb(version_string: str, dest: Path) -> Fetched:  # pragma: no cover
     except ValueError as exc:
         raise JobError(f"{version_string}: digest mismatch after download ({exc})") from exc
     files = [p for p in root.rglob("*") if p.is_file()]
-    return Fetched(
-        root,
-        f"{artifact.entity}/{artifact.project}/{artifact.name}",
-        len(files),
-        sum(p.stat().st_size for p in files),
-    )
+    collection = artifact.name.split(":")[0]
+    resolved = f"{artifact.entity}/{artifact.project}/{collection}:{artifact.version}"
+    return Fetched(root, resolved, len(files), sum(p.stat().st_size for p in files))
 
 
 def _safe_relative(name: str) -> PurePosixPath:

@@ -2,11 +2,11 @@
 # Set up what edgehook needs on a fresh machine: system tools, a virtualenv, the package.
 # Idempotent; used by scripts/test.sh and scripts/demo.sh.
 #   EDGEHOOK_VENV   where the virtualenv lives (default: .venv in the repository)
-#   EXTRAS          pip extras to install (default: dev,train)
+#   EXTRAS          pip extras to install (default: dev,pipeline)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${EDGEHOOK_VENV:-.venv}
-EXTRAS=${EXTRAS:-dev,train}
+EXTRAS=${EXTRAS:-dev,pipeline}
 
 # curl and openssl: end-to-end tests; wrk and webhook (adnanh/webhook): the benchmark smoke test.
 missing=()
@@ -26,12 +26,15 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
 stamp="$VENV/.edgehook-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp")" != "$EXTRAS" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-  if [[ ",$EXTRAS," == *",train,"* ]]; then
+  if [[ ",$EXTRAS," == *",train,"* || ",$EXTRAS," == *",pipeline,"* ]]; then
     # The CPU build, pinned: an unpinned torch pulls a multi-GB CUDA build. On a Jetson,
     # install NVIDIA's wheel for JetPack first; the project accepts torch>=2.3.
     "$VENV/bin/python" -c 'import torch' 2>/dev/null \
       || "$VENV/bin/python" -m pip install -q --disable-pip-version-check torch==2.13.0
   fi
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]"
+  pins=()
+  # The fake W&B server in tests/fakes is written against this SDK release.
+  [[ ",$EXTRAS," == *",pipeline,"* ]] && pins+=("wandb==0.31.0")
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]" "${pins[@]}"
   echo "$EXTRAS" > "$stamp"
 fi

@@ -1,0 +1,107 @@
+"""The real wandb SDK (0.31.0) against a W&B-compatible server on loopback, through the
+worker: a job child fetches and verifies the artifact exactly as on a device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("wandb")
+
+from receiver.config import Config
+from tests.conftest import Workspace
+from tests.fakes.wandb_server import FakeWandb
+from tests.pipeline.conftest import add_rules, attempts, enqueue, job, log_text
+
+EVENT = {"entity": "team", "project": "proj", "collection": "data", "alias": "retrain"}
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeWandb]:
+    with FakeWandb() as server:
+        server.add("data", {"a.txt": b"hello", "b/c.bin": b"x" * 100}, ["retrain"])
+        yield server
+
+
+def config_for(workspace: Workspace) -> Config:
+    return add_rules(
+        workspace,
+        """
+[[rules]]
+name = "fetch"
+event = "ADD_ARTIFACT_ALIAS"
+action = "download"
+max_retries = 1
+env_allow = ["WANDB_API_KEY", "WANDB_BASE_URL", "WANDB__GRAPHQL_RETRY_MAX",
+             "WANDB_ERROR_REPORTING", "WANDB_SILENT"]
+""",
+    )
+
+
+def run(
+    workspace: Workspace,
+    fake: FakeWandb,
+    run_worker: Callable[..., object],
+    event: dict[str, str] = EVENT,
+) -> tuple[Config, int]:
+    config = config_for(workspace)
+    # max_attempts as the receiver would set it from the rule (max_retries = 1)
+    job_id = enqueue(config, "fetch", action="download", event=event, max_attempts=2)
+    env = {
+        "WANDB_BASE_URL": fake.url,
+        "WANDB__GRAPHQL_RETRY_MAX": "1",
+        "WANDB_ERROR_REPORTING": "false",
+        "WANDB_SILENT": "true",
+    }
+    run_worker(config, env=env, wandb_key="k" * 40)
+    return config, job_id
+
+
+def test_download_fetches_and_verifies(
+    workspace: Workspace, fake: FakeWandb, run_worker: Callable[..., object]
+) -> None:
+    config, job_id = run(workspace, fake, run_worker)
+    row = job(config, job_id)
+    assert row["state"] == "succeeded", log_text(config, job_id)
+    assert "downloaded team/proj/data:v0: 2 files, 105 bytes" in str(row["summary"])
+    root = config.jobs_dir / str(job_id) / "attempt-1" / "artifact"
+    assert (root / "b" / "c.bin").read_bytes() == b"x" * 100
+    assert {
+        "ArtifactMembershipByName",
+        "FetchArtifactManifest",
+        "GetArtifactMembershipFileUrls",
+    } <= set(fake.operations)
+
+
+def test_a_tampered_file_of_the_right_size_fails_the_job(
+    workspace: Workspace, fake: FakeWandb, run_worker: Callable[..., object]
+) -> None:
+    fake.tamper = {"b/c.bin"}
+    config, job_id = run(workspace, fake, run_worker)
+    row = job(config, job_id)
+    assert row["state"] == "failed" and "digest mismatch" in str(row["reason"])
+    assert attempts(config, job_id) == ["failed"]  # not retried: the bytes are wrong
+
+
+def test_a_missing_artifact_fails_at_once(
+    workspace: Workspace, fake: FakeWandb, run_worker: Callable[..., object]
+) -> None:
+    config, job_id = run(workspace, fake, run_worker, {**EVENT, "collection": "nope"})
+    row = job(config, job_id)
+    assert row["state"] == "failed" and "not found in W&B" in str(row["reason"])
+
+
+def test_a_server_error_is_transient_and_fails_fast(
+    workspace: Workspace, fake: FakeWandb, run_worker: Callable[..., object], tmp_path: Path
+) -> None:
+    import time
+
+    fake.fail_graphql = True
+    started = time.monotonic()
+    config, job_id = run(workspace, fake, run_worker)
+    assert time.monotonic() - started < 60  # not minutes of SDK retries
+    row = job(config, job_id)
+    assert row["state"] == "failed" and "W&B unavailable" in str(row["reason"])
+    assert attempts(config, job_id) == ["retry", "failed"]  # retried once (max_retries = 1)
