@@ -14,7 +14,7 @@ from receiver.config import Config
 from receiver.errors import EdgehookError
 
 
-def run_train(args: argparse.Namespace) -> int:
+def run_train(args: argparse.Namespace, config: Config) -> int:
     from pipeline.datasets import load_dataset
     from pipeline.inference import check_in_fresh_process, predict
     from pipeline.modelfile import save
@@ -22,7 +22,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         dataset = load_dataset(args.data)
-        config = TrainConfig(
+        train_config = TrainConfig(
             epochs=args.epochs,
             lr=args.lr,
             batch_size=args.batch_size,
@@ -30,7 +30,7 @@ def run_train(args: argparse.Namespace) -> int:
             device=args.device,
             dry_run=args.dry_run,
         )
-        trained = train(dataset, config)
+        trained = train(dataset, train_config)
         meta = save(
             args.out, trained, sources=[str(args.data)], extra={"dataset_layout": dataset.layout}
         )
@@ -38,9 +38,15 @@ def run_train(args: argparse.Namespace) -> int:
         check = check_in_fresh_process(args.out, trained.held_out, expected)
     except JobError as exc:
         raise EdgehookError(str(exc)) from exc
+    signed = "unsigned (no secrets.model_signing_key_file configured)"
+    if config.secrets.model_signing_key_file is not None:
+        from pipeline import signing
+
+        key = signing.load_private(config.secrets.model_signing_key_file)
+        signed = f"signed by {signing.sign(args.out, key).key_id}"
     print(
-        f"wrote {args.out} (int8 accuracy {meta['metrics']['int8_accuracy']:.3f}); inference "
-        f"check: {check['agree']}/{check['samples']} agree"
+        f"wrote {args.out} (int8 accuracy {meta['metrics']['int8_accuracy']:.3f}, {signed}); "
+        f"inference check: {check['agree']}/{check['samples']} agree"
     )
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ def save(
         "sources": sources,
         "torch": torch.__version__,
         "created_at": time.time(),
+        "device": socket.gethostname(),
         "weights_sha256": sha256(directory / WEIGHTS),
         **(extra or {}),
     }

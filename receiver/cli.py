@@ -250,13 +250,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as exc:
+        if args.log_level == "debug":
+            raise
+        print(
+            f"edgehook: internal error: {type(exc).__name__}: {exc} "
+            "(run again with --log-level debug for the details)",
+            file=sys.stderr,
+        )
+        return 70
 
 
 def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
-    if args.command == "train":
-        from pipeline.commands import run_train
-
-        return run_train(args)
     if args.command == "init":
         from receiver.initcmd import run_init
 
@@ -273,6 +278,10 @@ def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
         from pipeline.worker import run_worker
 
         return run_worker(config, env, once=args.once)
+    if args.command == "train":
+        from pipeline.commands import run_train
+
+        return run_train(args, config)
     if args.command == "infer":
         from pipeline.commands import run_infer
 

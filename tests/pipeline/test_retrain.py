@@ -102,6 +102,7 @@ def test_train_and_infer_commands_without_a_webhook(tmp_path: Path) -> None:
     )
     assert trained.returncode == 0, trained.stderr
     assert "inference check: 18/18 agree" in trained.stdout
+    assert "unsigned (no secrets.model_signing_key_file configured)" in trained.stdout
     missing = cli("infer", str(tmp_path / "nothing.png"), "--model", str(tmp_path / "model"))
     assert missing.returncode == 1 and "not a readable image" in missing.stderr
     (tmp_path / "empty").mkdir()

@@ -219,3 +219,33 @@ def test_keys_and_model_verify_commands(
     signing.sign(model, signing.load_private(workspace.dir / "secrets" / "model_signing_key"))
     verified = cli("model", "verify", str(model))
     assert verified.returncode == 0 and "verified" in verified.stdout
+
+
+def test_edgehook_train_signs_with_the_device_key(workspace: Workspace, tmp_path: Path) -> None:
+    synthetic.write_npz(tmp_path / "data", *synthetic.make(per_class=20, size=16))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "receiver",
+            "--config",
+            str(workspace.config_path),
+            "train",
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "model"),
+            "--epochs",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=workspace.dir,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    device = signing.load_private(workspace.dir / "secrets" / "model_signing_key")
+    signer = signing.verify(tmp_path / "model", [signing.public_text(device.public_key())])
+    assert f"signed by {signer.key_id}" in result.stdout
+    meta = json.loads((tmp_path / "model" / "model.json").read_text())
+    assert meta["device"] and meta["sources"] == [str(tmp_path / "data")]

@@ -94,3 +94,13 @@ def test_audit_verify_exit_codes(workspace: Workspace) -> None:
     assert result.returncode == 1 and "edited" in result.stdout and "line 2" in result.stdout
     shown = edgehook("audit", "show", "--since", "garbage", cwd=workspace.dir)
     assert shown.returncode == 1 and "--since" in shown.stderr
+
+
+def test_an_unexpected_error_is_one_line_not_a_trace(workspace: Workspace) -> None:
+    # A store file that is not SQLite at all: nothing anticipates this.
+    (workspace.dir / "data").mkdir(exist_ok=True)
+    (workspace.dir / "data" / "edgehook.db").write_bytes(b"not a database" * 100)
+    result = edgehook("jobs", "list", cwd=workspace.dir)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().count("\n") == 0
