@@ -104,6 +104,32 @@ class SqliteQueue:
     def enqueue(self, delivery: Delivery, window_s: float) -> Committed:
         return commit_deliveries(self.conn, [delivery], window_s)[0]
 
+    def enqueue_followup(
+        self,
+        parent: int,
+        rule: str,
+        action: str,
+        args: dict[str, Any],
+        event: dict[str, Any],
+        now: float,
+        max_attempts: int,
+    ) -> int:
+        """A job the worker queues itself (publishing a model after a retrain)."""
+        with transaction(self.conn) as conn:
+            event_id = conn.execute(
+                "INSERT INTO events (received_at, request_id, client, body_sha256, event_type, "
+                "version_string, event_json) VALUES (?, ?, 'worker', ?, 'EDGEHOOK_FOLLOWUP', "
+                "NULL, ?)",
+                (now, f"job:{parent}", f"followup:{parent}:{action}", json.dumps(event)),
+            ).lastrowid
+            job_id = conn.execute(
+                "INSERT INTO jobs (event_id, rule, action, args_json, created_at, updated_at, "
+                "run_after, max_attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (event_id, rule, action, json.dumps(args), now, now, now, max_attempts),
+            ).lastrowid
+        assert job_id is not None
+        return int(job_id)
+
     # -- the worker's side -------------------------------------------------------------------
 
     def claim(self, worker: str, lease_s: float, now: float) -> Job | None:

@@ -17,6 +17,8 @@ from typing import Any
 from pipeline.errors import JobError
 from pipeline.modelfile import read_metadata
 
+__all__ = ["Decision", "activate", "active", "promote", "read_metadata", "rollback", "state"]
+
 REGISTRY = "registry.json"
 
 

@@ -8,6 +8,7 @@ outcome. Exit codes: see pipeline/errors.py.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -97,7 +98,98 @@ def deploy(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     }
 
 
+def publish(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
+    """Log the retrain's run and upload its signed model to W&B (offline with
+    WANDB_MODE=offline; `wandb sync` uploads it later). The model's metadata marks it as
+    produced by this device, so its own upload cannot re-trigger a retrain."""
+    import wandb
+    from wandb.errors import CommError
+
+    from pipeline.modelfile import read_metadata
+
+    model_dir = job_dir / "model"
+    meta = read_metadata(model_dir)
+    signature = json.loads((model_dir / "model.sig").read_text(encoding="utf-8"))
+    event, args = spec["event"], spec["args"]
+    collection = event.get("collection") or "dataset"
+    project = event.get("project") or os.environ.get("WANDB_PROJECT") or "edgehook"
+    try:
+        run = wandb.init(
+            project=project,
+            entity=event.get("entity"),
+            job_type="retrain",
+            dir=str(job_dir),
+            config={
+                **meta.get("train_config", {}),
+                "sources": meta.get("sources", []),
+                "retrain_job": args.get("retrain_job"),
+            },
+        )
+        if run.settings.mode != "offline":
+            for source in meta.get("sources", []):
+                run.use_artifact(source)
+        for row in meta["metrics"].get("epochs", []):
+            run.log(row, step=int(row["epoch"]))
+        classes = meta["classes"]
+        confusion = meta["metrics"]["confusion"]
+        run.log(
+            {
+                "confusion": wandb.Table(
+                    columns=["true", "predicted", "count"],
+                    data=[
+                        [classes[i], classes[j], int(n)]
+                        for i, row in enumerate(confusion)
+                        for j, n in enumerate(row)
+                    ],
+                )
+            }
+        )
+        run.summary.update({k: meta["metrics"][k] for k in ("int8_accuracy", "qat_accuracy")})
+        artifact = wandb.Artifact(
+            f"{collection}-int8",
+            type="model",
+            metadata={
+                "edgehook_device": meta.get("device"),
+                "edgehook_key_id": signature["key_id"],
+                "edgehook_public_key": signature["public_key"],
+                "edgehook_weights_sha256": meta["weights_sha256"],
+                "int8_accuracy": meta["metrics"]["int8_accuracy"],
+                "classes": classes,
+                "sources": meta.get("sources", []),
+            },
+        )
+        artifact.add_dir(str(model_dir))
+        aliases = ["candidate", *(["production"] if args.get("promoted") else [])]
+        run.log_artifact(artifact, aliases=aliases)
+        produced = []
+        if run.settings.mode != "offline":
+            artifact.wait()
+            produced.append(
+                {
+                    "version_string": f"{run.entity}/{project}/{artifact.name}",
+                    "artifact_id": artifact.id,
+                }
+            )
+        where = run.dir
+        run.finish()
+    except CommError as exc:
+        raise TransientError(f"W&B unavailable while publishing: {exc}") from exc
+    offline = not produced
+    return {
+        "summary": (
+            f"logged the run and {collection}-int8 ({', '.join(aliases)}) "
+            + (
+                f"offline in {Path(where).parent}; upload with `wandb sync`"
+                if offline
+                else f"as {produced[0]['version_string']}"
+            )
+        ),
+        "produced": produced,
+    }
+
+
 ACTIONS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {
+    "publish": publish,
     "download": download,
     "retrain": retrain,
     "deploy": deploy,

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,9 +40,19 @@ from pipeline.sandbox import (
 from receiver.audit import AuditLog
 from receiver.config import Config
 from receiver.errors import EdgehookError
-from receiver.rules import Rule
+from receiver.rules import WANDB_ENV, Rule
 
 log = structlog.get_logger("edgehook.worker")
+# The internal rule for follow-up jobs that publish a model to W&B (no event matches it).
+PUBLISH_RULE = Rule(
+    name="edgehook-publish",
+    events=frozenset(),
+    action="publish",
+    env_allow=WANDB_ENV,
+    timeout_s=1800.0,
+    max_retries=5,
+    coalesce=False,
+)
 RESULT_LIMIT = 64 * 1024
 REAP_EVERY_S = 1.0
 CANCEL_CHECK_EVERY_S = 0.5
@@ -83,7 +94,7 @@ class Worker:
         self.wandb_key = wandb_key
         self.clock = clock
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.rules = {rule.name: rule for rule in config.rules}
+        self.rules = {rule.name: rule for rule in (*config.rules, PUBLISH_RULE)}
         self.limits = Limits.from_config(self.settings)
         self.running: dict[int, Running] = {}
         self.selector = selectors.DefaultSelector()
@@ -191,6 +202,11 @@ class Worker:
         extra = {"EDGEHOOK_JOB_ID": str(job.id), "EDGEHOOK_JOB_DIR": str(job_dir)}
         if rule.action == "command":
             return list(rule.command), extra | command_environment(job.args, job.event, job.id)
+        if rule.action == "publish":
+            # The job gets a copy of the signed model: never the registry, never the key.
+            source = self.config.models_dir / str(job.args.get("model"))
+            registry.read_metadata(source)
+            shutil.copytree(source, job_dir / "model")
         spec = {
             # deploy checks signatures in the child too, before loading anything: public
             # keys only, never the private one.
@@ -305,9 +321,29 @@ class Worker:
             reason=decision.reason,
             key_id=signed.key_id,
         )
+        publishing = self._queue_publish(run, decision)
         if decision.promoted:
-            return f"promoted {decision.name} ({decision.reason})"
-        return f"not promoted: {decision.reason}"
+            return f"promoted {decision.name} ({decision.reason}){publishing}"
+        return f"not promoted: {decision.reason}{publishing}"
+
+    def _queue_publish(self, run: Running, decision: registry.Decision) -> str:
+        """Publishing to W&B is a job of its own: W&B trouble is retried there, and never
+        touches the model already kept on the device."""
+        publish = self.config.models.publish
+        if publish == "never" or (publish == "auto" and self.config.artifacts.source != "wandb"):
+            return ""
+        args = {"model": decision.name, "promoted": decision.promoted, "retrain_job": run.job.id}
+        job_id = self.queue.enqueue_followup(
+            run.job.id,
+            PUBLISH_RULE.name,
+            "publish",
+            args,
+            run.job.event,
+            self.clock(),
+            PUBLISH_RULE.max_retries + 1,
+        )
+        self._audit_job(run.job, "publish_queued", publish_job=job_id)
+        return f"; publishing as job {job_id}"
 
     def _deploy(self, run: Running, model: Path) -> str:
         """Make a fetched model active, only if a trusted key signed it (checked again here,

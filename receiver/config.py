@@ -95,6 +95,7 @@ class ModelsConfig:
     promotion_tolerance: float = 0.01
     trusted_keys: tuple[str, ...] = ()  # besides this device's own key
     allow_unsigned: bool = False
+    publish: str = "auto"  # auto: publish to W&B when artifacts come from W&B | always | never
 
 
 @dataclass(frozen=True)
@@ -324,7 +325,11 @@ def _models(t: Table) -> ModelsConfig:
         promotion_tolerance=t.number("promotion_tolerance", 0.01, minimum=0.0, maximum=1.0),
         trusted_keys=keys,
         allow_unsigned=t.flag("allow_unsigned", False),
+        publish=t.text("publish", "auto"),
     )
+    if models.publish not in ("auto", "always", "never"):
+        raise ConfigError(t.key("publish"), f"'{models.publish}' is not a choice",
+                          'use "auto", "always" or "never"')
     t.finish()
     return models
 

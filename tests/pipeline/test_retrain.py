@@ -108,3 +108,44 @@ def test_train_and_infer_commands_without_a_webhook(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     bad = cli("train", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "m2"))
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
+
+
+def test_retrain_then_publish_logs_the_run_and_the_signed_model_offline(
+    workspace: Workspace, tmp_path: Path, run_worker: Callable[..., object]
+) -> None:
+    from tests.fakes.wandb_records import summarise
+
+    pytest.importorskip("wandb")
+    artifacts = tmp_path / "artifacts"
+    local_dataset(artifacts, "team/proj/shapes:v0", seed=0)
+    workspace.edit("allow_unsigned = false", 'allow_unsigned = false\npublish = "always"')
+    config = add_rules(workspace, f'[artifacts]\nsource = "local"\nlocal_root = "{artifacts}"\n')
+    event = {"entity": "team", "project": "proj", "collection": "shapes", "alias": "retrain"}
+    retrain_id = enqueue(
+        config,
+        "default-retrain",
+        action="retrain",
+        event=event,
+        args={"epochs": 3, "lr": 0.05, "batch_size": 32, "seed": 0},
+    )
+    run_worker(config, env={"WANDB_MODE": "offline"}, audit_key=workspace.audit_key.encode())
+    summary = str(job(config, retrain_id)["summary"])
+    assert "publishing as job" in summary
+    publish_id = int(summary.rsplit("publishing as job ", 1)[1].split()[0])
+    row = job(config, publish_id)
+    assert row["state"] == "succeeded", log_text(config, publish_id)
+    assert "upload with `wandb sync`" in str(row["summary"])
+    run_file = next((config.jobs_dir / str(publish_id)).rglob("run-*.wandb"))
+    logged = summarise(run_file)
+    assert [json.loads(h["epoch"]) for h in logged["history"] if "epoch" in h] == [1, 2, 3]
+    assert float(logged["summary"]["int8_accuracy"]) >= 0.9
+    model = next(a for a in logged["artifacts"] if a["type"] == "model")
+    assert model["name"] == "shapes-int8"
+    assert {"candidate", "production"} <= set(model["aliases"])
+    assert model["files"] == ["model.json", "model.safetensors", "model.sig"]
+    metadata = json.loads(model["metadata"])
+    device_key = signing.load_private(workspace.dir / "secrets" / "model_signing_key")
+    assert metadata["edgehook_key_id"] == signing.key_id(
+        signing.public_text(device_key.public_key())
+    )
+    assert metadata["edgehook_device"]
