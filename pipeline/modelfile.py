@@ -28,7 +28,12 @@ MAX_METADATA_BYTES = 1 << 20
 
 
 def save(
-    directory: Path, trained: Any, *, sources: list[str], extra: dict[str, Any] | None = None
+    directory: Path,
+    trained: Any,
+    *,
+    sources: list[str],
+    extra: dict[str, Any] | None = None,
+    device: str | None = None,
 ) -> dict[str, Any]:
     """Write the model; returns its metadata."""
     import torch
@@ -50,7 +55,7 @@ def save(
         "sources": sources,
         "torch": torch.__version__,
         "created_at": time.time(),
-        "device": socket.gethostname(),
+        "device": device or socket.gethostname(),
         "weights_sha256": sha256(directory / WEIGHTS),
         **(extra or {}),
     }

@@ -58,6 +58,7 @@ def retrain(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
         model_dir,
         trained,
         sources=[got.version_string],
+        device=spec.get("device_id"),
         extra={"job_id": spec.get("job_id"), "dataset_layout": dataset.layout},
     )
     expected = predict(trained.int8, trained.held_out, trained.normalisation).argmax(1)

@@ -212,6 +212,7 @@ class Worker:
             # keys only, never the private one.
             "trusted_keys": self.trusted_keys() if rule.action == "deploy" else [],
             "allow_unsigned": self.config.models.allow_unsigned,
+            "device_id": self.config.device_id,
             "job_id": job.id,
             "action": rule.action,
             "args": job.args,

@@ -90,6 +90,8 @@ async def _webhook(svc: Services, request: Request) -> Response:
 
         event = normalise(parse_body(body, max_depth=config.max_json_depth))
         record["event"] = event.summary()
+        if event.produced_by is not None and event.produced_by == svc.config.device_id:
+            return _ignored(record, "produced_here", "produced here")
         rule = match(svc.config.rules, event)
         if rule is None:
             return _ignored(record, "no_rule", "no rule matches")

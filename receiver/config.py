@@ -10,6 +10,7 @@ credentials.py).
 from __future__ import annotations
 
 import ipaddress
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -110,6 +111,7 @@ class Config:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)
     duplicate_window_s: float = 86400.0
+    device_id: str = ""  # names this device in the models it makes; default: the hostname
     models: ModelsConfig = field(default_factory=ModelsConfig)
     rules: tuple[Rule, ...] = ()
 
@@ -161,6 +163,7 @@ def load_config(
     base = (path.parent if path is not None else cwd).resolve()
     top = Table(raw, "")
 
+    device_id = top.text("device_id", None) or socket.gethostname()
     chosen_data_dir = (
         data_dir or env.get("EDGEHOOK_DATA_DIR") or top.text("data_dir", "edgehook-data")
     )
@@ -188,6 +191,7 @@ def load_config(
         worker=worker,
         artifacts=artifacts,
         duplicate_window_s=window,
+        device_id=device_id,
         models=models,
         rules=rules,
     )
@@ -328,8 +332,11 @@ def _models(t: Table) -> ModelsConfig:
         publish=t.text("publish", "auto"),
     )
     if models.publish not in ("auto", "always", "never"):
-        raise ConfigError(t.key("publish"), f"'{models.publish}' is not a choice",
-                          'use "auto", "always" or "never"')
+        raise ConfigError(
+            t.key("publish"),
+            f"'{models.publish}' is not a choice",
+            'use "auto", "always" or "never"',
+        )
     t.finish()
     return models
 

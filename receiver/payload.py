@@ -54,6 +54,7 @@ _FIELDS = {
     "artifact_id": ("artifact_version",),
     "alias": ("alias",),
     "tag": ("tag",),
+    "produced_by": ("produced_by",),
 }
 
 
@@ -75,6 +76,7 @@ class Event:
     tag: str | None = None
     author: str | None = None
     artifact_id: str | None = None
+    produced_by: str | None = None  # the edgehook device that made the artifact, if any
     args: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -194,6 +196,7 @@ def normalise(data: Mapping[str, Any]) -> Event:
         tag=_checked("tag", raw["tag"], _ALIAS),
         author=_checked("event_author", raw["author"], _AUTHOR),
         artifact_id=_checked("artifact_version", raw["artifact_id"], _ARTIFACT_ID),
+        produced_by=_checked("produced_by", raw["produced_by"], _AUTHOR),
         args=args,
     )
 

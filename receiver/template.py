@@ -16,6 +16,8 @@ RECOMMENDED_TEMPLATE = {
     "artifact_version": "${artifact_version}",
     "artifact_version_string": "${artifact_version_string}",
     "alias": "${alias}",
+    # Models edgehook uploads carry this metadata key: their events are not run again.
+    "produced_by": "${artifact_metadata.edgehook_device}",
 }
 
 SAMPLE_VALUES = {
@@ -27,6 +29,7 @@ SAMPLE_VALUES = {
     "artifact_version": "wandb-artifact://_id/QXJ0aWZhY3Q6MQ==",
     "artifact_version_string": "my-team/edge-demo/cifar10-subset:retrain",
     "alias": "retrain",
+    "produced_by": "",  # a dataset carries no edgehook metadata: W&B renders it empty
 }
 
 

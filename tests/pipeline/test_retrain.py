@@ -148,4 +148,4 @@ def test_retrain_then_publish_logs_the_run_and_the_signed_model_offline(
     assert metadata["edgehook_key_id"] == signing.key_id(
         signing.public_text(device_key.public_key())
     )
-    assert metadata["edgehook_device"]
+    assert metadata["edgehook_device"] == config.device_id  # what the receiver compares

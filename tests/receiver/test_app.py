@@ -294,3 +294,17 @@ def test_read_only_store_gives_503_then_resumes(workspace: Workspace, clock: Clo
         services.committer.start()
         assert client.post(URL, content=BODY, headers=signed(workspace, BODY)).status_code == 202
     assert len(jobs(services)) == 1
+
+
+def test_event_about_a_model_this_device_made_is_ignored_by_its_metadata(
+    app_client: Client, workspace: Workspace
+) -> None:
+    client, services = app_client
+    ours = sample_body(produced_by=services.config.device_id)
+    reply = client.post(URL, content=ours, headers=signed(workspace, ours))
+    assert reply.json() == {"status": "ignored", "reason": "produced here"}
+    theirs = sample_body(produced_by="another-device")
+    assert client.post(URL, content=theirs, headers=signed(workspace, theirs)).status_code == 202
+    unrendered = sample_body(produced_by="")  # a dataset: W&B renders the key empty
+    reply = client.post(URL, content=unrendered, headers=signed(workspace, unrendered))
+    assert reply.status_code == 202
