@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,9 @@ def main(argv: list[str]) -> int:
         result, code = {"error": str(exc), "transient": True}, EXIT_TRANSIENT
     except JobError as exc:
         result, code = {"error": str(exc)}, EXIT_FAILED
+    except Exception as exc:
+        traceback.print_exc()
+        result, code = {"error": f"internal error: {type(exc).__name__}: {exc}"}, EXIT_FAILED
     (job_dir / RESULT).write_text(json.dumps(result), encoding="utf-8")
     print(result.get("summary") or f"error: {result['error']}", flush=True)
     return code

@@ -29,9 +29,11 @@ class Version:
     metadata: dict[str, Any] = field(default_factory=dict)
     type: str = "dataset"
 
+    serial: int = 0  # unique across collections, like W&B's artifact ids
+
     @property
     def id(self) -> str:
-        return base64.b64encode(f"Artifact:{1000 + self.index}".encode()).decode()
+        return base64.b64encode(f"Artifact:{1000 + self.serial}".encode()).decode()
 
 
 class FakeWandb:
@@ -61,7 +63,8 @@ class FakeWandb:
         for v in self.versions:
             if v.collection == collection:
                 v.aliases = [a for a in v.aliases if a not in aliases]
-        version = Version(collection, index, files, [f"v{index}", *aliases], type=type)
+        version = Version(collection, index, files, [f"v{index}", *aliases], type=type,
+                          serial=len(self.versions))
         self.versions.append(version)
         return version
 
