@@ -40,6 +40,15 @@ def split_version(version_string: str) -> tuple[str, str, str, str]:
     return parts[0], parts[1], parts[2], version
 
 
+def fetch(source: str, local_root: str | Path | None, version_string: str, dest: Path) -> Fetched:
+    """From the configured source: "local" (under local_root) or "wandb"."""
+    if source == "local":
+        if not local_root:
+            raise JobError('artifacts.source is "local" but artifacts.local_root is not set')
+        return fetch_local(Path(local_root), version_string, dest)
+    return fetch_wandb(version_string, dest)
+
+
 def fetch_local(root: Path, version_string: str, dest: Path) -> Fetched:
     entity, project, collection, version = split_version(version_string)
     collection_dir = root / entity / project / collection

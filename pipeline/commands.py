@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +139,20 @@ def run_model(args: argparse.Namespace, config: Config) -> int:
             own = signing.load_private(config.secrets.model_signing_key_file)
             trusted.append(signing.public_text(own.public_key()))
         try:
-            signer = signing.verify(args.path, trusted)
+            if args.path.exists():
+                signer = signing.verify(args.path, trusted)
+            else:
+                # Not a directory here: an artifact name (entity/project/name:version).
+                from pipeline.artifacts import fetch
+
+                with tempfile.TemporaryDirectory(prefix="edgehook-verify-") as tmp:
+                    got = fetch(
+                        config.artifacts.source,
+                        config.artifacts.local_root,
+                        str(args.path),
+                        Path(tmp) / "model",
+                    )
+                    signer = signing.verify(got.root, trusted)
         except JobError as exc:
             print(f"NOT VERIFIED: {exc}")
             return 1

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import Fetched, fetch_local, fetch_wandb
+from pipeline.artifacts import Fetched
+from pipeline.artifacts import fetch as fetch_artifact
 from pipeline.errors import EXIT_FAILED, EXIT_TRANSIENT, JobError, TransientError
 
 RESULT = "result.json"
@@ -25,10 +26,10 @@ def fetch(spec: dict[str, Any], job_dir: Path) -> Fetched:
     version = spec["event"].get("version_string") or _version_string(spec["event"])
     if version is None:
         raise JobError("the event names no artifact version")
-    dest = job_dir / "artifact"
-    if spec["artifacts"]["source"] == "local":
-        return fetch_local(Path(spec["artifacts"]["local_root"]), version, dest)
-    return fetch_wandb(version, dest)
+    artifacts = spec["artifacts"]
+    return fetch_artifact(
+        artifacts["source"], artifacts["local_root"], version, job_dir / "artifact"
+    )
 
 
 def download(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:

@@ -171,8 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     model_sub.add_parser("rollback", help="make the previous model active again")
     verify = model_sub.add_parser(
         "verify",
-        help="check a model directory's signature",
-        epilog=_examples("edgehook model verify ./model"),
+        help="check a model's signature: a directory, or an artifact name (configured source)",
+        epilog=_examples(
+            "edgehook model verify ./model", "edgehook model verify team/proj/shapes-int8:v3"
+        ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     verify.add_argument("path", type=Path)

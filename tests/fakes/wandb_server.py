@@ -63,8 +63,9 @@ class FakeWandb:
         for v in self.versions:
             if v.collection == collection:
                 v.aliases = [a for a in v.aliases if a not in aliases]
-        version = Version(collection, index, files, [f"v{index}", *aliases], type=type,
-                          serial=len(self.versions))
+        version = Version(
+            collection, index, files, [f"v{index}", *aliases], type=type, serial=len(self.versions)
+        )
         self.versions.append(version)
         return version
 

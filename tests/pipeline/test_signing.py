@@ -249,3 +249,29 @@ def test_edgehook_train_signs_with_the_device_key(workspace: Workspace, tmp_path
     assert f"signed by {signer.key_id}" in result.stdout
     meta = json.loads((tmp_path / "model" / "model.json").read_text())
     assert meta["device"] and meta["sources"] == [str(tmp_path / "data")]
+
+
+def test_model_verify_takes_an_artifact_name(
+    model_dir: Path, tmp_path: Path, workspace: Workspace
+) -> None:
+    model = copy_of(model_dir, tmp_path)
+    signing.sign(model, signing.load_private(workspace.dir / "secrets" / "model_signing_key"))
+    publish(model, tmp_path / "artifacts", "team/proj/model:v1")
+    deploy_config(workspace, tmp_path / "artifacts")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "receiver",
+            "--config",
+            str(workspace.config_path),
+            "model",
+            "verify",
+            "team/proj/model:production",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=workspace.dir,
+        timeout=60,
+    )
+    assert result.returncode == 0 and "verified: signed by trusted key" in result.stdout

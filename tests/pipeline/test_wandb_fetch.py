@@ -108,8 +108,8 @@ def test_a_server_error_is_transient_and_fails_fast(
 
 
 def test_round_trip_train_sign_download_from_wandb_verify_deploy(
-        workspace: Workspace, fake: FakeWandb, run_worker: Callable[..., object],
-        tmp_path: Path) -> None:
+    workspace: Workspace, fake: FakeWandb, run_worker: Callable[..., object], tmp_path: Path
+) -> None:
     """A model trained and signed on one device, served by W&B, deployed on another."""
     pytest.importorskip("torch")
     from pipeline import registry, signing, synthetic
@@ -118,26 +118,44 @@ def test_round_trip_train_sign_download_from_wandb_verify_deploy(
     from pipeline.train import TrainConfig, train
 
     synthetic.write_npz(tmp_path / "data", *synthetic.make(per_class=20, size=16))
-    trained = train(load_dataset(tmp_path / "data"), TrainConfig(epochs=1),
-                    log=lambda _: None)
+    trained = train(load_dataset(tmp_path / "data"), TrainConfig(epochs=1), log=lambda _: None)
     other_device = signing.generate(tmp_path / "other-device.key")
     save(tmp_path / "model", trained, sources=["team/proj/data:v0"], device="trainer-box")
     signing.sign(tmp_path / "model", signing.load_private(tmp_path / "other-device.key"))
-    fake.add("shapes-int8", {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir()},
-             ["production"], type="model")
+    fake.add(
+        "shapes-int8",
+        {p.name: p.read_bytes() for p in (tmp_path / "model").iterdir()},
+        ["production"],
+        type="model",
+    )
     workspace.edit("trusted_keys = []", f'trusted_keys = ["{other_device}"]')
-    config = add_rules(workspace, """
+    config = add_rules(
+        workspace,
+        """
 [[rules]]
 name = "ship"
 event = "ADD_ARTIFACT_ALIAS"
 alias = "production"
 action = "deploy"
 env_allow = ["WANDB_API_KEY", "WANDB_BASE_URL", "WANDB__GRAPHQL_RETRY_MAX", "WANDB_SILENT"]
-""")
-    job_id = enqueue(config, "ship", action="deploy", event={
-        "entity": "team", "project": "proj", "collection": "shapes-int8", "alias": "production"})
-    run_worker(config, env={"WANDB_BASE_URL": fake.url, "WANDB__GRAPHQL_RETRY_MAX": "1",
-                            "WANDB_SILENT": "true"}, wandb_key="k" * 40)
+""",
+    )
+    job_id = enqueue(
+        config,
+        "ship",
+        action="deploy",
+        event={
+            "entity": "team",
+            "project": "proj",
+            "collection": "shapes-int8",
+            "alias": "production",
+        },
+    )
+    run_worker(
+        config,
+        env={"WANDB_BASE_URL": fake.url, "WANDB__GRAPHQL_RETRY_MAX": "1", "WANDB_SILENT": "true"},
+        wandb_key="k" * 40,
+    )
     row = job(config, job_id)
     assert row["state"] == "succeeded", log_text(config, job_id)
     assert f"signed by {signing.key_id(other_device)}" in str(row["summary"])
