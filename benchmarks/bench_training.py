@@ -32,8 +32,9 @@ from torch import nn  # noqa: E402
 
 from pipeline import synthetic  # noqa: E402
 from pipeline.datasets import load_dataset  # noqa: E402
+from pipeline.inference import latency_ms  # noqa: E402
 from pipeline.model import ModelSpec, SmallCNN  # noqa: E402
-from pipeline.quantize import backend, prepare_qat, quiet, run  # noqa: E402
+from pipeline.quantize import backend, prepare_qat, quiet  # noqa: E402
 from pipeline.train import TrainConfig, normalise, train  # noqa: E402
 
 
@@ -50,16 +51,6 @@ def epoch_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -
             loss.backward()
             optimiser.step()
     return time.perf_counter() - started
-
-
-def latency_ms(model: nn.Module, x: torch.Tensor, repeats: int) -> float:
-    run(model, x)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run(model, x)
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
 
 
 def size_bytes(model: nn.Module) -> int:

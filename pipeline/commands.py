@@ -60,6 +60,8 @@ def run_infer(args: argparse.Namespace, config: Config) -> int:
     model_dir = args.model or registry.active(config.models_dir)
     if model_dir is None:
         raise EdgehookError("no active model: train one (edgehook train) or pass --model DIR")
+    if args.benchmark:
+        return _benchmark(Path(model_dir), args.json)
     paths = [
         p
         for target in args.paths
@@ -88,6 +90,31 @@ def run_infer(args: argparse.Namespace, config: Config) -> int:
             if args.json
             else f"{path}: {ranked}"
         )
+    return 0
+
+
+def _benchmark(model_dir: Path, as_json: bool) -> int:
+    from pipeline.inference import speed
+    from pipeline.modelfile import load_int8
+
+    try:
+        model, meta = load_int8(model_dir)
+    except JobError as exc:
+        raise EdgehookError(str(exc)) from exc
+    figures = speed(model, meta["spec"], repeats=200)
+    if as_json:
+        print(json.dumps(figures))
+        return 0
+    print(f"model {model_dir.name} on this machine (fp32: the same architecture)")
+    print(
+        f"  batch 1 latency   int8 {figures['int8_batch1_ms']:.3f} ms   "
+        f"fp32 {figures['fp32_batch1_ms']:.3f} ms"
+    )
+    print(
+        f"  batch 64 images/s int8 {figures['int8_batch64_per_s']:.0f}   "
+        f"fp32 {figures['fp32_batch64_per_s']:.0f}   "
+        f"({figures['int8_batch64_per_s'] / figures['fp32_batch64_per_s']:.1f}x)"
+    )
     return 0
 
 

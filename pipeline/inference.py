@@ -28,6 +28,41 @@ def predict(model: Any, images: np.ndarray, normalisation: dict[str, list[float]
     return torch.softmax(logits, dim=1).numpy()
 
 
+def latency_ms(model: Any, x: Any, repeats: int) -> float:
+    """Median milliseconds for one forward pass of `x` (after one warm-up pass)."""
+    import statistics
+    import time
+
+    from pipeline.quantize import run
+
+    run(model, x)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run(model, x)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def speed(int8: Any, spec: dict[str, int], repeats: int = 50) -> dict[str, float]:
+    """int8 against fp32 on this machine: batch-1 latency and batch-64 throughput. The fp32
+    model is the same architecture with fresh weights (speed does not depend on them)."""
+    import torch
+
+    from pipeline.model import ModelSpec, SmallCNN
+
+    fp32 = SmallCNN(ModelSpec.from_dict(spec)).eval()
+    one = torch.rand(1, spec["in_channels"], spec["height"], spec["width"])
+    batch = one.repeat(64, 1, 1, 1)
+    figures = {
+        "int8_batch1_ms": latency_ms(int8, one, repeats),
+        "fp32_batch1_ms": latency_ms(fp32, one, repeats),
+        "int8_batch64_per_s": 64_000 / latency_ms(int8, batch, max(5, repeats // 5)),
+        "fp32_batch64_per_s": 64_000 / latency_ms(fp32, batch, max(5, repeats // 5)),
+    }
+    return {k: round(v, 3) for k, v in figures.items()}
+
+
 def check_in_fresh_process(
     model_dir: Path, samples: np.ndarray, expected: np.ndarray
 ) -> dict[str, Any]:

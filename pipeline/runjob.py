@@ -44,7 +44,7 @@ def retrain(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     """Fetch the dataset, train with QAT, export, and check the export in a fresh process.
     The worker decides promotion from the result (it owns the outcome)."""
     from pipeline.datasets import load_dataset
-    from pipeline.inference import check_in_fresh_process, predict
+    from pipeline.inference import check_in_fresh_process, predict, speed
     from pipeline.modelfile import save
     from pipeline.train import TrainConfig, train
 
@@ -56,12 +56,19 @@ def retrain(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     )
     trained = train(dataset, config, log=lambda line: print(line, flush=True))
     model_dir = job_dir / "model"
+    timing = speed(trained.int8, trained.spec.to_dict(), repeats=30)
+    print(
+        f"int8 latency {timing['int8_batch1_ms']} ms at batch 1 (fp32 "
+        f"{timing['fp32_batch1_ms']} ms); {timing['int8_batch64_per_s']:.0f} images/s at "
+        f"batch 64 (fp32 {timing['fp32_batch64_per_s']:.0f})",
+        flush=True,
+    )
     meta = save(
         model_dir,
         trained,
         sources=[got.version_string],
         device=spec.get("device_id"),
-        extra={"job_id": spec.get("job_id"), "dataset_layout": dataset.layout},
+        extra={"latency": timing, "job_id": spec.get("job_id"), "dataset_layout": dataset.layout},
     )
     expected = predict(trained.int8, trained.held_out, trained.normalisation).argmax(1)
     check = check_in_fresh_process(model_dir, trained.held_out, expected)
@@ -148,6 +155,7 @@ def publish(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
             }
         )
         run.summary.update({k: meta["metrics"][k] for k in ("int8_accuracy", "qat_accuracy")})
+        run.summary.update(meta.get("latency", {}))
         artifact = wandb.Artifact(
             f"{collection}-int8",
             type="model",

@@ -155,7 +155,12 @@ def build_parser() -> argparse.ArgumentParser:
         "edgehook infer ./images --top-k 1 --json",
         "edgehook infer --model ./model photo.png",
     )
-    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("paths", nargs="*", type=Path, help="images or folders of images")
+    p.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="measure int8 vs fp32 latency (batch 1) and throughput (batch 64)",
+    )
     p.add_argument("--model", type=Path, help="a model directory (default: the active model)")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--json", action="store_true")

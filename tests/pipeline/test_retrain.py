@@ -48,6 +48,7 @@ def test_retrain_job_trains_exports_checks_and_promotes(
     assert "int8 accuracy" in str(row["summary"]) and "promoted job" in str(row["summary"])
     log = log_text(config, first)
     assert "epoch 4/4" in log and "inference check: 24/24 predictions agree" in log
+    assert "int8 latency" in log
     active = config.models_dir / f"job{first}-attempt1"
     assert json.loads((config.models_dir / "registry.json").read_text())["active"] == active.name
     device_key = signing.load_private(workspace.dir / "secrets" / "model_signing_key")
@@ -103,6 +104,12 @@ def test_train_and_infer_commands_without_a_webhook(tmp_path: Path) -> None:
     assert trained.returncode == 0, trained.stderr
     assert "inference check: 18/18 agree" in trained.stdout
     assert "unsigned (no secrets.model_signing_key_file configured)" in trained.stdout
+    bench = cli("infer", "--benchmark", "--json", "--model", str(tmp_path / "model"))
+    assert bench.returncode == 0, bench.stderr
+    figures = json.loads(bench.stdout)
+    assert figures["int8_batch1_ms"] > 0 and figures["fp32_batch64_per_s"] > 0
+    nothing = cli("infer", "--model", str(tmp_path / "model"))
+    assert nothing.returncode == 1 and "no images given" in nothing.stderr
     missing = cli("infer", str(tmp_path / "nothing.png"), "--model", str(tmp_path / "model"))
     assert missing.returncode == 1 and "not a readable image" in missing.stderr
     (tmp_path / "empty").mkdir()
