@@ -90,13 +90,13 @@ def read_metadata(directory: Path) -> dict[str, Any]:
     return meta
 
 
-def load_int8(directory: Path) -> tuple[Any, dict[str, Any]]:
-    """Rebuild the model from metadata, load the weights (no pickle), convert to int8."""
+def load_weights(directory: Path) -> tuple[Any, dict[str, Any], Any]:
+    """The QAT model rebuilt from validated metadata with the weights loaded (no pickle)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from pipeline.model import ModelSpec, SmallCNN
-    from pipeline.quantize import backend, prepare_qat, to_int8
+    from pipeline.quantize import backend, prepare_qat
 
     meta = read_metadata(directory)
     spec = ModelSpec.from_dict(meta.get("spec"))
@@ -116,13 +116,20 @@ def load_int8(directory: Path) -> tuple[Any, dict[str, Any]]:
         state = load_file(str(directory / WEIGHTS))
     except (SafetensorError, OSError) as exc:
         raise JobError(f"{WEIGHTS} is not a safetensors file ({exc})") from exc
-    engine = backend()
-    model = prepare_qat(SmallCNN(spec), engine)
+    model = prepare_qat(SmallCNN(spec), backend())
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise JobError("the weights do not fit the architecture the metadata describes") from exc
-    return to_int8(model, engine), meta
+    return model, meta, spec
+
+
+def load_int8(directory: Path) -> tuple[Any, dict[str, Any]]:
+    """Rebuild the model from metadata, load the weights (no pickle), convert to int8."""
+    from pipeline.quantize import backend, to_int8
+
+    model, meta, _ = load_weights(directory)
+    return to_int8(model, backend()), meta
 
 
 def sha256(path: Path) -> str:

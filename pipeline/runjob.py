@@ -42,19 +42,30 @@ def download(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
 
 def retrain(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     """Fetch the dataset, train with QAT, export, and check the export in a fresh process.
-    The worker decides promotion from the result (it owns the outcome)."""
+    When the event is about a model artifact, fine-tune that model (only if a trusted key
+    signed it) on the dataset its metadata names. The worker signs and promotes."""
     from pipeline.datasets import load_dataset
     from pipeline.inference import check_in_fresh_process, predict, speed
-    from pipeline.modelfile import save
+    from pipeline.modelfile import METADATA, save
     from pipeline.train import TrainConfig, train
 
     got = fetch(spec, job_dir)
-    dataset = load_dataset(got.root)
+    previous, sources, origin = None, [got.version_string], "from scratch"
+    data_root = got.root
+    if (got.root / METADATA).exists():
+        previous, dataset_version = _previous_model(spec, got.root)
+        artifacts = spec["artifacts"]
+        data = fetch_artifact(
+            artifacts["source"], artifacts["local_root"], dataset_version, job_dir / "dataset"
+        )
+        data_root, sources = data.root, [data.version_string, got.version_string]
+        origin = f"fine-tuned from {got.version_string}"
+    dataset = load_dataset(data_root)
     args = spec.get("args", {})
     config = TrainConfig(
         **{k: args[k] for k in ("epochs", "lr", "batch_size", "seed") if k in args}
     )
-    trained = train(dataset, config, log=lambda line: print(line, flush=True))
+    trained = train(dataset, config, log=lambda line: print(line, flush=True), start_from=previous)
     model_dir = job_dir / "model"
     timing = speed(trained.int8, trained.spec.to_dict(), repeats=30)
     print(
@@ -66,20 +77,44 @@ def retrain(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     meta = save(
         model_dir,
         trained,
-        sources=[got.version_string],
+        sources=sources,
         device=spec.get("device_id"),
-        extra={"latency": timing, "job_id": spec.get("job_id"), "dataset_layout": dataset.layout},
+        extra={
+            "latency": timing,
+            "job_id": spec.get("job_id"),
+            "dataset_layout": dataset.layout,
+            "origin": origin,
+        },
     )
     expected = predict(trained.int8, trained.held_out, trained.normalisation).argmax(1)
     check = check_in_fresh_process(model_dir, trained.held_out, expected)
     print(f"inference check: {check['agree']}/{check['samples']} predictions agree", flush=True)
     metrics = meta["metrics"]
     return {
-        "summary": f"trained on {got.version_string} ({dataset.layout}, "
+        "summary": f"{origin}, trained on {sources[0]} ({dataset.layout}, "
         f"{len(dataset.labels)} images): int8 accuracy {metrics['int8_accuracy']:.3f}, "
         f"QAT {metrics['qat_accuracy']:.3f}",
         "model": str(model_dir),
     }
+
+
+def _previous_model(spec: dict[str, Any], root: Path) -> tuple[Any, str]:
+    """The model to fine-tune (signature checked before anything is loaded) and the dataset
+    version it was trained on."""
+    from pipeline.modelfile import load_weights, read_metadata
+    from pipeline.signing import verify
+    from pipeline.train import Previous
+
+    if spec.get("allow_unsigned"):
+        print("WARNING: models.allow_unsigned = true: the signature is not checked", flush=True)
+    else:
+        verify(root, spec.get("trusted_keys", []))
+    sources = read_metadata(root).get("sources")
+    dataset = next((s for s in sources or [] if isinstance(s, str) and ":" in s), None)
+    if dataset is None:
+        raise JobError("the model's metadata names no dataset to fine-tune on")
+    model, meta, model_spec = load_weights(root)
+    return Previous(model, model_spec, meta["normalisation"]), dataset
 
 
 def deploy(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from pipeline.datasets import Dataset, split
+from pipeline.errors import JobError
 from pipeline.model import ModelSpec, SmallCNN
 from pipeline.quantize import backend, prepare_qat, run, to_int8
 
@@ -104,7 +105,22 @@ def evaluate(
     return float(np.trace(confusion) / max(1, confusion.sum())), confusion.tolist()
 
 
-def train(dataset: Dataset, config: TrainConfig, log: Callable[[str], None] = print) -> Trained:
+@dataclass(frozen=True)
+class Previous:
+    """A model to fine-tune: its QAT module, its spec, and the normalisation it learned with."""
+
+    model: nn.Module
+    spec: ModelSpec
+    normalisation: dict[str, list[float]]
+
+
+def train(
+    dataset: Dataset,
+    config: TrainConfig,
+    log: Callable[[str], None] = print,
+    start_from: Previous | None = None,
+) -> Trained:
+    """QAT from scratch, or fine-tuning `start_from` on `dataset`."""
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     use_cuda = config.device in ("auto", "cuda") and torch.cuda.is_available()
@@ -112,7 +128,14 @@ def train(dataset: Dataset, config: TrainConfig, log: Callable[[str], None] = pr
     train_idx, held_idx = split(len(dataset.labels), config.holdout, config.seed)
     train_images = dataset.images[train_idx]
     flat = train_images.transpose(1, 0, 2, 3).reshape(train_images.shape[1], -1)
-    norm = {"mean": flat.mean(axis=1).tolist(), "std": np.maximum(flat.std(axis=1), 1e-6).tolist()}
+    norm = (
+        start_from.normalisation
+        if start_from is not None
+        else {
+            "mean": flat.mean(axis=1).tolist(),
+            "std": np.maximum(flat.std(axis=1), 1e-6).tolist(),
+        }
+    )
     x_train, x_held = normalise(train_images, norm), normalise(dataset.images[held_idx], norm)
     y_train = torch.from_numpy(dataset.labels[train_idx])
     y_held = torch.from_numpy(dataset.labels[held_idx])
@@ -120,7 +143,23 @@ def train(dataset: Dataset, config: TrainConfig, log: Callable[[str], None] = pr
     channels, height, width = dataset.shape
     spec = ModelSpec(channels, height, width, len(dataset.classes), config.channels)
     engine = backend()
-    model = prepare_qat(SmallCNN(spec), engine).to(device)
+    if start_from is not None:
+        previous, previous_spec = start_from.model, start_from.spec
+        if (
+            previous_spec.in_channels,
+            previous_spec.height,
+            previous_spec.width,
+            previous_spec.num_classes,
+        ) != (channels, height, width, spec.num_classes):
+            raise JobError(
+                f"the previous model ({previous_spec.in_channels}x"
+                f"{previous_spec.height}x{previous_spec.width}, "
+                f"{previous_spec.num_classes} classes) does not fit the dataset "
+                f"({channels}x{height}x{width}, {spec.num_classes} classes)"
+            )
+        spec, model = previous_spec, previous.to(device)
+    else:
+        model = prepare_qat(SmallCNN(spec), engine).to(device)
     optimiser = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
     log(
         f"training {spec.family} ({channels}x{height}x{width}, {spec.num_classes} classes) on "

@@ -8,6 +8,7 @@ rq's work-horse pattern: the child runs the job, the parent owns its outcome.
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -94,7 +95,10 @@ class Worker:
         self.wandb_key = wandb_key
         self.clock = clock
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.rules = {rule.name: rule for rule in (*config.rules, PUBLISH_RULE)}
+        self.publish_rule = dataclasses.replace(
+            PUBLISH_RULE, max_retries=config.models.publish_retries
+        )
+        self.rules = {rule.name: rule for rule in (*config.rules, self.publish_rule)}
         self.limits = Limits.from_config(self.settings)
         self.running: dict[int, Running] = {}
         self.selector = selectors.DefaultSelector()
@@ -208,9 +212,9 @@ class Worker:
             registry.read_metadata(source)
             shutil.copytree(source, job_dir / "model")
         spec = {
-            # deploy checks signatures in the child too, before loading anything: public
-            # keys only, never the private one.
-            "trusted_keys": self.trusted_keys() if rule.action == "deploy" else [],
+            # deploy and fine-tuning check signatures in the child, before loading anything:
+            # public keys only, never the private one.
+            "trusted_keys": self.trusted_keys() if rule.action in ("deploy", "retrain") else [],
             "allow_unsigned": self.config.models.allow_unsigned,
             "device_id": self.config.device_id,
             "job_id": job.id,
@@ -341,7 +345,7 @@ class Worker:
             args,
             run.job.event,
             self.clock(),
-            PUBLISH_RULE.max_retries + 1,
+            self.publish_rule.max_retries + 1,
         )
         self._audit_job(run.job, "publish_queued", publish_job=job_id)
         return f"; publishing as job {job_id}"

@@ -97,6 +97,7 @@ class ModelsConfig:
     trusted_keys: tuple[str, ...] = ()  # besides this device's own key
     allow_unsigned: bool = False
     publish: str = "auto"  # auto: publish to W&B when artifacts come from W&B | always | never
+    publish_retries: int = 5  # transient W&B failures while publishing
 
 
 @dataclass(frozen=True)
@@ -330,6 +331,7 @@ def _models(t: Table) -> ModelsConfig:
         trusted_keys=keys,
         allow_unsigned=t.flag("allow_unsigned", False),
         publish=t.text("publish", "auto"),
+        publish_retries=t.integer("publish_retries", 5, minimum=0, maximum=20),
     )
     if models.publish not in ("auto", "always", "never"):
         raise ConfigError(

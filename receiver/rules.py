@@ -25,7 +25,14 @@ ARG_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
 # What artifact actions may see by default: the W&B key (from the worker's own secret) and
 # the SDK's non-secret settings.
-WANDB_ENV = ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_MODE", "WANDB_ENTITY", "WANDB_PROJECT")
+WANDB_ENV = (
+    "WANDB_API_KEY",
+    "WANDB_BASE_URL",
+    "WANDB_MODE",
+    "WANDB_ENTITY",
+    "WANDB_PROJECT",
+    "WANDB_INIT_TIMEOUT",
+)
 _INT_TEXT = re.compile(r"[+-]?[0-9]{1,18}")
 _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})

@@ -23,8 +23,7 @@ def image(kind: str, rng: random.Random) -> bytes:
     pixels = bytearray()
     for y in range(SIZE):
         for x in range(SIZE):
-            on = {"horizontal": y % 4 < 2, "vertical": x % 4 < 2,
-                  "diagonal": (x + y) % 4 < 2}[kind]
+            on = {"horizontal": y % 4 < 2, "vertical": x % 4 < 2, "diagonal": (x + y) % 4 < 2}[kind]
             pixels.append(max(0, min(255, (200 if on else 40) + rng.randint(-30, 30))))
     return f"P5 {SIZE} {SIZE} 255\n".encode() + bytes(pixels)
 

@@ -156,3 +156,61 @@ def test_retrain_then_publish_logs_the_run_and_the_signed_model_offline(
         signing.public_text(device_key.public_key())
     )
     assert metadata["edgehook_device"] == config.device_id  # what the receiver compares
+
+
+def test_retrain_on_a_model_artifact_fine_tunes_it_if_signed_by_a_trusted_key(
+    workspace: Workspace, tmp_path: Path, run_worker: Callable[..., object]
+) -> None:
+    artifacts = tmp_path / "artifacts"
+    local_dataset(artifacts, "team/proj/shapes:v0", seed=0)
+    config = add_rules(workspace, f'[artifacts]\nsource = "local"\nlocal_root = "{artifacts}"\n')
+    data_event = {"entity": "team", "project": "proj", "collection": "shapes", "alias": "retrain"}
+    args = {"epochs": 2, "lr": 0.05, "batch_size": 32, "seed": 0}
+    first = enqueue(config, "default-retrain", action="retrain", event=data_event, args=args)
+    run_worker(config, audit_key=workspace.audit_key.encode())
+    trained_here = config.models_dir / f"job{first}-attempt1"
+    write_local_version(
+        artifacts,
+        "team/proj/shapes-int8:v0",
+        {p.name: p.read_bytes() for p in trained_here.iterdir()},
+        aliases=("retrain",),
+    )
+    model_event = {**data_event, "collection": "shapes-int8"}
+    second = enqueue(config, "default-retrain", action="retrain", event=model_event, args=args, n=1)
+    run_worker(config, audit_key=workspace.audit_key.encode())
+    row = job(config, second)
+    assert row["state"] == "succeeded", log_text(config, second)
+    assert "fine-tuned from team/proj/shapes-int8:v0, trained on team/proj/shapes:v0" in str(
+        row["summary"]
+    )
+    meta = json.loads((config.models_dir / f"job{second}-attempt1" / "model.json").read_text())
+    assert meta["sources"] == ["team/proj/shapes:v0", "team/proj/shapes-int8:v0"]
+    assert (
+        meta["normalisation"]
+        == json.loads((trained_here / "model.json").read_text())["normalisation"]
+    )
+
+    stranger = tmp_path / "stranger.key"
+    signing.generate(stranger)
+    forged = tmp_path / "forged"
+    forged.mkdir()
+    for name in ("model.json", "model.safetensors"):
+        (forged / name).write_bytes((trained_here / name).read_bytes())
+    signing.sign(forged, signing.load_private(stranger))
+    write_local_version(
+        artifacts,
+        "team/proj/other-int8:v0",
+        {p.name: p.read_bytes() for p in forged.iterdir()},
+        aliases=("retrain",),
+    )
+    third = enqueue(
+        config,
+        "default-retrain",
+        action="retrain",
+        args=args,
+        n=2,
+        event={**data_event, "collection": "other-int8"},
+    )
+    run_worker(config, audit_key=workspace.audit_key.encode())
+    refused = job(config, third)
+    assert refused["state"] == "failed" and "not trusted" in str(refused["reason"])

@@ -161,3 +161,45 @@ env_allow = ["WANDB_API_KEY", "WANDB_BASE_URL", "WANDB__GRAPHQL_RETRY_MAX", "WAN
     assert f"signed by {signing.key_id(other_device)}" in str(row["summary"])
     active = registry.active(config.models_dir)
     assert active is not None and (active / "model.sig").exists()
+
+
+def test_wandb_trouble_after_training_never_loses_the_model(
+    workspace: Workspace, fake: FakeWandb, run_worker: Callable[..., object], tmp_path: Path
+) -> None:
+    pytest.importorskip("torch")
+    from pipeline import registry, synthetic
+    from pipeline.artifacts import write_local_version
+
+    x, y, classes = synthetic.make(per_class=20, size=16)
+    synthetic.write_npz(tmp_path / "staging", x, y, classes)
+    write_local_version(
+        tmp_path / "artifacts",
+        "team/proj/data:v0",
+        {"data.npz": (tmp_path / "staging" / "data.npz").read_bytes()},
+        aliases=("retrain",),
+    )
+    workspace.edit(
+        "allow_unsigned = false", 'allow_unsigned = false\npublish = "always"\npublish_retries = 0'
+    )
+    config = add_rules(
+        workspace, f'[artifacts]\nsource = "local"\nlocal_root = "{tmp_path / "artifacts"}"\n'
+    )
+    fake.fail_graphql = True
+    retrain = enqueue(config, "default-retrain", action="retrain", event=EVENT, args={"epochs": 1})
+    run_worker(
+        config,
+        env={
+            "WANDB_BASE_URL": fake.url,
+            "WANDB__GRAPHQL_RETRY_MAX": "1",
+            "WANDB_INIT_TIMEOUT": "10",
+        },
+        wandb_key="k" * 40,
+    )
+    assert job(config, retrain)["state"] == "succeeded"
+    publish = retrain + 1
+    row = job(config, publish)
+    assert row["rule"] == "edgehook-publish" and row["state"] == "failed"
+    assert "W&B unavailable" in str(row["reason"])
+    active = registry.active(config.models_dir)
+    assert active is not None and active.name == f"job{retrain}-attempt1"
+    assert (active / "model.sig").exists()
