@@ -30,6 +30,8 @@ cd "$work"
 step "a local dataset artifact (no W&B account needed): my-team/edge-demo/cifar10-subset:v0"
 "$OLDPWD/$VENV/bin/python" "$OLDPWD/scripts/demo_artifact.py" artifacts
 printf '\n[artifacts]\nsource = "local"\nlocal_root = "artifacts"\n' >> edgehook.toml
+# Log the run and the model to W&B too, offline (no account needed; `wandb sync` uploads later).
+sed -i 's/^allow_unsigned = false$/allow_unsigned = false\npublish = "always"/' edgehook.toml
 echo "60 images in 3 classes, with a manifest of SHA-256 digests; alias 'retrain' -> v0"
 
 step "edgehook serve on 127.0.0.1:$port"
@@ -40,7 +42,7 @@ curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null || { cat "$work/serve.log"
 echo "receiver is up (loopback only; a tunnel is the way in)"
 
 step "edgehook worker (a separate process; runs each job in an isolated child)"
-"$EDGEHOOK" worker >"$work/worker.log" 2>&1 &
+WANDB_MODE=offline WANDB_SILENT=true "$EDGEHOOK" worker >"$work/worker.log" 2>&1 &
 worker_pid=$!
 
 step "a delivery signed exactly as W&B signs it (edgehook send-test)"
@@ -61,6 +63,16 @@ step "the job's record (edgehook jobs show 1)"
 "$EDGEHOOK" jobs show 1
 step "the device's models (edgehook model list)"
 "$EDGEHOOK" model list
+step "the run and the signed model, logged to W&B offline (edgehook jobs show 2)"
+for _ in $(seq 300); do
+  "$EDGEHOOK" jobs show 2 --json 2>/dev/null | grep -q '"state": "\(succeeded\|failed\)"' && break
+  sleep 0.2
+done
+"$EDGEHOOK" jobs show 2 | grep -E '^(state|rule|summary)'
+run_dir=$(find "$work/data/jobs/2" -maxdepth 4 -type d -name 'offline-run-*' | head -1)
+echo "the offline W&B run lies in: ${run_dir:-<not found>}"
+echo "(with a W&B account: wandb sync ${run_dir:-<run dir>}; KEEP=1 keeps the demo directory)"
+
 step "the active int8 model classifies an image (edgehook infer)"
 "$EDGEHOOK" infer artifacts/my-team/edge-demo/cifar10-subset/v0/vertical/000.pgm
 step "the audit log, receiver and worker (edgehook audit show)"
