@@ -101,6 +101,25 @@ def app_client(workspace: Workspace, clock: Clock) -> Iterator[tuple[TestClient,
         yield client, services
 
 
+def run_edgehook(
+    *words: str,
+    cwd: Path,
+    config: Path | None = None,
+    timeout: float = 120,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """The `edgehook` command as a user runs it (python -m receiver), captured."""
+    prefix = ["--config", str(config)] if config is not None else []
+    return subprocess.run(
+        [sys.executable, "-m", "receiver", *prefix, *words],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env=env,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

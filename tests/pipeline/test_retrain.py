@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +14,7 @@ pytest.importorskip("torch")
 
 from pipeline import signing, synthetic
 from pipeline.artifacts import write_local_version
-from tests.conftest import Workspace
+from tests.conftest import Workspace, run_edgehook
 from tests.pipeline.conftest import add_rules, enqueue, job, log_text
 
 
@@ -55,13 +54,7 @@ def test_retrain_job_trains_exports_checks_and_promotes(
     assert signing.verify(active, [signing.public_text(device_key.public_key())])
 
     def cli(*words: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "receiver", "--config", str(workspace.config_path), *words],
-            capture_output=True,
-            text=True,
-            cwd=workspace.dir,
-            timeout=120,
-        )
+        return run_edgehook(*words, cwd=workspace.dir, config=workspace.config_path, timeout=120)
 
     sample = next((tmp_path / "staging-0" / "vertical").glob("*.png"))
     inferred = cli("infer", str(sample), "--top-k", "1", "--json")
@@ -82,13 +75,7 @@ def test_train_and_infer_commands_without_a_webhook(tmp_path: Path) -> None:
     synthetic.write_npz(tmp_path / "data", x, y, classes)
 
     def cli(*words: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "receiver", *words],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            timeout=120,
-        )
+        return run_edgehook(*words, cwd=tmp_path, timeout=120)
 
     trained = cli(
         "train",

@@ -21,7 +21,7 @@ from pipeline.errors import JobError
 from pipeline.modelfile import save, sha256
 from pipeline.train import TrainConfig, train
 from receiver.config import Config
-from tests.conftest import Workspace
+from tests.conftest import Workspace, run_edgehook
 from tests.pipeline.conftest import add_rules, enqueue, job, log_text
 
 
@@ -201,13 +201,7 @@ def test_keys_and_model_verify_commands(
     model_dir: Path, tmp_path: Path, workspace: Workspace
 ) -> None:
     def cli(*words: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "receiver", "--config", str(workspace.config_path), *words],
-            capture_output=True,
-            text=True,
-            cwd=workspace.dir,
-            timeout=60,
-        )
+        return run_edgehook(*words, cwd=workspace.dir, config=workspace.config_path, timeout=60)
 
     shown = cli("keys", "show")
     assert shown.returncode == 0 and shown.stdout.startswith("ed25519:")

@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.artifacts import write_local_version
 from receiver.auditread import records
-from tests.conftest import Workspace
+from tests.conftest import Workspace, run_edgehook
 from tests.pipeline.conftest import (
     add_rules,
     attempts,
@@ -461,20 +461,7 @@ def test_jobs_list_show_logs_retry(
     run_worker(config, audit_key=workspace.audit_key.encode())
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "receiver",
-                "--config",
-                str(workspace.config_path),
-                "jobs",
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            cwd=workspace.dir,
-        )
+        return run_edgehook(*args, cwd=workspace.dir, config=workspace.config_path)
 
     listed = cli("list", "--json")
     assert json.loads(listed.stdout.splitlines()[0])["state"] == "failed"

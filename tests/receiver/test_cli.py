@@ -1,10 +1,9 @@
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Workspace, free_port
+from tests.conftest import Workspace, free_port, run_edgehook
 
 SUBCOMMANDS = [
     ["init"],
@@ -20,14 +19,7 @@ SUBCOMMANDS = [
 def edgehook(
     *args: str, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "receiver", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=60,
-    )
+    return run_edgehook(*args, cwd=cwd, env=env, timeout=60)
 
 
 @pytest.mark.parametrize("words", SUBCOMMANDS, ids=" ".join)

@@ -5,14 +5,13 @@ import shutil
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from receiver.template import sample_body
-from tests.conftest import Server, Workspace, free_port, start_server, stop_server
+from tests.conftest import Server, Workspace, free_port, run_edgehook, start_server, stop_server
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("curl") and shutil.which("openssl")),
@@ -80,12 +79,7 @@ def test_send_test_and_audit_commands_against_the_running_server(
     server: Server, workspace: Workspace
 ) -> None:
     def edgehook(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "receiver", "--config", str(workspace.config_path), *args],
-            capture_output=True,
-            text=True,
-            cwd=workspace.dir,
-        )
+        return run_edgehook(*args, cwd=workspace.dir, config=workspace.config_path)
 
     sent = edgehook("send-test", f"{server.url}/webhook")
     assert sent.returncode == 0, sent.stderr
