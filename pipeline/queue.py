@@ -36,11 +36,6 @@ class JobState(str, Enum):
     SUPERSEDED = "superseded"
 
 
-FINAL_STATES = frozenset(
-    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.SUPERSEDED}
-)
-
-
 @dataclass(frozen=True)
 class Job:
     """A claimed job: what the worker needs to run it."""

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,6 @@ class Running:
     stop_reason: str | None = None  # why we are stopping it (timeout, cancel, lost lease)
     stop_state: JobState | None = None
     output_open: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Worker:
