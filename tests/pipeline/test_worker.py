@@ -531,16 +531,14 @@ def test_concurrency_runs_jobs_side_by_side(
     )
     config = add_rules(workspace, command_rule("pair", argv), worker="concurrency = 2\n")
     first, second = enqueue(config, "pair"), enqueue(config, "pair", n=1)
-    started = time.monotonic()
     run_worker(config)
-    assert time.monotonic() - started < 1.9  # two 1 s jobs, overlapping
 
     def span(job_id: int) -> tuple[float, float]:
         words = log_text(config, job_id).split()
         return float(words[1]), float(words[3])
 
     (a_start, a_end), (b_start, b_end) = span(first), span(second)
-    assert a_start < b_end and b_start < a_end
+    assert a_start < b_end and b_start < a_end  # the two 1 s jobs ran at the same time
 
 
 def test_what_a_job_reports_producing_is_not_run_again(
