@@ -81,6 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--payload", type=Path, help="JSON file to send instead of the sample")
 
     p = add(
+        "doctor",
+        "check this installation; one line per finding, exit = the worst",
+        "edgehook doctor",
+        "edgehook doctor --online   # also checks the W&B key with W&B",
+    )
+    p.add_argument("--online", action="store_true", help="check the W&B key against W&B")
+
+    p = add(
         "worker",
         "run queued jobs, each in an isolated child process",
         "edgehook worker",
@@ -274,6 +282,8 @@ def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
 
         print(run_init(Path(args.dir)), end="")
         return 0
+    if args.command == "doctor":
+        return _doctor(args, env)
     config = _config(args, env)
     if args.command == "serve":
         from receiver.server import serve
@@ -313,6 +323,23 @@ def _config(args: argparse.Namespace, env: dict[str, str]) -> Any:
 
     cwd = Path.cwd()
     return load_config(find_config(args.config, env, cwd), env, cwd=cwd, data_dir=args.data_dir)
+
+
+def _doctor(args: argparse.Namespace, env: dict[str, str]) -> int:
+    from receiver import doctor
+
+    try:
+        config = _config(args, env)
+    except ConfigError as exc:
+        print(doctor.Finding(doctor.FAIL, "config", str(exc)))
+        return 2
+    findings = [
+        doctor.config_finding(config.path),
+        *doctor.diagnose(config, env, online=args.online),
+    ]
+    for finding in findings:
+        print(finding)
+    return doctor.worst(findings)
 
 
 def _send_test(args: argparse.Namespace, config: Any, env: dict[str, str]) -> int:
