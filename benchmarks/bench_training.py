@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from pipeline import synthetic  # noqa: E402
-from pipeline.datasets import load_dataset  # noqa: E402
+from pipeline.datasets import read_dataset  # noqa: E402
 from pipeline.inference import latency_ms  # noqa: E402
 from pipeline.model import ModelSpec, SmallCNN  # noqa: E402
 from pipeline.quantize import backend, prepare_qat, quiet  # noqa: E402
@@ -71,7 +71,7 @@ def main() -> int:
         synthetic.write_npz(
             Path(tmp), *synthetic.make(per_class=per_class, size=32, channels=3, classes=4)
         )
-        dataset = load_dataset(Path(tmp))
+        dataset = read_dataset(Path(tmp))
     engine = backend()
     spec = ModelSpec(3, 32, 32, 4, 32)
     norm = {"mean": [0.5] * 3, "std": [0.25] * 3}

@@ -16,13 +16,13 @@ from receiver.errors import EdgehookError
 
 
 def run_train(args: argparse.Namespace, config: Config) -> int:
-    from pipeline.datasets import load_dataset
+    from pipeline.datasets import read_dataset
     from pipeline.inference import check_in_fresh_process, predict
     from pipeline.modelfile import save
     from pipeline.train import TrainConfig, train
 
     try:
-        dataset = load_dataset(args.data)
+        dataset = read_dataset(args.data)
         train_config = TrainConfig(
             epochs=args.epochs,
             lr=args.lr,

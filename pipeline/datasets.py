@@ -45,7 +45,7 @@ class Dataset:
         return channels, height, width
 
 
-def load_dataset(root: Path) -> Dataset:
+def read_dataset(root: Path) -> Dataset:
     """The dataset under `root`, or JobError naming what was expected."""
     npz = sorted(root.rglob("*.npz"))
     if npz:

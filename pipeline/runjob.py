@@ -44,7 +44,7 @@ def retrain(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     """Fetch the dataset, train with QAT, export, and check the export in a fresh process.
     When the event is about a model artifact, fine-tune that model (only if a trusted key
     signed it) on the dataset its metadata names. The worker signs and promotes."""
-    from pipeline.datasets import load_dataset
+    from pipeline.datasets import read_dataset
     from pipeline.inference import check_in_fresh_process, predict, speed
     from pipeline.modelfile import METADATA, save
     from pipeline.train import TrainConfig, train
@@ -60,7 +60,7 @@ def retrain(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
         )
         data_root, sources = data.root, [data.version_string, got.version_string]
         origin = f"fine-tuned from {got.version_string}"
-    dataset = load_dataset(data_root)
+    dataset = read_dataset(data_root)
     args = spec.get("args", {})
     config = TrainConfig(
         **{k: args[k] for k in ("epochs", "lr", "batch_size", "seed") if k in args}

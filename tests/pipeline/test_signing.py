@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 pytest.importorskip("torch")
 
 from pipeline import registry, signing, synthetic
-from pipeline.datasets import load_dataset
+from pipeline.datasets import read_dataset
 from pipeline.errors import JobError
 from pipeline.modelfile import save, sha256
 from pipeline.train import TrainConfig, train
@@ -29,7 +29,7 @@ from tests.pipeline.conftest import add_rules, enqueue, job, log_text
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("signed")
     synthetic.write_npz(root / "data", *synthetic.make(per_class=30, size=16))
-    trained = train(load_dataset(root / "data"), TrainConfig(epochs=2, lr=0.05), log=lambda _: None)
+    trained = train(read_dataset(root / "data"), TrainConfig(epochs=2, lr=0.05), log=lambda _: None)
     save(root / "model", trained, sources=["test"])
     return root / "model"
 

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("torch")
 
 from pipeline import registry, synthetic
-from pipeline.datasets import load_dataset, split
+from pipeline.datasets import read_dataset, split
 from pipeline.errors import JobError
 from pipeline.inference import check_in_fresh_process, predict
 from pipeline.modelfile import load_int8, read_metadata, save
@@ -38,7 +38,7 @@ def trained(
 ) -> Trained:
     root = tmp_path_factory.mktemp("train")
     synthetic.write_npz(root, *data)
-    return train(load_dataset(root), TrainConfig(epochs=4, lr=0.05, seed=1), log=lambda _: None)
+    return train(read_dataset(root), TrainConfig(epochs=4, lr=0.05, seed=1), log=lambda _: None)
 
 
 @pytest.mark.parametrize("layout", WRITERS)
@@ -46,7 +46,7 @@ def test_each_layout_loads(
     layout: str, tmp_path: Path, data: tuple[np.ndarray, np.ndarray, tuple[str, ...]]
 ) -> None:
     WRITERS[layout](tmp_path, *data)
-    dataset = load_dataset(tmp_path)
+    dataset = read_dataset(tmp_path)
     assert dataset.layout == layout
     assert len(dataset.labels) == 150 and len(dataset.classes) == 3
     assert dataset.images.dtype == np.float32 and dataset.images.min() >= 0.0
@@ -56,7 +56,7 @@ def test_each_layout_loads(
 def test_unknown_layout_names_what_was_expected(tmp_path: Path) -> None:
     (tmp_path / "readme.txt").write_text("hello")
     with pytest.raises(JobError, match=r"image-folder tree .* CIFAR-10 .* \.npz"):
-        load_dataset(tmp_path)
+        read_dataset(tmp_path)
 
 
 def test_images_of_different_sizes_are_refused(tmp_path: Path) -> None:
@@ -65,7 +65,7 @@ def test_images_of_different_sizes_are_refused(tmp_path: Path) -> None:
     x2, y2, _ = synthetic.make(per_class=1, size=20)
     synthetic.write_image_folder(tmp_path, x2, y2, classes)
     with pytest.raises(JobError, match="resize them to match"):
-        load_dataset(tmp_path)
+        read_dataset(tmp_path)
 
 
 def test_a_malicious_cifar_pickle_never_runs(tmp_path: Path) -> None:
@@ -79,14 +79,14 @@ def test_a_malicious_cifar_pickle_never_runs(tmp_path: Path) -> None:
     folder.mkdir()
     (folder / "data_batch_1").write_bytes(pickle.dumps({b"data": Exploit(), b"labels": [0]}))
     with pytest.raises(JobError, match="refusing to unpickle"):
-        load_dataset(tmp_path)
+        read_dataset(tmp_path)
     assert not marker.exists()
 
 
 def test_npz_with_pickled_objects_is_refused(tmp_path: Path) -> None:
     np.savez(tmp_path / "d.npz", x=np.array([object()] * 4, dtype=object), y=np.zeros(4))
     with pytest.raises(JobError, match="without pickles"):
-        load_dataset(tmp_path)
+        read_dataset(tmp_path)
 
 
 def test_held_out_split_is_reproducible() -> None:
@@ -111,7 +111,7 @@ def test_dry_run_trains_one_batch(
     synthetic.write_npz(tmp_path, *data)
     lines: list[str] = []
     result = train(
-        load_dataset(tmp_path), TrainConfig(epochs=5, batch_size=8, dry_run=True), log=lines.append
+        read_dataset(tmp_path), TrainConfig(epochs=5, batch_size=8, dry_run=True), log=lines.append
     )
     assert len(result.metrics["epochs"]) == 1
     assert any(line.startswith("epoch 1/1") for line in lines)

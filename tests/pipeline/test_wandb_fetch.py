@@ -113,12 +113,12 @@ def test_round_trip_train_sign_download_from_wandb_verify_deploy(
     """A model trained and signed on one device, served by W&B, deployed on another."""
     pytest.importorskip("torch")
     from pipeline import registry, signing, synthetic
-    from pipeline.datasets import load_dataset
+    from pipeline.datasets import read_dataset
     from pipeline.modelfile import save
     from pipeline.train import TrainConfig, train
 
     synthetic.write_npz(tmp_path / "data", *synthetic.make(per_class=20, size=16))
-    trained = train(load_dataset(tmp_path / "data"), TrainConfig(epochs=1), log=lambda _: None)
+    trained = train(read_dataset(tmp_path / "data"), TrainConfig(epochs=1), log=lambda _: None)
     other_device = signing.generate(tmp_path / "other-device.key")
     save(tmp_path / "model", trained, sources=["team/proj/data:v0"], device="trainer-box")
     signing.sign(tmp_path / "model", signing.load_private(tmp_path / "other-device.key"))

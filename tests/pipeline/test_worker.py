@@ -461,7 +461,7 @@ def test_jobs_list_show_logs_retry(
     run_worker(config, audit_key=workspace.audit_key.encode())
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return run_edgehook(*args, cwd=workspace.dir, config=workspace.config_path)
+        return run_edgehook("jobs", *args, cwd=workspace.dir, config=workspace.config_path)
 
     listed = cli("list", "--json")
     assert json.loads(listed.stdout.splitlines()[0])["state"] == "failed"
