@@ -79,6 +79,28 @@ def clock() -> Clock:
     return Clock()
 
 
+def write_audit_lines(workspace: Workspace) -> Path:
+    """Two authentic receiver audit lines (202 then 401); returns the segment's path."""
+    from receiver.audit import AuditLog
+    from receiver.config import AuditConfig
+
+    log = AuditLog(
+        workspace.dir / "data" / "audit",
+        workspace.audit_key.encode(),
+        AuditConfig(),
+        clock=lambda: 1.8e9,
+    )
+    log.record("request", status=202, decision="accepted")
+    log.record("request", status=401, decision="rejected")
+    log.close()
+    return workspace.dir / "data" / "audit" / "audit-000001.jsonl"
+
+
+def edit_audit_line(segment: Path) -> None:
+    """Tamper with the second line (401 -> 200), as someone hiding a rejection would."""
+    segment.write_text(segment.read_text().replace('"status":401', '"status":200'))
+
+
 def signed(workspace: Workspace, body: bytes, **headers: str) -> dict[str, str]:
     """The headers W&B sends for `body` (tests override any of them)."""
     base = {

@@ -3,7 +3,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Workspace, free_port, run_edgehook
+from tests.conftest import (
+    Workspace,
+    edit_audit_line,
+    free_port,
+    run_edgehook,
+    write_audit_lines,
+)
 
 SUBCOMMANDS = [
     ["init"],
@@ -74,21 +80,9 @@ def test_send_test_to_nothing_is_one_readable_line(workspace: Workspace) -> None
 
 
 def test_audit_verify_exit_codes(workspace: Workspace) -> None:
-    from receiver.audit import AuditLog
-    from receiver.config import AuditConfig
-
-    log = AuditLog(
-        workspace.dir / "data" / "audit",
-        workspace.audit_key.encode(),
-        AuditConfig(),
-        clock=lambda: 1.8e9,
-    )
-    log.record("request", status=202, decision="accepted")
-    log.record("request", status=401, decision="rejected")
-    log.close()
+    segment = write_audit_lines(workspace)
     assert edgehook("audit", "verify", cwd=workspace.dir).returncode == 0
-    segment = workspace.dir / "data" / "audit" / "audit-000001.jsonl"
-    segment.write_text(segment.read_text().replace('"status":401', '"status":200'))
+    edit_audit_line(segment)
     result = edgehook("audit", "verify", cwd=workspace.dir)
     assert result.returncode == 1 and "edited" in result.stdout and "line 2" in result.stdout
     shown = edgehook("audit", "show", "--since", "garbage", cwd=workspace.dir)

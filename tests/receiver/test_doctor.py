@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 import os
 
-from receiver.audit import AuditLog
-from receiver.config import AuditConfig
-from tests.conftest import Workspace, free_port, run_edgehook, start_server, stop_server
+from tests.conftest import (
+    Workspace,
+    edit_audit_line,
+    free_port,
+    run_edgehook,
+    start_server,
+    stop_server,
+    write_audit_lines,
+)
 
 
 def doctor(workspace: Workspace) -> tuple[int, list[str]]:
@@ -40,17 +46,7 @@ def test_an_exposed_secret_fails(workspace: Workspace) -> None:
 
 
 def test_a_damaged_audit_chain_fails(workspace: Workspace) -> None:
-    log = AuditLog(
-        workspace.dir / "data" / "audit",
-        workspace.audit_key.encode(),
-        AuditConfig(),
-        clock=lambda: 1.8e9,
-    )
-    log.record("request", status=202, decision="accepted")
-    log.record("request", status=401, decision="rejected")
-    log.close()
-    segment = workspace.dir / "data" / "audit" / "audit-000001.jsonl"
-    segment.write_text(segment.read_text().replace('"status":401', '"status":200'))
+    edit_audit_line(write_audit_lines(workspace))
     code, lines = doctor(workspace)
     assert code == 2
     assert any(entry.startswith("FAIL  audit") and "edited" in entry for entry in lines)
