@@ -114,7 +114,7 @@ async def _webhook(svc: Services, request: Request) -> Response:
             body_sha256=digest,
             event_type=event.event_type,
             version_string=event.version_string,
-            event_json=json.dumps({**json.loads(event.to_json()), "args": args}, sort_keys=True),
+            event_json=json.dumps({**event.as_dict(), "args": args}, sort_keys=True),
             rule=rule.name,
             action=rule.action,
             args_json=json.dumps(args, sort_keys=True),

@@ -92,8 +92,8 @@ class Event:
         alias = f" +{self.alias}" if self.alias else ""
         return f"{self.event_type} {target}{alias}"
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self) | {"args": dict(self.args)}, sort_keys=True)
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"args": dict(self.args)}
 
 
 def parse_body(body: bytes, *, max_depth: int) -> dict[str, Any]:
