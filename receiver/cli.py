@@ -81,6 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--payload", type=Path, help="JSON file to send instead of the sample")
 
     p = add(
+        "tunnel",
+        "open the tunnel (ngrok or cloudflared) to the local receiver",
+        "edgehook tunnel",
+        "edgehook tunnel --provider ngrok",
+        "scripts/start_tunnel.sh cloudflared",
+    )
+    p.add_argument(
+        "--provider",
+        choices=["cloudflared", "ngrok"],
+        help="default: tunnel.provider in the config (cloudflared)",
+    )
+    p.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let pyngrok download the ngrok binary if it is missing",
+    )
+
+    p = add(
         "doctor",
         "check this installation; one line per finding, exit = the worst",
         "edgehook doctor",
@@ -291,6 +309,10 @@ def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
         return serve(config, env, allow_public=args.allow_public_bind)
     if args.command == "send-test":
         return _send_test(args, config, env)
+    if args.command == "tunnel":
+        from receiver.tunnel import run_tunnel
+
+        return run_tunnel(config, env, provider=args.provider, allow_download=args.allow_download)
     if args.command == "worker":
         from pipeline.worker import run_worker
 

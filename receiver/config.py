@@ -81,6 +81,17 @@ class ArtifactsConfig:
 
 
 @dataclass(frozen=True)
+class TunnelConfig:
+    provider: str = "cloudflared"
+    domain: str | None = None  # ngrok reserved domain
+    hostname: str | None = None  # cloudflared named tunnel hostname
+    ngrok_path: Path | None = None
+    cloudflared_path: Path | None = None
+    ngrok_authtoken_file: Path | None = None
+    cloudflared_token_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class SecretFiles:
     """Where the file-based secrets live when the environment does not provide them."""
 
@@ -114,6 +125,7 @@ class Config:
     duplicate_window_s: float = 86400.0
     device_id: str = ""  # names this device in the models it makes; default: the hostname
     models: ModelsConfig = field(default_factory=ModelsConfig)
+    tunnel: TunnelConfig = field(default_factory=TunnelConfig)
     rules: tuple[Rule, ...] = ()
 
     @property
@@ -176,6 +188,7 @@ def load_config(
     window = dedupe.number("window_s", 86400.0, minimum=0.0, maximum=90 * 86400.0)
     dedupe.finish()
     models = _models(top.table("models"))
+    tunnel = _tunnel(top.table("tunnel"), base)
     worker = _worker(top.table("worker"))
     artifacts = _artifacts(top.table("artifacts"), base)
     rules = parse_rules(top.tables("rules"))
@@ -194,6 +207,7 @@ def load_config(
         duplicate_window_s=window,
         device_id=device_id,
         models=models,
+        tunnel=tunnel,
         rules=rules,
     )
 
@@ -341,6 +355,32 @@ def _models(t: Table) -> ModelsConfig:
         )
     t.finish()
     return models
+
+
+def _tunnel(t: Table, base: Path) -> TunnelConfig:
+    provider = t.text("provider", "cloudflared")
+    if provider not in ("cloudflared", "ngrok"):
+        raise ConfigError(
+            t.key("provider"),
+            f"'{provider}' is not a tunnel provider",
+            'use "cloudflared" or "ngrok"',
+        )
+
+    def path(name: str) -> Path | None:
+        value = t.text(name, None)
+        return _resolve(base, value) if value else None
+
+    tunnel = TunnelConfig(
+        provider=provider,
+        domain=t.text("domain", None),
+        hostname=t.text("hostname", None),
+        ngrok_path=path("ngrok_path"),
+        cloudflared_path=path("cloudflared_path"),
+        ngrok_authtoken_file=path("ngrok_authtoken_file"),
+        cloudflared_token_file=path("cloudflared_token_file"),
+    )
+    t.finish()
+    return tunnel
 
 
 def _secret_files(t: Table, base: Path) -> SecretFiles:

@@ -2,11 +2,11 @@
 # Set up what edgehook needs on a fresh machine: system tools, a virtualenv, the package.
 # Idempotent; used by scripts/test.sh and scripts/demo.sh.
 #   EDGEHOOK_VENV   where the virtualenv lives (default: .venv in the repository)
-#   EXTRAS          pip extras to install (default: dev,pipeline)
+#   EXTRAS          pip extras to install (default: dev,pipeline,tunnel)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${EDGEHOOK_VENV:-.venv}
-EXTRAS=${EXTRAS:-dev,pipeline}
+EXTRAS=${EXTRAS:-dev,pipeline,tunnel}
 
 # curl and openssl: end-to-end tests; wrk and webhook (adnanh/webhook): the benchmark smoke test.
 missing=()

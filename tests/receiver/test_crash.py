@@ -50,8 +50,9 @@ def test_sigkill_mid_burst_loses_no_acknowledged_event(workspace: Workspace) -> 
     server.process.wait()
     for thread in threads:
         thread.join()
-    assert len(accepted) >= 150, "the burst did not get going"
-    assert refused, "the kill landed after the burst"
+    counts = f"{len(accepted)} accepted, {len(refused)} refused ({sorted(set(refused))})"
+    assert len(accepted) >= 150, f"the burst did not get going: {counts}"
+    assert refused, f"the kill landed after the burst: {counts}"
     store = workspace.dir / "data" / "edgehook.db"
     with sqlite3.connect(store) as conn:
         jobs = {
@@ -65,9 +66,9 @@ def test_sigkill_mid_burst_loses_no_acknowledged_event(workspace: Workspace) -> 
             "SELECT count(*) FROM events WHERE id NOT IN (SELECT event_id FROM jobs)"
         ).fetchone()
     missing = [job for job in accepted if job not in jobs]
-    assert missing == []
-    assert all(event is not None for event in jobs.values())
-    assert orphans[0] == 0
+    assert missing == [], f"acknowledged but not stored: {missing[:10]} ({counts})"
+    assert all(event is not None for event in jobs.values()), "a job without its event"
+    assert orphans[0] == 0, f"{orphans[0]} events without a job"
     # ...and the receiver comes back on the same store, numbering on from where it was.
     again = start_server(workspace, free_port())
     try:
@@ -75,7 +76,7 @@ def test_sigkill_mid_burst_loses_no_acknowledged_event(workspace: Workspace) -> 
         conn2 = http.client.HTTPConnection("127.0.0.1", int(again.url.rsplit(":", 1)[1]))
         conn2.request("POST", "/webhook", body=body, headers=signed(workspace, body))
         reply = conn2.getresponse()
-        assert reply.status == 202
+        assert reply.status == 202, f"after restart: {reply.status} {reply.read()!r}"
         assert json.loads(reply.read())["job_id"] > max(jobs)
         conn2.close()
     finally:
