@@ -161,10 +161,9 @@ def run_model(args: argparse.Namespace, config: Config) -> int:
     if args.model_command == "verify":
         from pipeline import signing
 
-        trusted = list(config.models.trusted_keys)
-        if config.secrets.model_signing_key_file is not None:
-            own = signing.load_private(config.secrets.model_signing_key_file)
-            trusted.append(signing.public_text(own.public_key()))
+        trusted = signing.trusted_keys(
+            config.secrets.model_signing_key_file, config.models.trusted_keys
+        )
         try:
             if args.path.exists():
                 signer = signing.verify(args.path, trusted)

@@ -113,6 +113,12 @@ def verify(model_dir: Path, trusted: Iterable[str]) -> Verified:
     return Verified(signer, trusted_ids[signer])
 
 
+def trusted_keys(own_key_file: Path | None, configured: Iterable[str]) -> list[str]:
+    """This device's own public key (trusted by default) and the configured ones."""
+    own = [] if own_key_file is None else [public_text(load_private(own_key_file).public_key())]
+    return [*own, *configured]
+
+
 def _message(model_dir: Path) -> bytes:
     return (
         DOMAIN

@@ -363,10 +363,12 @@ class Worker:
         return f"deployed {decision.name}, signed by {signer}"
 
     def trusted_keys(self) -> list[str]:
-        own = []
-        if self.config.secrets.model_signing_key_file is not None:
-            own = [signing.public_text(self._signing_key().public_key())]
-        return [*own, *self.config.models.trusted_keys]
+        try:
+            return signing.trusted_keys(
+                self.config.secrets.model_signing_key_file, self.config.models.trusted_keys
+            )
+        except EdgehookError as exc:
+            raise JobError(str(exc)) from exc
 
     def _signing_key(self) -> Any:
         path = self.config.secrets.model_signing_key_file

@@ -100,14 +100,13 @@ def _cloudflared(
         )
     child_env = {"PATH": env.get("PATH", "/usr/bin:/bin"), "HOME": env.get("HOME", "/")}
     if settings.hostname:
-        token = env.get("TUNNEL_TOKEN") or _read(
-            settings.cloudflared_token_file, "tunnel.cloudflared_token_file"
+        token = _token(
+            env,
+            "TUNNEL_TOKEN",
+            settings.cloudflared_token_file,
+            "tunnel.cloudflared_token_file",
+            "a named cloudflared tunnel needs its token",
         )
-        if not token:
-            raise EdgehookError(
-                "a named cloudflared tunnel needs its token: set TUNNEL_TOKEN or "
-                "tunnel.cloudflared_token_file"
-            )
         # The token goes through the environment, never argv (ps would show it).
         argv = [binary, "tunnel", "--no-autoupdate", "run"]
         child_env["TUNNEL_TOKEN"] = token
@@ -164,14 +163,13 @@ def _ngrok(
         from pyngrok.exception import PyngrokError
     except ImportError as exc:
         raise EdgehookError("ngrok needs pyngrok: pip install 'edgehook[tunnel]'") from exc
-    token = env.get("NGROK_AUTHTOKEN") or _read(
-        settings.ngrok_authtoken_file, "tunnel.ngrok_authtoken_file"
+    token = _token(
+        env,
+        "NGROK_AUTHTOKEN",
+        settings.ngrok_authtoken_file,
+        "tunnel.ngrok_authtoken_file",
+        "NGROK_AUTHTOKEN is not set (ngrok dashboard)",
     )
-    if not token:
-        raise EdgehookError(
-            "NGROK_AUTHTOKEN is not set: set it or tunnel.ngrok_authtoken_file "
-            "(from the ngrok dashboard)"
-        )
     binary = settings.ngrok_path or shutil.which("ngrok")
     if (binary is None or not Path(binary).exists()) and not allow_download:
         raise EdgehookError(
@@ -239,12 +237,16 @@ def _healthy(url: str, timeout_s: float, stop: threading.Event) -> bool:
     return False
 
 
-def _read(path: Path | None, key: str) -> str | None:
-    if path is None:
-        return None
-    from receiver.credentials import read_secret_file_bytes
+def _token(env: Mapping[str, str], name: str, path: Path | None, key: str, problem: str) -> str:
+    """A provider token from the environment or a private file, or one line saying so."""
+    token = env.get(name)
+    if not token and path is not None:
+        from receiver.credentials import read_secret_file_bytes
 
-    return read_secret_file_bytes(path, key).decode().strip() or None
+        token = read_secret_file_bytes(path, key).decode().strip()
+    if not token:
+        raise EdgehookError(f"{problem}: set {name} or {key}")
+    return token
 
 
 def _instructions(provider: str, url: str, settings: Any) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,24 +216,16 @@ def test_keys_and_model_verify_commands(
 
 def test_edgehook_train_signs_with_the_device_key(workspace: Workspace, tmp_path: Path) -> None:
     synthetic.write_npz(tmp_path / "data", *synthetic.make(per_class=20, size=16))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "receiver",
-            "--config",
-            str(workspace.config_path),
-            "train",
-            "--data",
-            str(tmp_path / "data"),
-            "--out",
-            str(tmp_path / "model"),
-            "--epochs",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_edgehook(
+        "train",
+        "--data",
+        str(tmp_path / "data"),
+        "--out",
+        str(tmp_path / "model"),
+        "--epochs",
+        "1",
         cwd=workspace.dir,
+        config=workspace.config_path,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
@@ -252,20 +243,12 @@ def test_model_verify_takes_an_artifact_name(
     signing.sign(model, signing.load_private(workspace.dir / "secrets" / "model_signing_key"))
     publish(model, tmp_path / "artifacts", "team/proj/model:v1")
     deploy_config(workspace, tmp_path / "artifacts")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "receiver",
-            "--config",
-            str(workspace.config_path),
-            "model",
-            "verify",
-            "team/proj/model:production",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_edgehook(
+        "model",
+        "verify",
+        "team/proj/model:production",
         cwd=workspace.dir,
+        config=workspace.config_path,
         timeout=60,
     )
     assert result.returncode == 0 and "verified: signed by trusted key" in result.stdout

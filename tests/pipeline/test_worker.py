@@ -317,20 +317,8 @@ def test_cancel_kills_a_running_job_and_leaves_nothing(
     worker = edgehook(workspace, "worker")
     try:
         wait_for(lambda: job(config, job_id)["state"] == "running" and bool(processes_with(marker)))
-        cancel = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "receiver",
-                "--config",
-                str(workspace.config_path),
-                "jobs",
-                "cancel",
-                str(job_id),
-            ],
-            capture_output=True,
-            text=True,
-            cwd=workspace.dir,
+        cancel = run_edgehook(
+            "jobs", "cancel", str(job_id), cwd=workspace.dir, config=workspace.config_path
         )
         assert cancel.returncode == 0 and "will kill it" in cancel.stdout
         wait_for(lambda: job(config, job_id)["state"] == "cancelled")
@@ -408,20 +396,8 @@ def test_only_one_worker_per_data_dir(workspace: Workspace, tmp_path: Path) -> N
     try:
         wait_for(lambda: (config.data_dir / "worker.lock").exists())
         time.sleep(0.3)
-        second = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "receiver",
-                "--config",
-                str(workspace.config_path),
-                "worker",
-                "--once",
-            ],
-            capture_output=True,
-            text=True,
-            cwd=workspace.dir,
-            timeout=30,
+        second = run_edgehook(
+            "worker", "--once", cwd=workspace.dir, config=workspace.config_path, timeout=30
         )
         assert second.returncode == 1 and "another edgehook worker" in second.stderr
     finally:
@@ -443,12 +419,7 @@ def test_only_one_worker_per_data_dir(workspace: Workspace, tmp_path: Path) -> N
     ids=" ".join,
 )
 def test_worker_and_jobs_help(words: list[str], tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "receiver", *words, "--help"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    result = run_edgehook(*words, "--help", cwd=tmp_path)
     assert result.returncode == 0 and "examples:" in result.stdout
 
 
