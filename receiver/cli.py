@@ -217,6 +217,43 @@ def build_parser() -> argparse.ArgumentParser:
     keys_sub.add_parser("init", help="make the key (refuses to overwrite one)")
     keys_sub.add_parser("show", help="print the public key and its id")
 
+    wandb_cmd = add(
+        "wandb",
+        "set up W&B for this device",
+        "edgehook wandb setup --entity my-team --project edge-demo --dry-run",
+        "edgehook wandb setup --entity my-team --project edge-demo --webhook edgehook-jetson",
+        "edgehook wandb setup --entity my-team --project edge-demo --collection cifar10-subset",
+    )
+    wandb_sub = wandb_cmd.add_subparsers(dest="wandb_command", required=True, metavar="ACTION")
+    w = wandb_sub.add_parser(
+        "setup",
+        help="create or update the automation that calls this device (idempotent)",
+        description="Create or update the W&B automation: alias added -> this device's webhook, "
+        "with the recommended payload. The webhook itself is made once in the W&B UI "
+        "(Team Settings > Webhooks). Uses edgehook's W&B key if configured, else the wandb "
+        "SDK's own (WANDB_API_KEY, `wandb login`).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_examples(
+            "edgehook wandb setup --entity my-team --project edge-demo --dry-run",
+            "edgehook wandb setup --entity my-team --project edge-demo --alias retrain",
+        ),
+    )
+    w.add_argument("--entity", help="W&B team (default: $WANDB_ENTITY)")
+    w.add_argument("--project", help="W&B project (default: $WANDB_PROJECT)")
+    w.add_argument(
+        "--collection", help="only this artifact collection (default: the whole project)"
+    )
+    w.add_argument("--type", default="dataset", help="the collection's artifact type")
+    w.add_argument("--alias", default="retrain", help="the alias that triggers (default: retrain)")
+    w.add_argument(
+        "--name", default="edgehook-retrain", help="the automation's name (default: %(default)s)"
+    )
+    w.add_argument("--webhook", help="the W&B webhook's name (default: the one at --url)")
+    w.add_argument(
+        "--url", help="the webhook URL to look for (default: the one `edgehook tunnel` recorded)"
+    )
+    w.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+
     audit = add(
         "audit",
         "review and verify the audit log",
@@ -337,6 +374,8 @@ def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
         from pipeline.jobscli import run_jobs
 
         return run_jobs(args, config, env)
+    if args.command == "wandb":
+        return _wandb_setup(args, config, env)
     return _audit(args, config, env)
 
 
@@ -362,6 +401,30 @@ def _doctor(args: argparse.Namespace, env: dict[str, str]) -> int:
     for finding in findings:
         print(finding)
     return doctor.worst(findings)
+
+
+def _wandb_setup(args: argparse.Namespace, config: Any, env: dict[str, str]) -> int:
+    from receiver.credentials import load_wandb_key
+    from receiver.wandbsetup import Request, recorded_webhook_url, setup
+
+    entity = args.entity or env.get("WANDB_ENTITY")
+    project = args.project or env.get("WANDB_PROJECT")
+    if not entity:
+        raise EdgehookError("wandb setup needs --entity (or WANDB_ENTITY): the W&B team")
+    if not project:
+        raise EdgehookError("wandb setup needs --project (or WANDB_PROJECT): the W&B project")
+    request = Request(
+        entity=entity,
+        project=project,
+        alias=args.alias,
+        name=args.name,
+        webhook=args.webhook,
+        url=args.url or recorded_webhook_url(config.data_dir),
+        collection=args.collection,
+        artifact_type=args.type,
+    )
+    setup(request, api_key=load_wandb_key(config, env), dry_run=args.dry_run, env=env)
+    return 0
 
 
 def _send_test(args: argparse.Namespace, config: Any, env: dict[str, str]) -> int:

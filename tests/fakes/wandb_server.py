@@ -2,8 +2,11 @@
 
 Answers the GraphQL operations artifact download needs (Viewer, ServerFeaturesQuery,
 ArtifactMembershipByName, FetchArtifactManifest, GetArtifactMembershipFileUrls) and plain
-GETs of the manifest and files. Behaviours for fault tests: `tamper` serves other bytes of
-the same size, `fail_graphql` answers 500, `drop` closes connections.
+GETs of the manifest and files; and those the automations API uses (IntegrationsByEntity,
+GetProject, ProjectArtifactCollection, GetEntityAutomationsLegacy, CreateAutomation,
+UpdateAutomation: 409 on a duplicate name, as W&B answers). Behaviours for fault tests:
+`tamper` serves other bytes of the same size, `fail_graphql` answers 500, `drop` closes
+connections.
 """
 
 from __future__ import annotations
@@ -18,6 +21,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 OPERATION = re.compile(r"(?:query|mutation)\s+(\w+)")
+
+
+class Conflict(Exception):
+    """Answered as HTTP 409, as W&B answers a duplicate automation name."""
+
+    status = 409
+
+
+class NotFound(Exception):
+    status = 404
 
 
 @dataclass
@@ -44,6 +57,8 @@ class FakeWandb:
         self.tamper: set[str] = set()
         self.fail_graphql = False
         self.missing_files: set[str] = set()
+        self.webhooks: list[dict[str, str]] = []  # GenericWebhookIntegration nodes
+        self.triggers: list[dict[str, Any]] = []  # automations, as TriggerFields
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -68,6 +83,16 @@ class FakeWandb:
         )
         self.versions.append(version)
         return version
+
+    def add_webhook(self, name: str, url: str) -> dict[str, str]:
+        hook = {
+            "__typename": "GenericWebhookIntegration",
+            "id": base64.b64encode(f"Integration:{len(self.webhooks) + 1}".encode()).decode(),
+            "name": name,
+            "urlEndpoint": url,
+        }
+        self.webhooks.append(hook)
+        return hook
 
     def find(self, collection: str, alias: str) -> Version | None:
         return next(
@@ -159,6 +184,137 @@ class FakeWandb:
             }
         }
 
+    # -- automations (what `edgehook wandb setup` drives) --------------------------------
+
+    PROJECT_ID = "UHJvamVjdDox"
+
+    def op_IntegrationsByEntity(self, _v: dict[str, Any]) -> dict[str, Any]:
+        page = {"endCursor": None, "hasNextPage": False}
+        edges = [{"node": hook} for hook in self.webhooks]
+        return {"entity": {"integrations": {"pageInfo": page, "edges": edges}}}
+
+    def op_GetProject(self, v: dict[str, Any]) -> dict[str, Any]:
+        if v.get("name") != self.project or v.get("entity") != self.entity:
+            return {"project": None}
+        project = {
+            "__typename": "Project",
+            "id": self.PROJECT_ID,
+            "name": self.project,
+            "entityName": self.entity,
+            "createdAt": "2026-11-25T00:00:00",
+            "isBenchmark": False,
+            "user": None,
+        }
+        return {"project": project}
+
+    def collection_id(self, name: str) -> str:
+        return base64.b64encode(f"ArtifactSequence:{name}".encode()).decode()
+
+    def op_ProjectArtifactCollection(self, v: dict[str, Any]) -> dict[str, Any]:
+        version = next(
+            (x for x in self.versions if x.collection == v["name"] and x.type == v["type"]), None
+        )
+        if version is None or v["project"] != self.project or v["entity"] != self.entity:
+            return {"project": {"artifactType": {"artifactCollection": None}}}
+        collection: dict[str, Any] = {
+            "__typename": "ArtifactSequence",
+            "id": self.collection_id(version.collection),
+            "name": version.collection,
+            "description": None,
+            "createdAt": "2026-11-25T00:00:00",
+            "updatedAt": "2026-11-25T00:00:00",
+            "project": {
+                "id": self.PROJECT_ID,
+                "internalId": "1",
+                "name": self.project,
+                "entity": {"name": self.entity},
+            },
+            "type": {"name": version.type},
+            "tags": {"edges": []},
+        }
+        return {"project": {"artifactType": {"artifactCollection": collection}}}
+
+    def _scope(self, scope_id: str) -> dict[str, str]:
+        if scope_id == self.PROJECT_ID:
+            return {"__typename": "Project", "id": self.PROJECT_ID, "name": self.project}
+        for version in self.versions:
+            if self.collection_id(version.collection) == scope_id:
+                return {
+                    "__typename": "ArtifactSequence",
+                    "id": scope_id,
+                    "name": version.collection,
+                }
+        raise NotFound(f"scope {scope_id} not found")
+
+    def op_GetEntityAutomationsLegacy(self, _v: dict[str, Any]) -> dict[str, Any]:
+        page = {"endCursor": None, "hasNextPage": False}
+        node = {"__typename": "Project", "triggers": self.triggers}
+        return {"scope": {"projects": {"pageInfo": page, "edges": [{"node": node}]}}}
+
+    def op_CreateAutomation(self, v: dict[str, Any]) -> dict[str, Any]:
+        given = v["input"]
+        if any(t["name"] == given["name"] for t in self.triggers):
+            raise Conflict(f"trigger {given['name']} already exists")
+        trigger_id = base64.b64encode(f"Trigger:{len(self.triggers) + 1}".encode()).decode()
+        trigger = self._trigger(trigger_id, given)
+        self.triggers.append(trigger)
+        return {"result": {"trigger": trigger}}
+
+    def op_UpdateAutomation(self, v: dict[str, Any]) -> dict[str, Any]:
+        given = v["input"]
+        for index, old in enumerate(self.triggers):
+            if old["id"] == given["id"]:
+                self.triggers[index] = self._trigger(old["id"], {**self._as_input(old), **given})
+                return {"result": {"trigger": self.triggers[index]}}
+        raise NotFound(f"trigger {given['id']} not found")
+
+    def _trigger(self, trigger_id: str, given: dict[str, Any]) -> dict[str, Any]:
+        scope = self._scope(given["scopeID"])
+        webhook = given["triggeredActionConfig"]["genericWebhookActionInput"]
+        hook = next((h for h in self.webhooks if h["id"] == webhook["integrationID"]), None)
+        if hook is None:
+            raise NotFound(f"integration {webhook['integrationID']} not found")
+        json.loads(webhook["requestPayload"])  # W&B stores JSON text; refuse bad JSON
+        return {
+            "__typename": "Trigger",
+            "id": trigger_id,
+            "createdAt": "2026-11-25T00:00:00",
+            "updatedAt": "2026-11-25T00:00:00",
+            "name": given["name"],
+            "description": given.get("description"),
+            "enabled": given.get("enabled", True),
+            "scope": scope,
+            "event": {
+                "__typename": "FilterEventTriggeringCondition",
+                "eventType": given["triggeringEventType"],
+                # saved filters come back wrapped one level deeper than they were given
+                "filter": json.dumps({"filter": json.loads(given["eventFilter"])}),
+            },
+            "action": {
+                "__typename": "GenericWebhookTriggeredAction",
+                "integration": hook,
+                "requestPayload": webhook["requestPayload"],
+            },
+        }
+
+    @staticmethod
+    def _as_input(trigger: dict[str, Any]) -> dict[str, Any]:
+        action = trigger["action"]
+        return {
+            "name": trigger["name"],
+            "description": trigger["description"],
+            "enabled": trigger["enabled"],
+            "scopeID": trigger["scope"]["id"],
+            "triggeringEventType": trigger["event"]["eventType"],
+            "eventFilter": json.dumps(json.loads(trigger["event"]["filter"])["filter"]),
+            "triggeredActionConfig": {
+                "genericWebhookActionInput": {
+                    "integrationID": action["integration"]["id"],
+                    "requestPayload": action["requestPayload"],
+                }
+            },
+        }
+
     def op_FetchArtifactManifest(self, v: dict[str, Any]) -> dict[str, Any]:
         return {
             "artifact": {
@@ -247,7 +403,13 @@ class FakeWandb:
                 if fake.fail_graphql:
                     self._send(500, b'{"errors":[{"message":"internal error"}]}')
                     return
-                self._send(200, json.dumps(fake.graphql(body)).encode())
+                try:
+                    answer = fake.graphql(body)
+                except (Conflict, NotFound) as exc:
+                    error = {"errors": [{"message": str(exc)}]}
+                    self._send(exc.status, json.dumps(error).encode())
+                    return
+                self._send(200, json.dumps(answer).encode())
 
             def do_GET(self) -> None:
                 parts = self.path.split("?")[0].strip("/").split("/", 2)
