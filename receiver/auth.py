@@ -12,12 +12,18 @@ import hmac
 WWW_AUTHENTICATE = 'Bearer realm="edgehook"'
 
 
-def bearer_valid(header: str | None, token: bytes) -> bool:
-    """True when the Authorization header carries `token` (constant-time comparison)."""
+def bearer_valid(header: str | None, tokens: tuple[bytes, ...]) -> bool:
+    """True when the Authorization header carries one of `tokens` (several during a rotation).
+
+    Every token is compared, in constant time, whichever matches: the timing says nothing
+    about which one, or how much of it, matched."""
     if header is None:
         return False
     scheme, _, credential = header.strip().partition(" ")
     if scheme.lower() != "bearer":
         return False
     candidate = credential.strip().encode("utf-8", "surrogateescape")
-    return hmac.compare_digest(candidate, token)
+    matched = False
+    for token in tokens:
+        matched |= hmac.compare_digest(candidate, token)
+    return matched

@@ -3,8 +3,8 @@ frozen typed objects. Every error names the key, the problem and the fix.
 
 Lookup: `--config PATH`, else $EDGEHOOK_CONFIG, else ./edgehook.toml if present, else the
 embedded defaults. Relative paths in the file are relative to the file's directory.
-Environment overrides: EDGEHOOK_DATA_DIR, EDGEHOOK_HOST, EDGEHOOK_PORT (secrets: see
-credentials.py).
+Environment overrides: EDGEHOOK_DATA_DIR, EDGEHOOK_HOST, EDGEHOOK_PORT,
+EDGEHOOK_MODEL_SIGNING_KEY_FILE (the other secrets: see credentials.py).
 """
 
 from __future__ import annotations
@@ -96,6 +96,7 @@ class SecretFiles:
     """Where the file-based secrets live when the environment does not provide them."""
 
     access_token_file: Path | None = None
+    old_access_token_files: tuple[Path, ...] = ()  # still accepted, during a rotation
     signing_secret_files: tuple[Path, ...] = ()
     audit_key_file: Path | None = None
     wandb_api_key_file: Path | None = None
@@ -183,7 +184,7 @@ def load_config(
     server = _server(top.table("server"), env)
     rate_limit = _rate_limit(top.table("rate_limit"))
     audit = _audit(top.table("audit"))
-    secrets = _secret_files(top.table("secrets"), base)
+    secrets = _secret_files(top.table("secrets"), base, env)
     dedupe = top.table("dedupe")
     window = dedupe.number("window_s", 86400.0, minimum=0.0, maximum=90 * 86400.0)
     dedupe.finish()
@@ -383,13 +384,19 @@ def _tunnel(t: Table, base: Path) -> TunnelConfig:
     return tunnel
 
 
-def _secret_files(t: Table, base: Path) -> SecretFiles:
+def _secret_files(t: Table, base: Path, env: Mapping[str, str]) -> SecretFiles:
     access = t.text("access_token_file", None)
     audit_key = t.text("audit_key_file", None)
     wandb_key = t.text("wandb_api_key_file", None)
-    signing_key = t.text("model_signing_key_file", None)
+    # The other secrets' *_FILE variables are read in credentials.py; this one is a path the
+    # worker hands to pipeline.signing, so the override lives here (systemd: %d/...).
+    signing_key_in_file = t.text("model_signing_key_file", None)
+    signing_key = env.get("EDGEHOOK_MODEL_SIGNING_KEY_FILE") or signing_key_in_file
     files = SecretFiles(
         access_token_file=_resolve(base, access) if access else None,
+        old_access_token_files=tuple(
+            _resolve(base, p) for p in t.str_list("old_access_token_files", ())
+        ),
         signing_secret_files=tuple(
             _resolve(base, p) for p in t.str_list("signing_secret_files", ())
         ),

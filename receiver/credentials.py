@@ -1,6 +1,8 @@
 """The receiver's secrets: read from the environment or from files, checked at start-up.
 
-EDGEHOOK_ACCESS_TOKEN[_FILE]   the W&B webhook's Access token (the bearer credential)
+EDGEHOOK_ACCESS_TOKEN[_FILE]   the W&B webhook's Access token (the bearer credential); the
+                               config's secrets.old_access_token_files are accepted too,
+                               while a rotation is under way
 EDGEHOOK_SIGNING_SECRET[_FILE] the W&B webhook's Secret (HMAC key); the config file's
                                secrets.signing_secret_files adds more, for rotation
 EDGEHOOK_AUDIT_KEY[_FILE]      the audit log's HMAC key, kept apart from the log
@@ -27,17 +29,28 @@ MIN_LENGTH = 24
 
 @dataclass(frozen=True)
 class Secrets:
-    access_token: bytes
+    access_tokens: tuple[bytes, ...]  # the current one first, then those being retired
     signing_secrets: tuple[bytes, ...]
 
+    @property
+    def access_token(self) -> bytes:
+        return self.access_tokens[0]
+
     def __repr__(self) -> str:  # never print secret values, even by accident
-        return f"Secrets(access_token=<redacted>, signing_secrets=<{len(self.signing_secrets)}>)"
+        return (
+            f"Secrets(access_tokens=<{len(self.access_tokens)} redacted>, "
+            f"signing_secrets=<{len(self.signing_secrets)} redacted>)"
+        )
 
 
 def load_secrets(config: Config, env: Mapping[str, str]) -> Secrets:
     access = _one(
         "EDGEHOOK_ACCESS_TOKEN", config.secrets.access_token_file, "secrets.access_token_file", env
     )
+    retiring = [
+        read_secret_file(path, f"secrets.old_access_token_files[{index}]")
+        for index, path in enumerate(config.secrets.old_access_token_files)
+    ]
     signing: list[bytes] = []
     if env.get("EDGEHOOK_SIGNING_SECRET") or env.get("EDGEHOOK_SIGNING_SECRET_FILE"):
         signing.append(_one("EDGEHOOK_SIGNING_SECRET", None, "", env))
@@ -50,7 +63,7 @@ def load_secrets(config: Config, env: Mapping[str, str]) -> Secrets:
             "set EDGEHOOK_SIGNING_SECRET_FILE or secrets.signing_secret_files "
             "(`edgehook init` makes one)",
         )
-    return Secrets(access_token=access, signing_secrets=tuple(signing))
+    return Secrets(access_tokens=(access, *retiring), signing_secrets=tuple(signing))
 
 
 def load_wandb_key(config: Config, env: Mapping[str, str]) -> str | None:

@@ -62,7 +62,7 @@ class Gate:
                 client=record["client"],
                 now=started,
                 limiter=svc.limiter,
-                token=svc.secrets.access_token,
+                tokens=svc.secrets.access_tokens,
                 max_body_bytes=svc.config.server.max_body_bytes,
             )
             if verdict is not None:

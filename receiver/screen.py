@@ -25,7 +25,7 @@ def screen(
     client: str,
     now: float,
     limiter: RateLimiter,
-    token: bytes,
+    tokens: tuple[bytes, ...],
     max_body_bytes: int,
 ) -> Rejection | None:
     """None when the request may go on to the app; otherwise the refusal."""
@@ -43,7 +43,7 @@ def screen(
     except Rejection as exc:
         return exc
     authorization = headers.get(b"authorization")
-    if not bearer_valid(None if authorization is None else authorization.decode("latin-1"), token):
+    if not bearer_valid(None if authorization is None else authorization.decode("latin-1"), tokens):
         limiter.auth_failed(client, now)
         return Rejection(401, "bad_token", "unauthorized")
     return None

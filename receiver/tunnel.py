@@ -238,14 +238,18 @@ def _healthy(url: str, timeout_s: float, stop: threading.Event) -> bool:
 
 
 def _token(env: Mapping[str, str], name: str, path: Path | None, key: str, problem: str) -> str:
-    """A provider token from the environment or a private file, or one line saying so."""
+    """A provider token from the environment, a private file named by ${name}_FILE (systemd's
+    LoadCredential, Docker secrets) or the config, or one line saying what to set."""
     token = env.get(name)
-    if not token and path is not None:
+    named = env.get(f"{name}_FILE")
+    if not token and (named or path is not None):
         from receiver.credentials import read_secret_file_bytes
 
-        token = read_secret_file_bytes(path, key).decode().strip()
+        source, where = (Path(named), f"{name}_FILE") if named else (path, key)
+        assert source is not None
+        token = read_secret_file_bytes(source, where).decode().strip()
     if not token:
-        raise EdgehookError(f"{problem}: set {name} or {key}")
+        raise EdgehookError(f"{problem}: set {name}, {name}_FILE or {key}")
     return token
 
 

@@ -8,13 +8,20 @@ cd "$(dirname "$0")/.."
 VENV=${EDGEHOOK_VENV:-.venv}
 EXTRAS=${EXTRAS:-dev,pipeline,tunnel}
 
-# curl and openssl: end-to-end tests; wrk and webhook (adnanh/webhook): the benchmark smoke test.
+# curl and openssl: end-to-end tests; wrk and webhook (adnanh/webhook): the benchmark smoke test;
+# docker-compose (validates deploy/compose.yaml without an engine) and systemd-analyze (from
+# the systemd package: verifies deploy/systemd): the packaging tests.
 missing=()
-for tool in curl openssl wrk webhook; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in curl openssl wrk webhook docker-compose systemd-analyze; do
+  package=$tool
+  [ "$tool" = systemd-analyze ] && package=systemd
+  command -v "$tool" >/dev/null || missing+=("$package")
+done
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing ${missing[*]}" >&2
-    apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null
+    { apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null; } \
+      || echo "setup: could not install ${missing[*]}; the tests needing them will skip" >&2
   else
     echo "setup: please install ${missing[*]} (the tests use them)" >&2
   fi

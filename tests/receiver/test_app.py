@@ -308,3 +308,30 @@ def test_event_about_a_model_this_device_made_is_ignored_by_its_metadata(
     unrendered = sample_body(produced_by="")  # a dataset: W&B renders the key empty
     reply = client.post(URL, content=unrendered, headers=signed(workspace, unrendered))
     assert reply.status_code == 202
+
+
+def test_access_token_rotation_accepts_old_and_new_until_the_old_is_removed(
+    workspace: Workspace, clock: Clock
+) -> None:
+    """README "Rotating secrets": the device accepts both while W&B is switched over."""
+    new_token = "n" * 43
+    new = workspace.dir / "secrets" / "access_token.new"
+    new.write_text(new_token)
+    new.chmod(0o600)
+    workspace.edit(
+        'access_token_file = "secrets/access_token"',
+        'access_token_file = "secrets/access_token.new"\n'
+        'old_access_token_files = ["secrets/access_token"]',
+    )
+    client, _ = make_client(workspace.config(), clock)
+    with client:
+        for index, token in enumerate((workspace.access_token, new_token)):
+            body = sample_body(artifact_version=f"wandb-artifact://_id/rotation{index}")
+            headers = signed(workspace, body, authorization=f"Bearer {token}")
+            assert client.post(URL, content=body, headers=headers).status_code == 202
+    workspace.edit('old_access_token_files = ["secrets/access_token"]', "")
+    client, _ = make_client(workspace.config(), clock)
+    with client:
+        body = sample_body(artifact_version="wandb-artifact://_id/rotation-done")
+        old = signed(workspace, body)  # the retired token
+        assert client.post(URL, content=body, headers=old).status_code == 401

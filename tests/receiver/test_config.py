@@ -33,6 +33,15 @@ def test_environment_overrides(tmp_path: Path) -> None:
     assert load_config(None, env, cwd=tmp_path, data_dir="x").data_dir == tmp_path / "x"
 
 
+def test_model_signing_key_file_from_the_environment(workspace: Workspace) -> None:
+    # systemd's LoadCredential and Docker secrets hand files over by path
+    assert workspace.config().secrets.model_signing_key_file == (
+        workspace.dir / "secrets" / "model_signing_key"
+    )
+    moved = workspace.config(EDGEHOOK_MODEL_SIGNING_KEY_FILE="/run/credentials/x/key")
+    assert moved.secrets.model_signing_key_file == Path("/run/credentials/x/key")
+
+
 def test_init_config_loads_and_secrets_pass(workspace: Workspace) -> None:
     config = workspace.config()
     secrets = load_secrets(config, {})

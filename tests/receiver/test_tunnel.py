@@ -98,14 +98,42 @@ def test_cloudflared_quick_tunnel(workspace: Workspace, receiver: Server) -> Non
     check_tunnel(workspace, process, lines, "cloudflared")
 
 
-def test_ngrok_through_pyngrok(workspace: Workspace, receiver: Server) -> None:
+@pytest.mark.parametrize("through", ["variable", "file"])
+def test_ngrok_through_pyngrok(workspace: Workspace, receiver: Server, through: str) -> None:
     pytest.importorskip("pyngrok")
     workspace.edit(
         "[rate_limit]",
         f'[tunnel]\nprovider = "ngrok"\nngrok_path = "{FAKES / "ngrok"}"\n\n[rate_limit]',
     )
-    process, lines = open_tunnel(workspace, env={"NGROK_AUTHTOKEN": "fake-token-" + "x" * 20})
+    token = "fake-token-" + "x" * 20
+    env = {"NGROK_AUTHTOKEN": token}
+    if through == "file":  # as systemd's LoadCredential or a Docker secret hands it over
+        path = workspace.dir / "ngrok_token"
+        path.write_text(token + "\n")
+        path.chmod(0o400)
+        env = {"NGROK_AUTHTOKEN": "", "NGROK_AUTHTOKEN_FILE": str(path)}
+    process, lines = open_tunnel(workspace, env=env)
     check_tunnel(workspace, process, lines, "ngrok")
+
+
+def test_a_token_file_others_can_read_is_refused(workspace: Workspace, receiver: Server) -> None:
+    workspace.edit(
+        "[rate_limit]",
+        f'[tunnel]\nprovider = "ngrok"\nngrok_path = "{FAKES / "ngrok"}"\n\n[rate_limit]',
+    )
+    path = workspace.dir / "ngrok_token"
+    path.write_text("t" * 30)
+    path.chmod(0o644)
+    result = run_edgehook(
+        "tunnel",
+        cwd=workspace.dir,
+        config=workspace.config_path,
+        env={**os.environ, "NGROK_AUTHTOKEN": "", "NGROK_AUTHTOKEN_FILE": str(path)},
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "NGROK_AUTHTOKEN_FILE" in result.stderr and "chmod 600" in result.stderr
+    assert result.stderr.strip().count("\n") == 0
 
 
 def test_start_tunnel_script_takes_the_provider(workspace: Workspace, receiver: Server) -> None:
