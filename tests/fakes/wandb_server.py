@@ -5,8 +5,8 @@ ArtifactMembershipByName, FetchArtifactManifest, GetArtifactMembershipFileUrls) 
 GETs of the manifest and files; and those the automations API uses (IntegrationsByEntity,
 GetProject, ProjectArtifactCollection, GetEntityAutomationsLegacy, CreateAutomation,
 UpdateAutomation: 409 on a duplicate name, as W&B answers). Behaviours for fault tests:
-`tamper` serves other bytes of the same size, `fail_graphql` answers 500, `drop` closes
-connections.
+`tamper` serves other bytes of the same size, `fail_graphql` answers 500, `drop_files`
+closes connections without an answer, `file_delay_s` makes every file slow.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ import base64
 import hashlib
 import json
 import re
+import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -57,6 +59,9 @@ class FakeWandb:
         self.tamper: set[str] = set()
         self.fail_graphql = False
         self.missing_files: set[str] = set()
+        self.file_delay_s = 0.0  # a slow server: each file waits this long before its bytes
+        self.drop_files = 0  # the next N file requests: the connection closes, no answer
+        self.file_requests = 0
         self.webhooks: list[dict[str, str]] = []  # GenericWebhookIntegration nodes
         self.triggers: list[dict[str, Any]] = []  # automations, as TriggerFields
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -419,6 +424,13 @@ class FakeWandb:
                         self._send(200, json.dumps(manifest).encode())
                         return
                 if parts[0] == "files" and len(parts) == 3:
+                    fake.file_requests += 1
+                    if fake.drop_files > 0:
+                        fake.drop_files -= 1
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
+                    time.sleep(fake.file_delay_s)
                     data = fake.file(parts[1], parts[2])
                     if data is not None:
                         self._send(200, data, "application/octet-stream")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,25 @@ def processes_with(marker: str) -> list[str]:
         if marker in cmdline and state != "Z":
             found.append(f"{entry.name} {cmdline}")
     return found
+
+
+def edgehook(
+    workspace: Workspace, *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`edgehook ARGS` as a background process; its output goes to worker-N.log."""
+    log = workspace.dir / f"worker-{uuid.uuid4().hex[:8]}.log"
+    with log.open("wb") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", "receiver", "--config", str(workspace.config_path), *args],
+            cwd=workspace.dir,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=None if env is None else {**os.environ, **env},
+        )
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)

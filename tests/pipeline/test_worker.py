@@ -7,7 +7,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -23,11 +22,13 @@ from tests.pipeline.conftest import (
     add_rules,
     attempts,
     command_rule,
+    edgehook,
     enqueue,
     job,
     log_text,
     processes_with,
     python_command,
+    wait_for,
 )
 
 RunWorker = Callable[..., object]
@@ -287,25 +288,6 @@ def test_unknown_rule_fails_the_job_with_a_reason(
     run_worker(config)
     row = job(config, job_id)
     assert row["state"] == "failed" and "no longer configured" in str(row["reason"])
-
-
-def edgehook(workspace: Workspace, *args: str) -> subprocess.Popen[bytes]:
-    """`edgehook ARGS` as a background process; its output goes to worker-N.log."""
-    log = workspace.dir / f"worker-{uuid.uuid4().hex[:8]}.log"
-    with log.open("wb") as handle:
-        return subprocess.Popen(
-            [sys.executable, "-m", "receiver", "--config", str(workspace.config_path), *args],
-            cwd=workspace.dir,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
 
 
 def test_cancel_kills_a_running_job_and_leaves_nothing(
