@@ -14,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline.errors import JobError, TransientError
+from pipeline.errors import JobError, StalledError, TransientError
 
 MANIFEST = "manifest.json"
 ALIASES = "aliases.json"
@@ -40,13 +42,22 @@ def split_version(version_string: str) -> tuple[str, str, str, str]:
     return parts[0], parts[1], parts[2], version
 
 
-def fetch(source: str, local_root: str | Path | None, version_string: str, dest: Path) -> Fetched:
+DOWNLOAD_TIMEOUT_S = 900.0
+
+
+def fetch(
+    source: str,
+    local_root: str | Path | None,
+    version_string: str,
+    dest: Path,
+    download_timeout_s: float = DOWNLOAD_TIMEOUT_S,
+) -> Fetched:
     """From the configured source: "local" (under local_root) or "wandb"."""
     if source == "local":
         if not local_root:
             raise JobError('artifacts.source is "local" but artifacts.local_root is not set')
         return fetch_local(Path(local_root), version_string, dest)
-    return fetch_wandb(version_string, dest)
+    return fetch_wandb(version_string, dest, download_timeout_s)
 
 
 def fetch_local(root: Path, version_string: str, dest: Path) -> Fetched:
@@ -80,13 +91,18 @@ def fetch_local(root: Path, version_string: str, dest: Path) -> Fetched:
     return Fetched(dest, f"{entity}/{project}/{collection}:{resolved}", len(entries), total)
 
 
-def fetch_wandb(version_string: str, dest: Path) -> Fetched:
+def fetch_wandb(version_string: str, dest: Path, timeout_s: float = DOWNLOAD_TIMEOUT_S) -> Fetched:
     import wandb
     from wandb.errors import CommError
 
     try:
         artifact = wandb.Api().artifact(version_string)
-        root = Path(artifact.download(root=str(dest)))
+        root = _within(
+            timeout_s,
+            lambda: Path(artifact.download(root=str(dest))),
+            f"downloading {version_string} from W&B did not finish within {timeout_s:g} s "
+            "(artifacts.download_timeout_s): the file server stalls or drops connections",
+        )
     except CommError as exc:
         text = str(exc)
         if "not found" in text.lower() or "does not exist" in text.lower():
@@ -100,6 +116,30 @@ def fetch_wandb(version_string: str, dest: Path) -> Fetched:
     collection = artifact.name.split(":")[0]
     resolved = f"{artifact.entity}/{artifact.project}/{collection}:{artifact.version}"
     return Fetched(root, resolved, len(files), sum(p.stat().st_size for p in files))
+
+
+def _within(timeout_s: float, work: Callable[[], Path], late: str) -> Path:
+    """`work()`, or TransientError(late) after timeout_s. The SDK retries a file whose
+    connection drops 16 times over about 20 minutes, and that is not configurable; a job
+    should give up sooner and let the worker's backoff retry it. The thread left behind
+    dies with the job's process, which exits right after."""
+    done: list[Path] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            done.append(work())
+        except BaseException as exc:  # handed to the caller below
+            failed.append(exc)
+
+    thread = threading.Thread(target=run, name="download", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if failed:
+        raise failed[0]
+    if not done:
+        raise StalledError(late)
+    return done[0]
 
 
 def _safe_relative(name: str) -> PurePosixPath:

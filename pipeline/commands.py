@@ -177,6 +177,7 @@ def run_model(args: argparse.Namespace, config: Config) -> int:
                         config.artifacts.local_root,
                         str(args.path),
                         Path(tmp) / "model",
+                        config.artifacts.download_timeout_s,
                     )
                     signer = signing.verify(got.root, trusted)
         except JobError as exc:

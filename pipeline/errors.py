@@ -17,3 +17,9 @@ class JobError(Exception):
 
 class TransientError(JobError):
     """The job may succeed later (network trouble, W&B unavailable): retry with backoff."""
+
+
+class StalledError(TransientError):
+    """Transient, and work is still stuck in threads that would hold the process open at
+    exit (the SDK's download pool is joined by an exit handler): the child must leave at
+    once rather than wait for them."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.artifacts import Fetched
 from pipeline.artifacts import fetch as fetch_artifact
-from pipeline.errors import EXIT_FAILED, EXIT_TRANSIENT, JobError, TransientError
+from pipeline.errors import EXIT_FAILED, EXIT_TRANSIENT, JobError, StalledError, TransientError
 
 RESULT = "result.json"
 
@@ -26,9 +26,17 @@ def fetch(spec: dict[str, Any], job_dir: Path) -> Fetched:
     version = spec["event"].get("version_string") or _version_string(spec["event"])
     if version is None:
         raise JobError("the event names no artifact version")
+    return _fetch(spec, version, job_dir / "artifact")
+
+
+def _fetch(spec: dict[str, Any], version: str, dest: Path) -> Fetched:
     artifacts = spec["artifacts"]
     return fetch_artifact(
-        artifacts["source"], artifacts["local_root"], version, job_dir / "artifact"
+        artifacts["source"],
+        artifacts["local_root"],
+        version,
+        dest,
+        float(artifacts.get("download_timeout_s", 900.0)),
     )
 
 
@@ -54,10 +62,7 @@ def retrain(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     data_root = got.root
     if (got.root / METADATA).exists():
         previous, dataset_version = _previous_model(spec, got.root)
-        artifacts = spec["artifacts"]
-        data = fetch_artifact(
-            artifacts["source"], artifacts["local_root"], dataset_version, job_dir / "dataset"
-        )
+        data = _fetch(spec, dataset_version, job_dir / "dataset")
         data_root, sources = data.root, [data.version_string, got.version_string]
         origin = f"fine-tuned from {got.version_string}"
     dataset = read_dataset(data_root)
@@ -252,11 +257,13 @@ def main(argv: list[str]) -> int:
     job_dir = Path.cwd()
     spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     result: dict[str, Any]
+    stalled = False
     try:
         result = ACTIONS[spec["action"]](spec, job_dir)
         code = 0
     except TransientError as exc:
         result, code = {"error": str(exc), "transient": True}, EXIT_TRANSIENT
+        stalled = isinstance(exc, StalledError)
     except JobError as exc:
         result, code = {"error": str(exc)}, EXIT_FAILED
     except Exception as exc:
@@ -264,6 +271,9 @@ def main(argv: list[str]) -> int:
         result, code = {"error": f"internal error: {type(exc).__name__}: {exc}"}, EXIT_FAILED
     (job_dir / RESULT).write_text(json.dumps(result), encoding="utf-8")
     print(result.get("summary") or f"error: {result['error']}", flush=True)
+    if stalled:
+        sys.stderr.flush()
+        os._exit(code)  # skip the exit handlers that would join the stuck threads
     return code
 
 

@@ -224,6 +224,7 @@ class Worker:
             "artifacts": {
                 "source": self.config.artifacts.source,
                 "local_root": str(self.config.artifacts.local_root or ""),
+                "download_timeout_s": self.config.artifacts.download_timeout_s,
             },
         }
         (job_dir / "job.json").write_text(json.dumps(spec), encoding="utf-8")

@@ -78,6 +78,7 @@ class WorkerConfig:
 class ArtifactsConfig:
     source: str = "wandb"
     local_root: Path | None = None
+    download_timeout_s: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -327,7 +328,12 @@ def _artifacts(t: Table, base: Path) -> ArtifactsConfig:
             'is required with source = "local"',
             "give the directory that holds entity/project/collection/version",
         )
-    artifacts = ArtifactsConfig(source=source, local_root=_resolve(base, root) if root else None)
+    timeout = t.number("download_timeout_s", 900.0, minimum=1.0, maximum=86400.0)
+    artifacts = ArtifactsConfig(
+        source=source,
+        local_root=_resolve(base, root) if root else None,
+        download_timeout_s=timeout,
+    )
     t.finish()
     return artifacts
 

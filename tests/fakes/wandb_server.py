@@ -404,7 +404,11 @@ class FakeWandb:
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
-                body = json.loads(self.rfile.read(length) or b"{}")
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                except ValueError:
+                    self._send(400, b'{"errors":[{"message":"body is not JSON"}]}')
+                    return
                 if fake.fail_graphql:
                     self._send(500, b'{"errors":[{"message":"internal error"}]}')
                     return

@@ -203,3 +203,58 @@ def test_wandb_trouble_after_training_never_loses_the_model(
     active = registry.active(config.models_dir)
     assert active is not None and active.name == f"job{retrain}-attempt1"
     assert (active / "model.sig").exists()
+
+
+def test_a_dropped_connection_is_retried_and_the_download_completes(
+    workspace: Workspace, fake: FakeWandb, run_worker: Callable[..., object]
+) -> None:
+    fake.drop_files = 1  # the first file request: connection closed, no answer
+    config, job_id = run(workspace, fake, run_worker)
+    row = job(config, job_id)
+    assert row["state"] == "succeeded", log_text(config, job_id, len(attempts(config, job_id)))
+    assert attempts(config, job_id)[-1] == "succeeded"
+    assert fake.file_requests >= 3  # the dropped one was asked for again
+    root = config.jobs_dir / str(job_id) / f"attempt-{len(attempts(config, job_id))}" / "artifact"
+    assert (root / "b" / "c.bin").read_bytes() == b"x" * 100  # and verified
+
+
+def test_a_server_that_keeps_dropping_connections_fails_the_job_as_unavailable(
+    workspace: Workspace, fake: FakeWandb, run_worker: Callable[..., object]
+) -> None:
+    import time
+
+    fake.drop_files = 10**6
+    workspace.edit("[rate_limit]", "[artifacts]\ndownload_timeout_s = 5\n\n[rate_limit]")
+    started = time.monotonic()
+    config, job_id = run(workspace, fake, run_worker)
+    assert time.monotonic() - started < 60  # not the SDK's 20 minutes of retries
+    row = job(config, job_id)
+    assert row["state"] == "failed", row
+    assert "did not finish within 5 s" in str(row["reason"]), row
+    assert attempts(config, job_id) == ["retry", "failed"]  # transient: retried once
+
+
+def test_a_slow_server_within_the_rules_timeout_completes(
+    workspace: Workspace, fake: FakeWandb, run_worker: Callable[..., object]
+) -> None:
+    fake.file_delay_s = 1.0
+    config, job_id = run(workspace, fake, run_worker)
+    assert job(config, job_id)["state"] == "succeeded"
+    assert attempts(config, job_id) == ["succeeded"]
+
+
+def test_a_server_slower_than_the_rules_timeout_fails_the_job_with_the_reason(
+    workspace: Workspace, fake: FakeWandb, run_worker: Callable[..., object]
+) -> None:
+    fake.file_delay_s = 30.0
+    config = config_for(workspace)
+    text = workspace.config_path.read_text().replace(
+        "max_retries = 1", "max_retries = 0\ntimeout_s = 8"
+    )
+    workspace.config_path.write_text(text)
+    config = workspace.config()
+    job_id = enqueue(config, "fetch", action="download", event=EVENT, max_attempts=1)
+    env = {"WANDB_BASE_URL": fake.url, "WANDB__GRAPHQL_RETRY_MAX": "1", "WANDB_SILENT": "true"}
+    run_worker(config, env=env, wandb_key="k" * 40)
+    row = job(config, job_id)
+    assert row["state"] == "failed" and "timed out after 8 s" in str(row["reason"]), row
