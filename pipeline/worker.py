@@ -66,6 +66,8 @@ class Running:
     process: subprocess.Popen[bytes]
     job_dir: Path
     log: CappedLog
+    # Monotonic seconds: durations and deadlines must not move when the wall clock does
+    # (NTP stepping the clock of a Jetson that booted without an RTC, an operator's date).
     started: float
     last_heartbeat: float
     kill_at: float | None = None  # SIGKILL deadline once SIGTERM was sent
@@ -84,6 +86,7 @@ class Worker:
         wandb_key: str | None,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         worker_id: str | None = None,
     ) -> None:
         self.config = config
@@ -92,7 +95,8 @@ class Worker:
         self.audit = audit
         self.env = env
         self.wandb_key = wandb_key
-        self.clock = clock
+        self.clock = clock  # wall time: what the store records (leases, run_after)
+        self.monotonic = monotonic  # intervals, timeouts and deadlines here
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.publish_rule = dataclasses.replace(
             PUBLISH_RULE, max_retries=config.models.publish_retries
@@ -116,13 +120,13 @@ class Worker:
         self.audit.record("worker_start", worker=self.id, pid=os.getpid())
         try:
             while True:
-                now = self.clock()
-                if now - self._last_reap >= REAP_EVERY_S:
-                    self._reap(now)
-                self._supervise(now)
+                now, tick = self.clock(), self.monotonic()
+                self._supervise(now, tick)
+                if tick - self._last_reap >= REAP_EVERY_S:
+                    self._reap(now, tick)
                 if not self.stopping:
                     self._claim(now)
-                if self.stopping and self._finish_stopping(now):
+                if self.stopping and self._finish_stopping(now, tick):
                     break
                 if once and not self.running and not self.queue.runnable(self.clock()):
                     break
@@ -139,13 +143,13 @@ class Worker:
                 "worker_stopping", signal=signal.Signals(signum).name, running=list(self.running)
             )
             self.stopping = True
-            self._stop_deadline = self.clock() + self.settings.shutdown_grace_s
+            self._stop_deadline = self.monotonic() + self.settings.shutdown_grace_s
 
-    def _finish_stopping(self, now: float) -> bool:
+    def _finish_stopping(self, now: float, tick: float) -> bool:
         """Let running jobs finish within the grace period, then hand them back."""
         if not self.running:
             return True
-        if now < self._stop_deadline:
+        if tick < self._stop_deadline:
             return False
         for run in list(self.running.values()):
             signal_group(run.process, signal.SIGKILL)
@@ -188,13 +192,13 @@ class Worker:
                 job, now, f"could not start the job: {exc}", transient=not permanent
             )
             return
-        started = self.clock()
+        started, started_tick = self.clock(), self.monotonic()
         capped = CappedLog(
             job_dir.parent / f"attempt-{job.attempt}.log", self.settings.max_log_bytes
         )
         assert process.stdout is not None
         os.set_blocking(process.stdout.fileno(), False)
-        run = Running(job, rule, process, job_dir, capped, started, started)
+        run = Running(job, rule, process, job_dir, capped, started_tick, started_tick)
         self.selector.register(process.stdout, selectors.EVENT_READ, run)
         self.running[job.id] = run
         self._audit_job(
@@ -232,33 +236,33 @@ class Worker:
 
     # -- supervising -----------------------------------------------------------------------
 
-    def _supervise(self, now: float) -> None:
-        check_cancel = now - self._last_cancel_check >= CANCEL_CHECK_EVERY_S
+    def _supervise(self, now: float, tick: float) -> None:
+        check_cancel = tick - self._last_cancel_check >= CANCEL_CHECK_EVERY_S
         if check_cancel:
-            self._last_cancel_check = now
+            self._last_cancel_check = tick
         for run in list(self.running.values()):
             code = run.process.poll()
             if code is not None:
                 self._finished(run, code)
                 continue
             if run.kill_at is not None:
-                if now >= run.kill_at:
+                if tick >= run.kill_at:
                     signal_group(run.process, signal.SIGKILL)
                 continue
-            if now - run.last_heartbeat >= self.settings.heartbeat_s:
-                run.last_heartbeat = now
+            if tick - run.last_heartbeat >= self.settings.heartbeat_s:
+                run.last_heartbeat = tick
                 if not self.queue.heartbeat(run.job.id, self.id, self.settings.lease_s, now):
-                    self._stop(run, now, "lease lost to another worker", None)
+                    self._stop(run, tick, "lease lost to another worker", None)
                     continue
-            if now - run.started >= run.rule.timeout_s:
-                self._stop(run, now, f"timed out after {run.rule.timeout_s:g} s", JobState.FAILED)
+            if tick - run.started >= run.rule.timeout_s:
+                self._stop(run, tick, f"timed out after {run.rule.timeout_s:g} s", JobState.FAILED)
             elif check_cancel and self.queue.cancel_requested(run.job.id):
-                self._stop(run, now, "cancelled by operator", JobState.CANCELLED)
+                self._stop(run, tick, "cancelled by operator", JobState.CANCELLED)
 
-    def _stop(self, run: Running, now: float, reason: str, state: JobState | None) -> None:
+    def _stop(self, run: Running, tick: float, reason: str, state: JobState | None) -> None:
         """SIGTERM to the whole group now, SIGKILL after the grace period."""
         run.stop_reason, run.stop_state = reason, state
-        run.kill_at = now + self.settings.kill_grace_s
+        run.kill_at = tick + self.settings.kill_grace_s
         signal_group(run.process, signal.SIGTERM)
 
     def _finished(self, run: Running, code: int) -> None:
@@ -268,7 +272,7 @@ class Worker:
         self.running.pop(run.job.id)
         now = self.clock()
         job = run.job
-        duration = round(now - run.started, 3)
+        duration = round(self.monotonic() - run.started, 3)
         if run.stop_reason is not None:
             if run.stop_state == JobState.CANCELLED:
                 if self.queue.cancelled(job.id, self.id, now, run.stop_reason):
@@ -434,8 +438,15 @@ class Worker:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def _reap(self, now: float) -> None:
-        self._last_reap = now
+    def _reap(self, now: float, tick: float) -> None:
+        self._last_reap = tick
+        # Our own running jobs are alive: renew their leases before looking for expired
+        # ones, so a wall clock stepped forward past the lease cannot make them look
+        # abandoned (and requeue a job whose child is still working).
+        for run in self.running.values():
+            if run.kill_at is None:
+                run.last_heartbeat = tick
+                self.queue.heartbeat(run.job.id, self.id, self.settings.lease_s, now)
         for job_id, state in self.queue.reap_expired(now):
             self._audit_job_id(
                 job_id,
