@@ -98,7 +98,7 @@ def test_more_connections_than_the_limit_are_bounded_and_deliveries_still_served
     try:
         served = None
         deadline = time.monotonic() + 8  # header_timeout_s = 2 frees the slots
-        statuses = []
+        statuses: list[int] = []
         while time.monotonic() < deadline:
             status = deliver(workspace, server, f"legit{len(statuses)}")
             statuses.append(status)
