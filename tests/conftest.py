@@ -47,6 +47,10 @@ class Workspace:
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Workspace:
+    return make_workspace(tmp_path)
+
+
+def make_workspace(tmp_path: Path) -> Workspace:
     run_init(tmp_path)
     secret = {
         name: (tmp_path / "secrets" / name).read_text().strip()

@@ -1,0 +1,45 @@
+"""Runs each atheris target (tests/fuzz/atheris_targets.py) for a bounded time: CI gives
+each EDGEHOOK_ATHERIS_SECONDS (default 15); a longer local run is the documented command
+in the targets' docstring. A crash or a broken property fails the test with libFuzzer's
+report."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("atheris")
+
+from tests.conftest import ROOT
+
+SECONDS = int(os.environ.get("EDGEHOOK_ATHERIS_SECONDS", "15"))
+
+
+@pytest.mark.parametrize("target", ["payload", "signature"])
+def test_fuzz_target_runs_clean_for_a_bounded_time(target: str, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.fuzz.atheris_targets",
+            target,
+            str(tmp_path / "corpus"),
+            f"-max_total_time={SECONDS}",
+            "-rss_limit_mb=1024",
+            "-print_final_stats=1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=SECONDS + 120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    runs = [
+        line for line in output.splitlines() if line.startswith("stat::number_of_executed_units")
+    ]
+    assert runs and int(runs[0].split(":")[-1]) > 1000, output[-2000:]
