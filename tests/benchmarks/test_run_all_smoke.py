@@ -1,0 +1,58 @@
+"""All benchmarks in smoke mode through benchmarks/run_all.py, as CI runs them: each runs,
+the combined report has the machine, every headline figure and each benchmark's own
+section; and the behaviour under load holds (every signed delivery answered and committed
+during the floods, no forgery answered 2xx, no torch or wandb in the receiver, every sampled
+job started). The figures themselves are not asserted: smoke runs are too short."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.skipif(
+    not (shutil.which("wrk") and shutil.which("webhook")),
+    reason="needs wrk and webhook (scripts/setup.sh installs them)",
+)
+def test_all_benchmarks_in_smoke_mode_write_one_report(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run_all.py"),
+            "--smoke",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads((tmp_path / "report-smoke.json").read_text())
+    assert report["smoke"] is True
+    assert {"cpu", "cores", "python", "torch", "peer"} <= set(report["machine"])
+    assert len(report["headline"]) == 14
+    assert all(isinstance(r["value"], (int, float)) for r in report["headline"])
+
+    ours = [r for r in report["receiver"]["results"] if r["server"] == "edgehook"]
+    assert len(ours) == 2
+    for result in ours:
+        assert result["signed_sent"] >= 1
+        assert result["signed_ok"] == result["signed_sent"] == result["signed_committed"]
+        assert result["flood_non_2xx"] == result["flood_requests"] > 0  # no forgery got 2xx
+    assert "imports torch/wandb: no" in ours[-1]["notes"]
+    assert report["queue"]["throughput"]["committed_jobs"] > 0
+    assert report["queue"]["latency"]["samples"] == 5
+
+    text = (tmp_path / "report-smoke.md").read_text()
+    assert text.startswith("# edgehook benchmarks") and "SMOKE" in text
+    for section in ("## Machine", "## Headline figures", "## receiver", "## queue", "## training"):
+        assert section in text
+    assert "adnanh/webhook" in text  # the peer's figures from the same run
