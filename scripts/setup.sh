@@ -20,8 +20,12 @@ done
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing ${missing[*]}" >&2
-    { apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null; } \
-      || echo "setup: could not install ${missing[*]}; the tests needing them will skip" >&2
+    apt-get update -qq >/dev/null || true
+    # one at a time: a package this machine cannot have must not keep the others out
+    for package in "${missing[@]}"; do
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package" >/dev/null 2>&1 \
+        || echo "setup: could not install $package; the tests needing it will skip" >&2
+    done
   else
     echo "setup: please install ${missing[*]} (the tests use them)" >&2
   fi
