@@ -423,7 +423,7 @@ def _wandb_setup(args: argparse.Namespace, config: Any, env: dict[str, str]) -> 
         collection=args.collection,
         artifact_type=args.type,
     )
-    setup(request, api_key=load_wandb_key(config, env), dry_run=args.dry_run, env=env)
+    setup(request, api_key=load_wandb_key(config, env), dry_run=args.dry_run)
     return 0
 
 

@@ -72,7 +72,6 @@ def setup(
     *,
     api_key: str | None,
     dry_run: bool,
-    env: Mapping[str, str],
     say: Callable[[str], None] = print,
 ) -> Outcome:
     """Make W&B hold the automation `request` describes. Raises EdgehookError with one line."""
@@ -86,7 +85,7 @@ def setup(
         ) from exc
 
     # The SDK's default GraphQL retries take minutes to give up: a CLI should fail fast.
-    os.environ.setdefault("WANDB__GRAPHQL_RETRY_MAX", env.get("WANDB__GRAPHQL_RETRY_MAX", "3"))
+    os.environ.setdefault("WANDB__GRAPHQL_RETRY_MAX", "3")
     try:
         # wandb-core retries a failing server until this timeout: keep it short for a CLI.
         api = wandb.Api(api_key=api_key, timeout=10)
