@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from receiver.cli import build_parser
 from receiver.credentials import write_secret_file
@@ -82,21 +83,14 @@ def compose_config(*files: str) -> dict[str, object]:
         pytest.skip("neither docker-compose nor the compose plugin is installed here")
     words = [w for f in files for w in ("-f", f)]
     result = subprocess.run(
-        [*argv, *words, "config", "--format", "json"]
-        if argv[0] == "docker"
-        else [*argv, *words, "config"],
+        [*argv, *words, "config"],
         cwd=DEPLOY,
         capture_output=True,
         text=True,
         env={**os.environ, "EDGEHOOK_UID": "1234", "EDGEHOOK_GID": "1234"},
     )
     assert result.returncode == 0, result.stderr
-    if argv[0] == "docker":
-        loaded: dict[str, object] = json.loads(result.stdout)
-        return loaded
-    import yaml  # docker-compose v1 is Python and brings PyYAML; v1 prints YAML only
-
-    loaded = yaml.safe_load(result.stdout)
+    loaded: dict[str, object] = yaml.safe_load(result.stdout)  # both versions print YAML
     return loaded
 
 

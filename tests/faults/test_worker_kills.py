@@ -56,9 +56,7 @@ def log_of(config: Config, job_id: int, attempt: int = 1) -> str:
 
 def kill_then_recover(
     workspace: Workspace,
-    config: Config,
     env: dict[str, str],
-    job_id: int,
     when: Callable[[], bool],
     timeout: float = 60,
 ) -> None:
@@ -94,14 +92,9 @@ def test_worker_killed_mid_retrain_finishes_exactly_once(
     if phase == "download":  # from W&B, slowly: the kill lands while files are arriving
         fake.add("shapes", files, ["retrain"])
         fake.file_delay_s = 0.02
-        config = add_rules(
-            workspace,
-            '[artifacts]\nsource = "wandb"\n',
-            worker=WORKER,
-        )
         env["EDGEHOOK_WANDB_API_KEY"] = "k" * 40
         workspace.edit("allow_unsigned = false", 'allow_unsigned = false\npublish = "never"')
-        config = workspace.config()
+        config = add_rules(workspace, '[artifacts]\nsource = "wandb"\n', worker=WORKER)
 
         def when() -> bool:
             return fake.file_requests >= 5
@@ -119,7 +112,7 @@ def test_worker_killed_mid_retrain_finishes_exactly_once(
             return marker in log_of(config, retrain)
 
     retrain = enqueue(config, "default-retrain", action="retrain", event=EVENT, args=ARGS)
-    kill_then_recover(workspace, config, env, retrain, when)
+    kill_then_recover(workspace, env, when)
     assert attempts(config, retrain) == ["lost", "succeeded"]
     # the kill landed in the phase named, not after it
     killed = log_of(config, retrain, 1)
@@ -147,7 +140,7 @@ def test_worker_killed_mid_upload_logs_the_run_exactly_once(
             p.name for p in (config.jobs_dir / str(publish) / "attempt-1").glob("*")
         )
 
-    kill_then_recover(workspace, config, env, publish, uploading, timeout=120)
+    kill_then_recover(workspace, env, uploading, timeout=120)
     assert attempts(config, retrain) == ["succeeded"]
     assert job(config, publish)["state"] == "succeeded", log_of(config, publish, 2)
     assert attempts(config, publish) == ["lost", "succeeded"]

@@ -247,7 +247,7 @@ def test_a_server_slower_than_the_rules_timeout_fails_the_job_with_the_reason(
     workspace: Workspace, fake: FakeWandb, run_worker: Callable[..., object]
 ) -> None:
     fake.file_delay_s = 30.0
-    config = config_for(workspace)
+    config_for(workspace)
     text = workspace.config_path.read_text().replace(
         "max_retries = 1", "max_retries = 0\ntimeout_s = 8"
     )
