@@ -134,7 +134,12 @@ def headline(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
     training = results["training"]["figures"]
     t = training
-    row("QAT / fp32 epoch time", t["qat_over_fp32_time"], "<= 1.5", t["qat_over_fp32_time"] <= 1.5)
+    row(
+        "QAT / fp32 training time",
+        t["qat_over_fp32_time"],
+        "<= 1.5",
+        t["qat_over_fp32_time"] <= 1.5,
+    )
     row(
         "int8 / fp32 throughput, batch 64",
         t["int8_throughput_gain_b64"],

@@ -1,11 +1,13 @@
-"""A model on disk: weights (safetensors) plus metadata (JSON), and nothing else.
+"""A model on disk: int8 weights (safetensors) plus metadata (JSON), and nothing else.
 
 A model artifact is input from the internet, and torch.load on a pickle, or loading a
 TorchScript archive, runs whatever the file says. So a model directory may hold exactly
 model.safetensors and model.json (and, with model signing, its signature); anything else (a
 .pt pickle, a TorchScript file, an unknown layout) is refused before a byte is loaded. The
-architecture is edgehook's own, rebuilt from validated metadata; the weights are the QAT
-model's float tensors, and the int8 model that runs inference is converted on this device.
+architecture is edgehook's own, rebuilt from validated metadata; the weights file holds the
+int8 model's numbers (int8 weights with their scales and zero points, float biases, each
+layer's output scale and zero point: pipeline.quantize.int8_tensors), about a quarter of the
+fp32 model's size. Fine-tuning starts from their dequantized values.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ WEIGHTS = "model.safetensors"
 METADATA = "model.json"
 SIGNATURE = "model.sig"
 ALLOWED = frozenset({WEIGHTS, METADATA, SIGNATURE})
-FORMAT = 1
+FORMAT = 2  # 1 (float QAT weights) was never released
 MAX_METADATA_BYTES = 1 << 20
 
 
@@ -39,11 +41,11 @@ def save(
     import torch
     from safetensors.torch import save_file
 
+    from pipeline.quantize import int8_tensors
     from pipeline.train import config_dict
 
     directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in trained.qat.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS))
+    save_file(int8_tensors(trained.int8), str(directory / WEIGHTS))
     meta = {
         "format": FORMAT,
         "spec": trained.spec.to_dict(),
@@ -90,13 +92,13 @@ def read_metadata(directory: Path) -> dict[str, Any]:
     return meta
 
 
-def load_weights(directory: Path) -> tuple[Any, dict[str, Any], Any]:
-    """The QAT model rebuilt from validated metadata with the weights loaded (no pickle)."""
+def _load(directory: Path) -> tuple[dict[str, Any], Any, Any, Any]:
+    """Validated metadata, the fresh model it describes, its spec and the weights file's
+    tensors (safetensors: no pickle)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from pipeline.model import ModelSpec, SmallCNN
-    from pipeline.quantize import backend, prepare_qat
 
     meta = read_metadata(directory)
     spec = ModelSpec.from_dict(meta.get("spec"))
@@ -113,23 +115,29 @@ def load_weights(directory: Path) -> tuple[Any, dict[str, Any], Any]:
     ):
         raise JobError("model metadata has no usable normalisation")
     try:
-        state = load_file(str(directory / WEIGHTS))
+        tensors = load_file(str(directory / WEIGHTS))
     except (SafetensorError, OSError) as exc:
         raise JobError(f"{WEIGHTS} is not a safetensors file ({exc})") from exc
-    model = prepare_qat(SmallCNN(spec), backend())
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise JobError("the weights do not fit the architecture the metadata describes") from exc
-    return model, meta, spec
+    return meta, SmallCNN(spec), spec, tensors
 
 
 def load_int8(directory: Path) -> tuple[Any, dict[str, Any]]:
-    """Rebuild the model from metadata, load the weights (no pickle), convert to int8."""
-    from pipeline.quantize import backend, to_int8
+    """The int8 model, rebuilt from validated metadata with its numbers from the weights
+    file, for this machine's quantized engine (a model trained on x86 runs on a Jetson's
+    qnnpack and the other way round; the inference check and the deploy smoke test judge)."""
+    from pipeline.quantize import backend, int8_from_tensors
 
-    model, meta, _ = load_weights(directory)
-    return to_int8(model, backend()), meta
+    meta, model, _, tensors = _load(directory)
+    return int8_from_tensors(model, tensors, backend()), meta
+
+
+def load_for_finetune(directory: Path) -> tuple[Any, dict[str, Any], Any]:
+    """A QAT model starting from the saved int8 model's dequantized weights, its metadata
+    and its spec."""
+    from pipeline.quantize import backend, qat_from_tensors
+
+    meta, model, spec, tensors = _load(directory)
+    return qat_from_tensors(model, tensors, backend(), str(meta.get("engine"))), meta, spec
 
 
 def sha256(path: Path) -> str:

@@ -1,7 +1,14 @@
-"""Quantization, behind one small module: everything else calls prepare_qat, to_int8 and
-backend. Today this is torch's eager-mode API (what Jetson's torch 2.3-2.5 wheels offer);
-torch now deprecates it in favour of torchao, and this is the only module to change when
-edgehook moves.
+"""Quantization, behind one small module: everything else calls prepare_qat, fold_bn, to_int8,
+int8_tensors, int8_from_tensors, qat_from_tensors and backend. Today this is torch's eager-mode
+API (what Jetson's torch 2.3-2.5 wheels offer); torch now deprecates it in favour of torchao,
+and this is the only module to change when edgehook moves.
+
+The recipe is torch's own QAT recipe: fake quantization from the first step with batch norm
+learning its statistics, then batch-norm statistics frozen for the rest of training. Frozen,
+a conv + batch norm pair is one conv with folded weights, so fold_bn swaps each fused
+ConvBnReLU2d for a ConvReLU2d holding the folded weights (same fake quantizers): the function
+is unchanged, and an epoch no longer pays for simulating the fold (a division, a
+multiplication and batch norm on every activation, forward and backward).
 """
 
 from __future__ import annotations
@@ -10,10 +17,13 @@ import contextlib
 import platform
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import torch
+import torch.ao.nn.intrinsic.qat as nniqat
 from torch import nn
 
+from pipeline.errors import JobError
 from pipeline.model import FUSE
 
 # The deprecation notices torch emits for the eager API; silenced here and only here.
@@ -22,6 +32,7 @@ _KNOWN_WARNINGS = (
     "Please use quant_min and quant_max",
     "torch.quantize_per_tensor, torch.quantize_per_channel",
     "_aminmax is deprecated",
+    "must run observer before calling calculate_qparams",
 )
 
 
@@ -51,6 +62,41 @@ def prepare_qat(model: nn.Module, engine: str) -> nn.Module:
         return torch.ao.quantization.prepare_qat(fused)
 
 
+def fold_bn(model: nn.Module) -> nn.Module:
+    """Freeze batch-norm statistics by folding each ConvBnReLU2d into a ConvReLU2d (in place).
+
+    With statistics frozen, conv -> bn is conv(x, w * g) + beta + (b - mean) * g where
+    g = gamma / sqrt(var + eps): one conv. The fake quantizers move over unchanged (ConvBn
+    already fake-quantized w * g, so the weight observer's range stays right).
+    """
+    for name, module in list(model.named_children()):
+        if not isinstance(module, nniqat.ConvBnReLU2d):
+            continue
+        bn: Any = module.bn  # running statistics are typed optional; fused ones always track
+        factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        bias = module.bias if module.bias is not None else torch.zeros_like(bn.running_mean)
+        folded: Any = nniqat.ConvReLU2d(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            groups=module.groups,
+            bias=True,
+            padding_mode=module.padding_mode,
+            qconfig=module.qconfig,
+        ).to(module.weight.device)
+        with torch.no_grad():
+            folded.weight.copy_(module.weight * factor.reshape(-1, 1, 1, 1))
+            folded.bias.copy_(bn.bias + (bias - bn.running_mean) * factor)
+        folded.weight_fake_quant = module.weight_fake_quant
+        folded.activation_post_process = module.activation_post_process
+        folded.train(module.training)
+        setattr(model, name, folded)
+    return model
+
+
 def to_int8(model: nn.Module, engine: str) -> nn.Module:
     """The int8 model for inference, converted on the CPU."""
     with quiet():
@@ -60,6 +106,160 @@ def to_int8(model: nn.Module, engine: str) -> nn.Module:
 
 
 def run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A forward pass without gradients, with the API's notices silenced."""
-    with quiet(), torch.no_grad():
-        return model(x)
+    """A forward pass without gradients, with the API's notices silenced, that changes
+    nothing: a QAT model's fused fake quantizers keep observing in eval mode, so evaluating
+    on held-out data would otherwise move its activation ranges (held-out data leaking
+    into the model)."""
+    fake_quants = [
+        m for m in model.modules() if isinstance(m, torch.ao.quantization.FakeQuantizeBase)
+    ]
+    saved = [m.observer_enabled.clone() for m in fake_quants]
+    try:
+        for m in fake_quants:
+            m.disable_observer()
+        with quiet(), torch.no_grad():
+            return model(x)
+    finally:
+        for m, enabled in zip(fake_quants, saved, strict=True):
+            m.observer_enabled.copy_(enabled)
+
+
+# The int8 model as plain tensors. safetensors holds no quantized dtypes, and a pickle or a
+# TorchScript archive from the internet runs code when loaded, so the export is written by
+# hand: per quantized layer its int8 weight, the weight's scales and zero points (one per
+# output channel, or one), its float bias, and its output's scale and zero point.
+
+
+_LAYER_KEYS = ("weight", "weight_scales", "weight_zero_points", "bias", "scale", "zero_point")
+
+
+def _layers(model: nn.Module) -> Iterator[tuple[str, Any]]:
+    """The quantized layers that hold weights (conv and linear), by name."""
+    for name, module in model.named_modules():
+        if hasattr(module, "set_weight_bias") and hasattr(module, "scale"):
+            yield name, module
+
+
+def int8_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Every number the int8 model computes with, as plain (int8, int64, float) tensors."""
+    quant: Any = model.get_submodule("quant")
+    out = {
+        "quant.scale": quant.scale.detach().float().reshape(1),
+        "quant.zero_point": quant.zero_point.detach().long().reshape(1),
+    }
+    for name, layer in _layers(model):
+        weight = layer.weight()
+        if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+            if weight.q_per_channel_axis() != 0:
+                raise ValueError(f"{name}: weights quantized along axis other than 0")
+            scales = weight.q_per_channel_scales().double()
+            zero_points = weight.q_per_channel_zero_points().long()
+        else:
+            scales = torch.tensor([weight.q_scale()], dtype=torch.float64)
+            zero_points = torch.tensor([weight.q_zero_point()], dtype=torch.int64)
+        bias = layer.bias()
+        out.update(
+            {
+                f"{name}.weight": weight.int_repr().contiguous(),
+                f"{name}.weight_scales": scales.contiguous(),
+                f"{name}.weight_zero_points": zero_points.contiguous(),
+                f"{name}.bias": (bias if bias is not None else torch.zeros(weight.shape[0]))
+                .detach()
+                .float()
+                .contiguous(),
+                f"{name}.scale": torch.tensor([float(layer.scale)], dtype=torch.float64),
+                f"{name}.zero_point": torch.tensor([int(layer.zero_point)], dtype=torch.int64),
+            }
+        )
+    return out
+
+
+def _skeleton(model: nn.Module, engine: str) -> nn.Module:
+    """The converted int8 structure of a fresh model; its numbers are placeholders."""
+    return to_int8(fold_bn(prepare_qat(model, engine)), engine)
+
+
+def _expect(tensors: dict[str, torch.Tensor], key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    tensor = tensors.get(key)
+    if tensor is None:
+        raise JobError(f"the int8 weights lack {key}")
+    if tuple(tensor.shape) != shape:
+        raise JobError(f"the int8 weights' {key} is {tuple(tensor.shape)}, expected {shape}")
+    return tensor
+
+
+def _weight(tensors: dict[str, torch.Tensor], name: str, shape: torch.Size) -> torch.Tensor:
+    """A layer's float weight from its int8 values, scales and zero points (checked)."""
+    values = _expect(tensors, f"{name}.weight", tuple(shape))
+    scales = tensors.get(f"{name}.weight_scales")
+    zero_points = tensors.get(f"{name}.weight_zero_points")
+    if (
+        values.dtype != torch.int8
+        or scales is None
+        or zero_points is None
+        or scales.shape != zero_points.shape
+        or scales.numel() not in (1, shape[0])
+        or not bool(torch.isfinite(scales).all() and (scales > 0).all())
+    ):
+        raise JobError(f"the int8 weights' {name}.weight is malformed")
+    view = (-1,) + (1,) * (len(shape) - 1)
+    return (values.double() - zero_points.reshape(view)) * scales.reshape(view)
+
+
+def int8_from_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], engine: str) -> nn.Module:
+    """The int8 model: `model`'s converted structure with every number from `tensors`."""
+    int8 = _skeleton(model, engine)
+    expected = {"quant.scale", "quant.zero_point"}
+    with quiet():
+        quant: Any = int8.get_submodule("quant")
+        quant.scale.copy_(_expect(tensors, "quant.scale", (1,)))
+        quant.zero_point.copy_(_expect(tensors, "quant.zero_point", (1,)))
+        for name, layer in _layers(int8):
+            placeholder = layer.weight()
+            float_weight = _weight(tensors, name, placeholder.shape)
+            scales = tensors[f"{name}.weight_scales"]
+            zero_points = tensors[f"{name}.weight_zero_points"]
+            if scales.numel() == 1:
+                weight = torch.quantize_per_tensor(
+                    float_weight.float(), float(scales), int(zero_points), torch.qint8
+                )
+            else:
+                weight = torch.quantize_per_channel(
+                    float_weight.float(), scales, zero_points, 0, torch.qint8
+                )
+            bias = _expect(tensors, f"{name}.bias", (placeholder.shape[0],))
+            layer.set_weight_bias(weight, bias.float())
+            layer.scale = float(_expect(tensors, f"{name}.scale", (1,)))
+            layer.zero_point = int(_expect(tensors, f"{name}.zero_point", (1,)))
+            expected |= {f"{name}.{k}" for k in _LAYER_KEYS}
+    unknown = sorted(set(tensors) - expected)
+    if unknown:
+        raise JobError(f"the int8 weights hold tensors this model has no place for: {unknown}")
+    return int8
+
+
+def qat_from_tensors(
+    model: nn.Module, tensors: dict[str, torch.Tensor], engine: str, saved_engine: str
+) -> nn.Module:
+    """A QAT model (batch norm folded) that computes what the saved int8 model computes:
+    what fine-tuning a previous model trains. Weights are the dequantized int8 weights (each
+    weight observer measures them); each activation observer starts from the float range the
+    saved scale and zero point cover under the engine the model was trained for."""
+    if saved_engine not in ("x86", "fbgemm", "qnnpack", "onednn"):
+        raise JobError(f"the model was trained for an unknown quantized engine {saved_engine!r}")
+    with quiet():
+        saved = torch.ao.quantization.get_default_qat_qconfig(saved_engine).activation()
+    qat = fold_bn(prepare_qat(model, engine))
+    with torch.no_grad():
+        for name, layer in qat.named_modules():
+            if hasattr(layer, "weight_fake_quant"):
+                layer.weight.copy_(_weight(tensors, name, layer.weight.shape).float())
+                layer.bias.copy_(_expect(tensors, f"{name}.bias", (layer.weight.shape[0],)))
+                layer.weight_fake_quant(layer.weight)
+            if hasattr(layer, "activation_post_process") and f"{name}.scale" in tensors:
+                scale = float(_expect(tensors, f"{name}.scale", (1,)))
+                zero_point = int(_expect(tensors, f"{name}.zero_point", (1,)))
+                observer = layer.activation_post_process.activation_post_process
+                observer.min_val.fill_((saved.quant_min - zero_point) * scale)
+                observer.max_val.fill_((saved.quant_max - zero_point) * scale)
+    return qat

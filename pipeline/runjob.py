@@ -106,7 +106,7 @@ def retrain(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
 def _previous_model(spec: dict[str, Any], root: Path) -> tuple[Any, str]:
     """The model to fine-tune (signature checked before anything is loaded) and the dataset
     version it was trained on."""
-    from pipeline.modelfile import load_weights, read_metadata
+    from pipeline.modelfile import load_for_finetune, read_metadata
     from pipeline.signing import verify
     from pipeline.train import Previous
 
@@ -118,7 +118,7 @@ def _previous_model(spec: dict[str, Any], root: Path) -> tuple[Any, str]:
     dataset = next((s for s in sources or [] if isinstance(s, str) and ":" in s), None)
     if dataset is None:
         raise JobError("the model's metadata names no dataset to fine-tune on")
-    model, meta, model_spec = load_weights(root)
+    model, meta, model_spec = load_for_finetune(root)
     return Previous(model, model_spec, meta["normalisation"]), dataset
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from pipeline.datasets import Dataset, split
 from pipeline.errors import JobError
 from pipeline.model import ModelSpec, SmallCNN
-from pipeline.quantize import backend, prepare_qat, run, to_int8
+from pipeline.quantize import backend, fold_bn, prepare_qat, run, to_int8
 
 
 @dataclass(frozen=True)
@@ -105,9 +105,16 @@ def evaluate(
     return float(np.trace(confusion) / max(1, confusion.sum())), confusion.tolist()
 
 
+def bn_epochs(epochs: int) -> int:
+    """Epochs in which batch norm learns its statistics: the first half (at least one); they
+    are frozen (folded into the convs) for the rest, as torch's QAT recipe does."""
+    return max(1, epochs // 2)
+
+
 @dataclass(frozen=True)
 class Previous:
-    """A model to fine-tune: its QAT module, its spec, and the normalisation it learned with."""
+    """A model to fine-tune: its QAT module (batch norm already folded), its spec, and the
+    normalisation it learned with."""
 
     model: nn.Module
     spec: ModelSpec
@@ -160,12 +167,18 @@ def train(
         spec, model = previous_spec, previous.to(device)
     else:
         model = prepare_qat(SmallCNN(spec), engine).to(device)
+    epochs = 1 if config.dry_run else config.epochs
+    learning_bn = 0 if start_from is not None else bn_epochs(epochs)
     optimiser = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
     log(
         f"training {spec.family} ({channels}x{height}x{width}, {spec.num_classes} classes) on "
-        f"{device.type}: {len(x_train)} images, {len(x_held)} held out, QAT backend {engine}"
+        f"{device.type}: {len(x_train)} images, {len(x_held)} held out, QAT backend {engine}, "
+        + (
+            f"batch norm learning for {learning_bn} epoch(s), then frozen"
+            if learning_bn
+            else "batch norm frozen (fine-tuning)"
+        )
     )
-    epochs = 1 if config.dry_run else config.epochs
     history = []
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
@@ -197,6 +210,10 @@ def train(
             f"epoch {epoch}/{epochs}  loss {loss:.4f}  train_acc {train_acc:.3f}  "
             f"val_acc {val_acc:.3f}  {seconds:.1f}s  {images / seconds:.0f} img/s"
         )
+        if epoch == learning_bn:
+            model = fold_bn(model)  # new parameters, so a new optimiser
+            optimiser = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
+    model = fold_bn(model)  # a no-op unless training stopped early (dry run)
     qat_acc, _ = evaluate(model, x_held, y_held, spec.num_classes, device)
     model = model.cpu()
     int8 = to_int8(copy.deepcopy(model), engine)
@@ -207,6 +224,7 @@ def train(
         "int8_accuracy": round(int8_acc, 4),
         "confusion": confusion,
         "epochs": history,
+        "bn_epochs": learning_bn,
         "held_out": len(x_held),
         "trained": len(x_train),
         "device": device.type,

@@ -6,19 +6,22 @@ import json
 import os
 import pickle
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("torch")
+import torch
+from safetensors.torch import load_file, save_file
 
 from pipeline import registry, synthetic
 from pipeline.datasets import read_dataset, split
 from pipeline.errors import JobError
 from pipeline.inference import check_in_fresh_process, predict
-from pipeline.modelfile import load_int8, read_metadata, save
-from pipeline.train import TrainConfig, Trained, train
+from pipeline.model import SmallCNN
+from pipeline.modelfile import WEIGHTS, load_for_finetune, load_int8, read_metadata, save
+from pipeline.quantize import fold_bn, prepare_qat, run
+from pipeline.train import TrainConfig, Trained, evaluate, normalise, train
 
 WRITERS = {
     "image-folder": synthetic.write_image_folder,
@@ -162,7 +165,7 @@ def test_tampered_weights_or_metadata_are_refused(trained: Trained, tmp_path: Pa
     meta = json.loads((model / "model.json").read_text())
     meta["spec"]["channels"] = 16  # an architecture the weights do not fit
     (model / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(JobError, match="do not fit"):
+    with pytest.raises(JobError, match=r"conv1\.weight is \(32, 1, 3, 3\), expected \(16"):
         load_int8(model)
     meta["spec"]["family"] = "someone-elses-net"
     (model / "model.json").write_text(json.dumps(meta))
@@ -190,3 +193,88 @@ def test_promotion_keeps_the_better_model_and_rolls_back(trained: Trained, tmp_p
         registry.rollback(models)
     read_metadata(models / "m3")
     shutil.rmtree(models / "m3")
+
+
+def _rewrite_weights(model: Path, change: Callable[[dict[str, torch.Tensor]], object]) -> None:
+    """Change the saved tensors and keep the metadata's digest in step (as a signer could)."""
+    from pipeline.modelfile import sha256
+
+    tensors = load_file(str(model / WEIGHTS))
+    change(tensors)
+    save_file(tensors, str(model / WEIGHTS))
+    meta = json.loads((model / "model.json").read_text())
+    meta["weights_sha256"] = sha256(model / WEIGHTS)
+    (model / "model.json").write_text(json.dumps(meta))
+
+
+def test_the_model_file_is_int8_and_under_a_third_of_fp32(trained: Trained, tmp_path: Path) -> None:
+    save(tmp_path / "model", trained, sources=["test"])
+    tensors = load_file(str(tmp_path / "model" / WEIGHTS))
+    assert {tensors[f"{n}.weight"].dtype for n in ("conv1", "conv2", "fc")} == {torch.int8}
+    fp32 = {k: v.contiguous() for k, v in SmallCNN(trained.spec).state_dict().items()}
+    save_file(fp32, str(tmp_path / "fp32.safetensors"))
+    ratio = (tmp_path / "model" / WEIGHTS).stat().st_size / (
+        tmp_path / "fp32.safetensors"
+    ).stat().st_size
+    assert ratio <= 0.3
+
+
+def test_weights_the_model_has_no_place_for_are_refused(trained: Trained, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    save(model, trained, sources=["test"])
+    _rewrite_weights(model, lambda t: t.update(extra=torch.zeros(1)))
+    with pytest.raises(JobError, match=r"no place for: \['extra'\]"):
+        load_int8(model)
+    _rewrite_weights(model, lambda t: (t.pop("extra"), t.pop("fc.bias")))
+    with pytest.raises(JobError, match=r"lack fc\.bias"):
+        load_int8(model)
+    save(model, trained, sources=["test"])
+    _rewrite_weights(model, lambda t: t["conv2.weight_scales"].mul_(-1))
+    with pytest.raises(JobError, match=r"conv2\.weight is malformed"):
+        load_int8(model)
+
+
+def test_the_model_runs_under_the_other_quantized_engine(
+    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trained on x86 here, run with qnnpack as on a Jetson (and the other way round there)."""
+    if "qnnpack" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch build has no qnnpack")
+    save(tmp_path / "model", trained, sources=["test"])
+    expected = predict(trained.int8, trained.held_out, trained.normalisation).argmax(1)
+    monkeypatch.setattr("pipeline.quantize.backend", lambda: "qnnpack")
+    try:
+        reloaded, meta = load_int8(tmp_path / "model")
+        assert torch.backends.quantized.engine == "qnnpack"
+        got = predict(reloaded, trained.held_out, meta["normalisation"]).argmax(1)
+    finally:
+        torch.backends.quantized.engine = trained.engine
+    assert (got == expected).mean() >= 0.95
+
+
+def test_fine_tuning_starts_from_the_saved_model(trained: Trained, tmp_path: Path) -> None:
+    save(tmp_path / "model", trained, sources=["test"])
+    start, meta, spec = load_for_finetune(tmp_path / "model")
+    assert spec == trained.spec
+    x = normalise(trained.held_out, meta["normalisation"])
+    assert torch.allclose(run(start.eval(), x), run(trained.qat.eval(), x), atol=0.05)
+
+
+def test_batch_norm_is_folded_without_changing_the_function(trained: Trained) -> None:
+    assert trained.metrics["bn_epochs"] == 2  # of 4
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in trained.qat.modules())
+    torch.manual_seed(0)
+    model = prepare_qat(SmallCNN(trained.spec), trained.engine)
+    x = normalise(trained.held_out, trained.normalisation)
+    model(x)  # train mode: batch norm and the observers learn something
+    before = run(model.eval(), x)
+    assert torch.allclose(run(fold_bn(model), x), before, atol=0.05)
+
+
+def test_evaluating_on_held_out_data_changes_nothing(trained: Trained) -> None:
+    x = normalise(trained.held_out, trained.normalisation)
+    y = torch.from_numpy(np.zeros(len(x), dtype=np.int64))
+    state = {k: v.clone() for k, v in trained.qat.state_dict().items()}
+    evaluate(trained.qat, x * 10, y, trained.spec.num_classes, torch.device("cpu"))
+    after = trained.qat.state_dict()
+    assert all(torch.equal(state[k], after[k]) for k in state)
