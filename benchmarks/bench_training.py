@@ -6,7 +6,9 @@ training of the same model (each QAT phase measured: epochs with batch norm lear
 with it folded; the recipe's total weighs them as train() runs them), batch-1 latency and
 batch-64 throughput (int8 and fp32), model file size (the model.safetensors edgehook ships
 against the fp32 model's weights in the same format), int8 accuracy vs QAT accuracy on the
-held-out split. Data: the synthetic set, at CIFAR's 3x32x32.
+held-out split. Data: the synthetic set, at CIFAR's 3x32x32; the accuracy gap also on a
+hard variant (low contrast, heavy noise: where quantized logits once cost 18 points), over
+three seeds, the worst reported.
 
   .venv/bin/python benchmarks/bench_training.py            # full
   .venv/bin/python benchmarks/bench_training.py --smoke    # quick (CI)
@@ -68,6 +70,28 @@ def folded_qat(spec: ModelSpec, engine: str, x: torch.Tensor) -> nn.Module:
     return fold_bn(model)
 
 
+def hard_set(per_class: int, seeds: int) -> list[dict[str, float]]:
+    """QAT and int8 held-out accuracy on the hard variant, one run per seed."""
+    x, y, classes = synthetic.make(
+        per_class=per_class, size=32, channels=3, classes=4, contrast=40, noise=45
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        synthetic.write_npz(Path(tmp), x, y, classes)
+        dataset = read_dataset(Path(tmp))
+    runs = []
+    for seed in range(seeds):
+        m = train(dataset, TrainConfig(epochs=6, lr=0.01, seed=seed), log=lambda _: None).metrics
+        runs.append(
+            {
+                "seed": seed,
+                "qat_accuracy": m["qat_accuracy"],
+                "int8_accuracy": m["int8_accuracy"],
+                "gap_points": round((m["qat_accuracy"] - m["int8_accuracy"]) * 100, 2),
+            }
+        )
+    return runs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -123,6 +147,7 @@ def main() -> int:
         "int8_bytes": int8_bytes,
         "qat_accuracy": trained.metrics["qat_accuracy"],
         "int8_accuracy": trained.metrics["int8_accuracy"],
+        "hard_set": hard_set(per_class=60 if args.smoke else 300, seeds=1 if args.smoke else 3),
     }
     f = figures
     recipe_s = learning * f["qat_epoch_s"] + (config.epochs - learning) * f["qat_folded_epoch_s"]
@@ -135,6 +160,7 @@ def main() -> int:
     f["int8_latency_ratio_b1"] = round(f["int8_latency_b1_ms"] / f["fp32_latency_b1_ms"], 2)
     f["int8_size_ratio"] = round(f["int8_bytes"] / f["fp32_bytes"], 3)
     f["accuracy_gap_points"] = round((f["qat_accuracy"] - f["int8_accuracy"]) * 100, 2)
+    f["hard_gap_points"] = max(abs(run["gap_points"]) for run in f["hard_set"])
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     rows = [
         (
@@ -163,6 +189,13 @@ def main() -> int:
             "<= 0.3",
         ),
         ("int8 accuracy gap to QAT (points)", f["accuracy_gap_points"], "<= 1"),
+        (
+            "int8 accuracy gap to QAT, hard set, worst seed (points)",
+            f"{f['hard_gap_points']} (QAT accuracy "
+            + ", ".join(str(run["qat_accuracy"]) for run in f["hard_set"])
+            + ")",
+            "<= 1",
+        ),
     ]
     report = (
         f"# Training and inference ({when})\n\n{platform.processor() or platform.machine()}"

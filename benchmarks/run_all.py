@@ -159,6 +159,12 @@ def headline(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         "<= 1",
         t["accuracy_gap_points"] <= 1,
     )
+    row(
+        "int8 accuracy gap, hard set, worst of seeds (points)",
+        t["hard_gap_points"],
+        "<= 1",
+        t["hard_gap_points"] <= 1,
+    )
     return rows
 
 

@@ -15,9 +15,17 @@ PATTERNS = ("horizontal", "vertical", "diagonal", "checker")
 
 
 def make(
-    per_class: int = 40, size: int = 16, channels: int = 1, classes: int = 3, seed: int = 0
+    per_class: int = 40,
+    size: int = 16,
+    channels: int = 1,
+    classes: int = 3,
+    seed: int = 0,
+    *,
+    contrast: float = 150.0,
+    noise: float = 25.0,
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """uint8 images (N, C, H, W), int64 labels, class names."""
+    """uint8 images (N, C, H, W), int64 labels, class names. Lower `contrast` and higher
+    `noise` make a harder set (contrast 40, noise 45: a few epochs reach about 0.95)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size]
     masks = {
@@ -31,8 +39,8 @@ def make(
         mask = masks[PATTERNS[label]]
         for _ in range(per_class):
             shift = rng.integers(0, 4, size=2)
-            base = np.roll(mask, tuple(shift), axis=(0, 1)) * 150.0 + 50.0
-            image = base[None].repeat(channels, 0) + rng.normal(0, 25, (channels, size, size))
+            base = np.roll(mask, tuple(shift), axis=(0, 1)) * contrast + 128.0 - contrast / 2
+            image = base[None].repeat(channels, 0) + rng.normal(0, noise, (channels, size, size))
             images.append(np.clip(image, 0, 255).astype(np.uint8))
             labels.append(label)
     return np.stack(images), np.asarray(labels, dtype=np.int64), PATTERNS[:classes]

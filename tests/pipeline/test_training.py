@@ -211,6 +211,7 @@ def test_the_model_file_is_int8_and_under_a_third_of_fp32(trained: Trained, tmp_
     save(tmp_path / "model", trained, sources=["test"])
     tensors = load_file(str(tmp_path / "model" / WEIGHTS))
     assert {tensors[f"{n}.weight"].dtype for n in ("conv1", "conv2", "fc")} == {torch.int8}
+    assert "fc.scale" not in tensors  # the head's logits stay float (WeightOnlyLinear)
     fp32 = {k: v.contiguous() for k, v in SmallCNN(trained.spec).state_dict().items()}
     save_file(fp32, str(tmp_path / "fp32.safetensors"))
     ratio = (tmp_path / "model" / WEIGHTS).stat().st_size / (
@@ -278,3 +279,16 @@ def test_evaluating_on_held_out_data_changes_nothing(trained: Trained) -> None:
     evaluate(trained.qat, x * 10, y, trained.spec.num_classes, torch.device("cpu"))
     after = trained.qat.state_dict()
     assert all(torch.equal(state[k], after[k]) for k in state)
+
+
+def test_int8_keeps_the_qat_accuracy_on_a_hard_set(tmp_path: Path) -> None:
+    """Low contrast, heavy noise: where quantized logits cost 18 points (0.74 vs 0.93)."""
+    synthetic.write_npz(
+        tmp_path,
+        *synthetic.make(per_class=300, size=32, channels=3, classes=4, contrast=40, noise=45),
+    )
+    metrics = train(
+        read_dataset(tmp_path), TrainConfig(epochs=6, lr=0.01, seed=0), log=lambda _: None
+    ).metrics
+    assert metrics["qat_accuracy"] >= 0.85  # learnable, not trivial: chance is 0.25
+    assert abs(metrics["qat_accuracy"] - metrics["int8_accuracy"]) <= 0.01
