@@ -1,13 +1,15 @@
-"""Quantization, behind one small module: everything else calls prepare_qat, fold_bn, to_int8,
-int8_tensors, int8_from_tensors, qat_from_tensors and backend. Today this is torch's eager-mode
-API (what Jetson's torch 2.3-2.5 wheels offer); torch now deprecates it in favour of torchao,
-and this is the only module to change when edgehook moves.
+"""Quantization, behind one small module: everything else calls prepare_qat, freeze_bn,
+fold_bn, to_int8, run, int8_tensors, int8_from_tensors, qat_from_tensors and backend. Today
+this is torch's eager-mode API (what Jetson's torch 2.3-2.5 wheels offer); torch now
+deprecates it in favour of torchao, and this is the only module to change when edgehook
+moves.
 
 The recipe is torch's own QAT recipe: fake quantization from the first step with batch norm
 learning its statistics, then batch-norm statistics frozen for the rest of training. Frozen,
-a conv + batch norm pair is one conv with folded weights, so fold_bn swaps each fused
-ConvBnReLU2d for a ConvReLU2d holding the folded weights (same fake quantizers): the function
-is unchanged, and an epoch no longer pays for simulating the fold (a division, a
+a conv + batch norm pair is one conv with folded weights, so freeze_bn measures the
+statistics exactly and fold_bn swaps each fused ConvBnReLU2d for a ConvReLU2d holding the
+folded weights (same fake quantizers, the weight range re-measured): the function is
+unchanged, and an epoch no longer pays for simulating the fold (a division, a
 multiplication and batch norm on every activation, forward and backward).
 """
 
@@ -16,12 +18,13 @@ from __future__ import annotations
 import contextlib
 import platform
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 import torch.ao.nn.intrinsic.qat as nniqat
 from torch import nn
+from torch.ao.quantization import FakeQuantizeBase
 
 from pipeline.errors import JobError
 from pipeline.model import FUSE, WEIGHT_ONLY
@@ -96,6 +99,7 @@ def fold_bn(model: nn.Module) -> nn.Module:
             folded.bias.copy_(bn.bias + (bias - bn.running_mean) * factor)
         folded.weight_fake_quant = module.weight_fake_quant
         folded.activation_post_process = module.activation_post_process
+        _observe_afresh(folded.weight_fake_quant, folded.weight)
         folded.train(module.training)
         setattr(model, name, folded)
     return model
@@ -149,6 +153,62 @@ class WeightOnlyLinear(nn.Module):
             return cls(qweight, layer.bias.detach().clone())
 
 
+def freeze_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """Measure batch norm's statistics exactly over `batches` (the training set), then fold.
+
+    The running averages trail the weights (momentum 0.1) and after few steps are still
+    mostly their initial values; folding those would change the function the model learned
+    with batch statistics (on the 96-image demo set, from 0.88 held-out accuracy to 0.38).
+    One forward pass without gradients: a hook measures each batch norm's input while the
+    running statistics (which the QAT conv scales its weights by) and the observers stay
+    as they are.
+    """
+    norms: list[Any] = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    moments = {id(bn): torch.zeros(3, bn.num_features, dtype=torch.float64) for bn in norms}
+
+    def measure(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].detach().double().transpose(0, 1).flatten(1)  # channels first
+        moments[id(module)] += torch.stack(
+            [torch.full_like(x[:, 0], x.shape[1]), x.sum(1), (x * x).sum(1)]
+        ).cpu()
+
+    hooks = [bn.register_forward_pre_hook(measure) for bn in norms]
+    momenta = [bn.momentum for bn in norms]
+    try:
+        for bn in norms:
+            bn.momentum = 0.0  # running statistics stay put during the pass
+        model.train()
+        with _observers_off(model), quiet(), torch.no_grad():
+            for batch in batches:
+                model(batch)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for bn, momentum in zip(norms, momenta, strict=True):
+            bn.momentum = momentum
+    with torch.no_grad():
+        for bn in norms:
+            count, total, squares = moments[id(bn)]
+            if not bool((count > 1).all()):
+                continue  # nothing measured: keep the running averages
+            mean = total / count
+            variance = (squares / count - mean * mean).clamp_min(0) * count / (count - 1)
+            bn.running_mean.copy_(mean)
+            bn.running_var.copy_(variance)
+    return fold_bn(model)
+
+
+def _observe_afresh(fake_quant: Any, weight: torch.Tensor) -> None:
+    """Point a weight fake quantizer at `weight` alone: its moving average (constant 0.01)
+    would take hundreds of steps to leave the range of the weights before the fold."""
+    with torch.no_grad():
+        fake_quant.activation_post_process.reset_min_max_vals()
+        enabled = fake_quant.observer_enabled.clone()
+        fake_quant.enable_observer()
+        fake_quant(weight)
+        fake_quant.observer_enabled.copy_(enabled)
+
+
 def to_int8(model: nn.Module, engine: str) -> nn.Module:
     """The int8 model for inference, converted on the CPU, in place: pass a copy to keep the
     QAT model."""
@@ -160,23 +220,27 @@ def to_int8(model: nn.Module, engine: str) -> nn.Module:
         return torch.ao.quantization.convert(model, inplace=True)
 
 
+@contextlib.contextmanager
+def _observers_off(model: nn.Module) -> Iterator[None]:
+    """Fake quantizers use their ranges without updating them (then as they were)."""
+    fake_quants: list[Any] = [m for m in model.modules() if isinstance(m, FakeQuantizeBase)]
+    observing = [fq.observer_enabled.clone() for fq in fake_quants]
+    try:
+        for fq in fake_quants:
+            fq.disable_observer()
+        yield
+    finally:
+        for fq, enabled in zip(fake_quants, observing, strict=True):
+            fq.observer_enabled.copy_(enabled)
+
+
 def run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """A forward pass without gradients, with the API's notices silenced, that changes
     nothing: a QAT model's fused fake quantizers keep observing in eval mode, so evaluating
     on held-out data would otherwise move its activation ranges (held-out data leaking
     into the model)."""
-    fake_quants = [
-        m for m in model.modules() if isinstance(m, torch.ao.quantization.FakeQuantizeBase)
-    ]
-    saved = [m.observer_enabled.clone() for m in fake_quants]
-    try:
-        for m in fake_quants:
-            m.disable_observer()
-        with quiet(), torch.no_grad():
-            return model(x)
-    finally:
-        for m, enabled in zip(fake_quants, saved, strict=True):
-            m.observer_enabled.copy_(enabled)
+    with _observers_off(model), quiet(), torch.no_grad():
+        return model(x)
 
 
 # The int8 model as plain tensors. safetensors holds no quantized dtypes, and a pickle or a
@@ -325,7 +389,7 @@ def qat_from_tensors(
             if hasattr(layer, "weight_fake_quant"):
                 layer.weight.copy_(_weight(tensors, name, layer.weight.shape).float())
                 layer.bias.copy_(_bias(tensors, name, layer.weight.shape[0]))
-                layer.weight_fake_quant(layer.weight)  # its observer measures the weights
+                _observe_afresh(layer.weight_fake_quant, layer.weight)
             if hasattr(layer, "activation_post_process") and f"{name}.scale" in tensors:
                 scale = float(_expect(tensors, f"{name}.scale", (1,)))
                 zero_point = int(_expect(tensors, f"{name}.zero_point", (1,)))

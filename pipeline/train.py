@@ -21,7 +21,7 @@ from torch import nn
 from pipeline.datasets import Dataset, split
 from pipeline.errors import JobError
 from pipeline.model import ModelSpec, SmallCNN
-from pipeline.quantize import backend, fold_bn, prepare_qat, run, to_int8
+from pipeline.quantize import backend, fold_bn, freeze_bn, prepare_qat, run, to_int8
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,11 @@ def train(
             f"val_acc {val_acc:.3f}  {seconds:.1f}s  {images / seconds:.0f} img/s"
         )
         if epoch == learning_bn:
-            model = fold_bn(model)  # new parameters, so a new optimiser
+            batches = (
+                x_train[start : start + config.batch_size].to(device)
+                for start in range(0, len(x_train), config.batch_size)
+            )
+            model = freeze_bn(model, batches)  # new parameters, so a new optimiser
             optimiser = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
     model = fold_bn(model)  # a no-op unless training stopped early (dry run)
     qat_acc, _ = evaluate(model, x_held, y_held, spec.num_classes, device)
