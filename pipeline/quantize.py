@@ -158,19 +158,33 @@ def freeze_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
 
     The running averages trail the weights (momentum 0.1) and after few steps are still
     mostly their initial values; folding those would change the function the model learned
-    with batch statistics (on the 96-image demo set, from 0.88 held-out accuracy to 0.38).
+    with batch statistics (on a 120-image set, seeds 0-2 ended at 0.46-0.88 held-out
+    accuracy that way, 1.0 with measured statistics).
     One forward pass without gradients: a hook measures each batch norm's input while the
     running statistics (which the QAT conv scales its weights by) and the observers stay
     as they are.
     """
     norms: list[Any] = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    # Per batch norm: images' positions seen, their mean, their sum of squared deviations;
+    # batches merge with Chan's parallel formula (in float64: no cancellation).
     moments = {id(bn): torch.zeros(3, bn.num_features, dtype=torch.float64) for bn in norms}
 
     def measure(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        x = inputs[0].detach().double().transpose(0, 1).flatten(1)  # channels first
-        moments[id(module)] += torch.stack(
-            [torch.full_like(x[:, 0], x.shape[1]), x.sum(1), (x * x).sum(1)]
-        ).cpu()
+        x = inputs[0].detach()
+        n = x.numel() // x.shape[1]
+        mean = x.mean((0, 2, 3))  # (torch.var_mean is 7x slower here)
+        squares = (x - mean.reshape(1, -1, 1, 1)).square().sum((0, 2, 3))
+        mean, squares = mean.cpu().double(), squares.cpu().double()
+        seen, before, before_squares = moments[id(module)]
+        total = seen + n
+        delta = mean - before
+        moments[id(module)] = torch.stack(
+            [
+                total,
+                before + delta * n / total,
+                before_squares + squares + delta * delta * seen * n / total,
+            ]
+        )
 
     hooks = [bn.register_forward_pre_hook(measure) for bn in norms]
     momenta = [bn.momentum for bn in norms]
@@ -188,19 +202,18 @@ def freeze_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
             bn.momentum = momentum
     with torch.no_grad():
         for bn in norms:
-            count, total, squares = moments[id(bn)]
+            count, mean, squares = moments[id(bn)]
             if not bool((count > 1).all()):
                 continue  # nothing measured: keep the running averages
-            mean = total / count
-            variance = (squares / count - mean * mean).clamp_min(0) * count / (count - 1)
             bn.running_mean.copy_(mean)
-            bn.running_var.copy_(variance)
+            bn.running_var.copy_(squares / (count - 1))  # unbiased, as batch norm keeps it
     return fold_bn(model)
 
 
 def _observe_afresh(fake_quant: Any, weight: torch.Tensor) -> None:
     """Point a weight fake quantizer at `weight` alone: its moving average (constant 0.01)
-    would take hundreds of steps to leave the range of the weights before the fold."""
+    would take hundreds of steps to leave the range of the weights before the fold (on a
+    120-image set, seeds 0-2 ended at 0.25-1.0 held-out accuracy that way, 1.0 with this)."""
     with torch.no_grad():
         fake_quant.activation_post_process.reset_min_max_vals()
         enabled = fake_quant.observer_enabled.clone()

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch.nn import BatchNorm2d
 
 from pipeline import registry, synthetic
 from pipeline.datasets import read_dataset, split
@@ -20,7 +23,7 @@ from pipeline.errors import JobError
 from pipeline.inference import check_in_fresh_process, predict
 from pipeline.model import SmallCNN
 from pipeline.modelfile import WEIGHTS, load_for_finetune, load_int8, read_metadata, save
-from pipeline.quantize import fold_bn, prepare_qat, run
+from pipeline.quantize import fold_bn, freeze_bn, prepare_qat, run
 from pipeline.train import TrainConfig, Trained, evaluate, normalise, train
 
 WRITERS = {
@@ -304,3 +307,33 @@ def test_a_demo_sized_set_trains_well_on_every_seed(seed: int, tmp_path: Path) -
     metrics = train(read_dataset(tmp_path), config, log=lambda _: None).metrics
     assert metrics["bn_epochs"] == 2
     assert metrics["int8_accuracy"] >= 0.9
+
+
+def test_freezing_measures_batch_norm_statistics_exactly(trained: Trained) -> None:
+    """freeze_bn folds the statistics of everything batch norm saw in its pass over the
+    images (every position weighing the same: no trailing average), merged across batches."""
+    torch.manual_seed(0)
+    x = normalise(trained.held_out, trained.normalisation)
+    model = prepare_qat(SmallCNN(trained.spec), trained.engine)
+    model(x[:16])  # batch norm and observers learn something
+    batches = [x[start : start + 7] for start in range(0, len(x), 7)]
+    reference = copy.deepcopy(model)
+    seen: dict[int, list[torch.Tensor]] = {}
+    for index, norm in enumerate(m for m in reference.modules() if isinstance(m, BatchNorm2d)):
+        norm.momentum = 0.0  # as during freeze_bn's pass: the QAT conv scales by these
+        norm.register_forward_pre_hook(
+            lambda _m, inputs, index=index: seen.setdefault(index, []).append(inputs[0])
+        )
+    reference.apply(torch.ao.quantization.disable_observer)
+    with torch.no_grad():
+        for batch in batches:
+            reference(batch)
+    frozen = copy.deepcopy(model)
+    norms: list[Any] = [m for m in frozen.modules() if isinstance(m, BatchNorm2d)]
+    freeze_bn(frozen, iter(batches))
+    assert len(norms) == len(seen) == 2
+    for index, norm in enumerate(norms):
+        inputs = torch.cat(seen[index]).double()
+        var, mean = torch.var_mean(inputs, dim=(0, 2, 3))
+        assert torch.allclose(norm.running_mean.double(), mean, atol=1e-5)
+        assert torch.allclose(norm.running_var.double(), var, rtol=1e-4, atol=1e-6)
