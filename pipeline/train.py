@@ -105,6 +105,12 @@ def evaluate(
     return float(np.trace(confusion) / max(1, confusion.sum())), confusion.tolist()
 
 
+# Batch norm's statistics are measured on at most this many training images, drawn at
+# random: at 32x32 that is over 250,000 positions per channel even after pooling, and it
+# keeps the measuring pass at 1/40 of an epoch on CIFAR-10 instead of about 1/3.
+FREEZE_SAMPLE = 1024
+
+
 def bn_epochs(epochs: int) -> int:
     """Epochs in which batch norm learns its statistics: the first half (at least one); they
     are frozen (folded into the convs) for the rest, as torch's QAT recipe does."""
@@ -211,9 +217,10 @@ def train(
             f"val_acc {val_acc:.3f}  {seconds:.1f}s  {images / seconds:.0f} img/s"
         )
         if epoch == learning_bn:
+            sample = torch.randperm(len(x_train), generator=generator)[:FREEZE_SAMPLE]
             batches = (
-                x_train[start : start + config.batch_size].to(device)
-                for start in range(0, len(x_train), config.batch_size)
+                x_train[sample[start : start + config.batch_size]].to(device)
+                for start in range(0, len(sample), config.batch_size)
             )
             model = freeze_bn(model, batches)  # new parameters, so a new optimiser
             optimiser = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)

@@ -23,7 +23,7 @@ from pipeline.errors import JobError
 from pipeline.inference import check_in_fresh_process, predict
 from pipeline.model import SmallCNN
 from pipeline.modelfile import WEIGHTS, load_for_finetune, load_int8, read_metadata, save
-from pipeline.quantize import fold_bn, freeze_bn, prepare_qat, run
+from pipeline.quantize import backend, fold_bn, freeze_bn, prepare_qat, run
 from pipeline.train import TrainConfig, Trained, evaluate, normalise, train
 
 WRITERS = {
@@ -238,22 +238,32 @@ def test_weights_the_model_has_no_place_for_are_refused(trained: Trained, tmp_pa
         load_int8(model)
 
 
-def test_the_model_runs_under_the_other_quantized_engine(
-    trained: Trained, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_model_trained_for_one_engine_runs_under_the_other(
+    data: tuple[np.ndarray, np.ndarray, tuple[str, ...]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Trained on x86 here, run with qnnpack as on a Jetson (and the other way round there)."""
+    """x86 here; qnnpack on a Jetson. A model trained for either runs under the other
+    (the layers are packed for the running machine's engine when loaded)."""
     if "qnnpack" not in torch.backends.quantized.supported_engines:
         pytest.skip("this torch build has no qnnpack")
-    save(tmp_path / "model", trained, sources=["test"])
-    expected = predict(trained.int8, trained.held_out, trained.normalisation).argmax(1)
-    monkeypatch.setattr("pipeline.quantize.backend", lambda: "qnnpack")
+    synthetic.write_npz(tmp_path / "data", *data)
+    dataset = read_dataset(tmp_path / "data")
     try:
-        reloaded, meta = load_int8(tmp_path / "model")
-        assert torch.backends.quantized.engine == "qnnpack"
-        got = predict(reloaded, trained.held_out, meta["normalisation"]).argmax(1)
+        for trained_for, runs_on in (("x86", "qnnpack"), ("qnnpack", "x86")):
+            monkeypatch.setattr("pipeline.train.backend", lambda e=trained_for: e)
+            model = train(dataset, TrainConfig(epochs=4, lr=0.05, seed=1), log=lambda _: None)
+            assert model.engine == trained_for
+            save(tmp_path / trained_for, model, sources=["test"])
+            torch.backends.quantized.engine = trained_for
+            expected = predict(model.int8, model.held_out, model.normalisation).argmax(1)
+            monkeypatch.setattr("pipeline.quantize.backend", lambda e=runs_on: e)
+            reloaded, meta = load_int8(tmp_path / trained_for)
+            assert torch.backends.quantized.engine == runs_on
+            got = predict(reloaded, model.held_out, meta["normalisation"]).argmax(1)
+            assert (got == expected).mean() >= 0.95, (trained_for, runs_on)
     finally:
-        torch.backends.quantized.engine = trained.engine
-    assert (got == expected).mean() >= 0.95
+        torch.backends.quantized.engine = backend()
 
 
 def test_fine_tuning_starts_from_the_saved_model(trained: Trained, tmp_path: Path) -> None:
