@@ -9,7 +9,7 @@ latency and
 batch-64 throughput (int8 and fp32), model file size (the model.safetensors edgehook ships
 against the fp32 model's weights in the same format), int8 accuracy vs QAT accuracy on the
 held-out split. Data: the synthetic set, at CIFAR's 3x32x32; the accuracy gap also on a
-hard variant (low contrast, heavy noise: where quantized logits once cost 18 points), over
+hard variant (low contrast, heavy noise: where quantized logits once cost 14 to 24 points), over
 three seeds, the worst reported.
 
   .venv/bin/python benchmarks/bench_training.py            # full

@@ -111,8 +111,8 @@ class WeightOnlyLinear(nn.Module):
     Written here because torch's eager API has no static-weight, float-activation linear.
     The head's logits stay float: quantized logits are clipped to the range the output
     observer saw, and the QAT model (0..127 on x86) and the int8 model (0..255) clip them
-    differently; on a noisy, low-contrast set that cost 18 to 24 points of int8 accuracy
-    against the QAT model in one seed of three (0.74 vs 0.93-0.98). With this head they
+    differently; on a noisy, low-contrast set that cost 14 to 24 points of int8 accuracy
+    against the QAT model in one seed of three (0.74 vs 0.88-0.98). With this head they
     agree within half a point, at the size of an int8 head. Computing with the dequantized
     weights costs nothing measurable (64 x classes multiplications per image).
     """
