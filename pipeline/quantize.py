@@ -73,8 +73,9 @@ def fold_bn(model: nn.Module) -> nn.Module:
     """Freeze batch-norm statistics by folding each ConvBnReLU2d into a ConvReLU2d (in place).
 
     With statistics frozen, conv -> bn is conv(x, w * g) + beta + (b - mean) * g where
-    g = gamma / sqrt(var + eps): one conv. The fake quantizers move over unchanged (ConvBn
-    already fake-quantized w * g, so the weight observer's range stays right).
+    g = gamma / sqrt(var + eps): one conv. The fake quantizers move over; the weight
+    quantizer's range is measured afresh on the folded weights. freeze_bn measures the
+    statistics first; on its own this folds the running averages as they are.
     """
     for name, module in list(model.named_children()):
         if not isinstance(module, nniqat.ConvBnReLU2d):

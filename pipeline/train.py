@@ -21,7 +21,7 @@ from torch import nn
 from pipeline.datasets import Dataset, split
 from pipeline.errors import JobError
 from pipeline.model import ModelSpec, SmallCNN
-from pipeline.quantize import backend, fold_bn, freeze_bn, prepare_qat, run, to_int8
+from pipeline.quantize import backend, freeze_bn, prepare_qat, run, to_int8
 
 
 @dataclass(frozen=True)
@@ -217,14 +217,14 @@ def train(
             f"val_acc {val_acc:.3f}  {seconds:.1f}s  {images / seconds:.0f} img/s"
         )
         if epoch == learning_bn:
-            sample = torch.randperm(len(x_train), generator=generator)[:FREEZE_SAMPLE]
+            limit = config.batch_size if config.dry_run else FREEZE_SAMPLE
+            sample = torch.randperm(len(x_train), generator=generator)[:limit]
             batches = (
                 x_train[sample[start : start + config.batch_size]].to(device)
                 for start in range(0, len(sample), config.batch_size)
             )
             model = freeze_bn(model, batches)  # new parameters, so a new optimiser
             optimiser = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
-    model = fold_bn(model)  # a no-op unless training stopped early (dry run)
     qat_acc, _ = evaluate(model, x_held, y_held, spec.num_classes, device)
     model = model.cpu()
     int8 = to_int8(copy.deepcopy(model), engine)
