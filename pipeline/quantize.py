@@ -137,21 +137,10 @@ class WeightOnlyLinear(nn.Module):
     def from_qat(cls, layer: Any) -> WeightOnlyLinear:
         """Exactly the weights the QAT layer trained with (its fake quantizer's grid)."""
         fake_quant = layer.weight_fake_quant
-        with torch.no_grad():
-            enabled = fake_quant.observer_enabled.clone()
-            fake_quant.disable_observer()
+        with _observers_off(fake_quant), torch.no_grad():
             on_grid = fake_quant(layer.weight.detach())
-            fake_quant.observer_enabled.copy_(enabled)
-            scale, zero_point = fake_quant.scale, fake_quant.zero_point
-            if fake_quant.qscheme in (torch.per_channel_affine, torch.per_channel_symmetric):
-                qweight = torch.quantize_per_channel(
-                    on_grid, scale.double(), zero_point.long(), fake_quant.ch_axis, torch.qint8
-                )
-            else:
-                qweight = torch.quantize_per_tensor(
-                    on_grid, float(scale), int(zero_point), torch.qint8
-                )
-            return cls(qweight, layer.bias.detach().clone())
+        qweight = _quantize(on_grid, fake_quant.scale, fake_quant.zero_point, fake_quant.ch_axis)
+        return cls(qweight, layer.bias.detach().clone())
 
 
 def freeze_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
@@ -343,6 +332,17 @@ def _weight(tensors: dict[str, torch.Tensor], name: str, shape: torch.Size) -> t
     return (values.double() - zero_points.reshape(view)) * scales.reshape(view)
 
 
+def _quantize(
+    on_grid: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor, axis: int = 0
+) -> torch.Tensor:
+    """qint8 weights from float values already on their grid: one scale, or one per channel."""
+    if scales.numel() == 1:
+        return torch.quantize_per_tensor(on_grid, float(scales), int(zero_points), torch.qint8)
+    return torch.quantize_per_channel(
+        on_grid, scales.double(), zero_points.long(), axis, torch.qint8
+    )
+
+
 def _bias(tensors: dict[str, torch.Tensor], name: str, size: int) -> torch.Tensor:
     bias = _expect(tensors, f"{name}.bias", (size,))
     if bias.dtype != torch.float32 or not bool(torch.isfinite(bias).all()):
@@ -360,17 +360,11 @@ def int8_from_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], engine
         quant.zero_point.copy_(_expect(tensors, "quant.zero_point", (1,)))
         for name, layer in _layers(int8):
             placeholder = layer.weight()
-            float_weight = _weight(tensors, name, placeholder.shape).float()
-            scales = tensors[f"{name}.weight_scales"]
-            zero_points = tensors[f"{name}.weight_zero_points"]
-            if scales.numel() == 1:
-                weight = torch.quantize_per_tensor(
-                    float_weight, float(scales), int(zero_points), torch.qint8
-                )
-            else:
-                weight = torch.quantize_per_channel(
-                    float_weight, scales, zero_points, 0, torch.qint8
-                )
+            weight = _quantize(
+                _weight(tensors, name, placeholder.shape).float(),
+                tensors[f"{name}.weight_scales"],
+                tensors[f"{name}.weight_zero_points"],
+            )
             bias = _bias(tensors, name, placeholder.shape[0])
             expected |= {f"{name}.{k}" for k in _WEIGHT_KEYS}
             if isinstance(layer, WeightOnlyLinear):
