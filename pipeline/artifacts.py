@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pipeline.errors import JobError, StalledError, TransientError
+from receiver.names import path_component
 
 MANIFEST = "manifest.json"
 ALIASES = "aliases.json"
@@ -40,6 +41,12 @@ def split_version(version_string: str) -> tuple[str, str, str, str]:
     if len(parts) != 3 or not version or any(p in ("", ".", "..") for p in (*parts, version)):
         raise JobError(f"'{version_string}' is not entity/project/collection:version")
     return parts[0], parts[1], parts[2], version
+
+
+def collection_path(root: Path, entity: str, project: str, collection: str) -> Path:
+    """Where a collection lies in a local artifact tree: each name one encoded component
+    (names.path_component), so "my photos" stays readable and no name can climb out."""
+    return root / path_component(entity) / path_component(project) / path_component(collection)
 
 
 DOWNLOAD_TIMEOUT_S = 900.0
@@ -62,12 +69,12 @@ def fetch(
 
 def fetch_local(root: Path, version_string: str, dest: Path) -> Fetched:
     entity, project, collection, version = split_version(version_string)
-    collection_dir = root / entity / project / collection
+    collection_dir = collection_path(root, entity, project, collection)
     if not collection_dir.is_dir():
         raise JobError(f"artifact {entity}/{project}/{collection} not found under {root}")
     aliases = _read_json(collection_dir / ALIASES) if (collection_dir / ALIASES).exists() else {}
     resolved = str(aliases.get(version, version))
-    source = collection_dir / resolved
+    source = collection_dir / path_component(resolved)
     if not (source / MANIFEST).is_file():
         raise JobError(f"version '{version}' of {entity}/{project}/{collection} not found")
     manifest = _read_json(source / MANIFEST)
@@ -174,8 +181,8 @@ def write_local_version(
 ) -> Path:
     """Lay out a local artifact version (tests, the offline demo)."""
     entity, project, collection, version = split_version(version_string)
-    collection_dir = root / entity / project / collection
-    version_dir = collection_dir / version
+    collection_dir = collection_path(root, entity, project, collection)
+    version_dir = collection_dir / path_component(version)
     entries = {}
     for name, data in files.items():
         target = version_dir / _safe_relative(name)

@@ -192,6 +192,19 @@ class Worker:
                 job, now, f"could not start the job: {exc}", transient=not permanent
             )
             return
+        except Exception as exc:
+            # Anything else a job's data can provoke while preparing it (a value that cannot
+            # be an environment variable, a spec that cannot be written) fails this job alone,
+            # for good: the same data would fail every attempt. The worker and the other
+            # running jobs carry on.
+            log.exception("job_start_failed", job_id=job.id)
+            self._record_failure(
+                job,
+                now,
+                f"could not start the job: {type(exc).__name__}: {str(exc)[:200]}",
+                transient=False,
+            )
+            return
         started, started_tick = self.clock(), self.monotonic()
         capped = CappedLog(
             job_dir.parent / f"attempt-{job.attempt}.log", self.settings.max_log_bytes

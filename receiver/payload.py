@@ -2,11 +2,13 @@
 
 The body is whatever template the W&B admin wrote, flat or nested under `client_payload`
 (GitHub dispatch style), so several spellings of each field are accepted. Names that will
-later become paths or SDK lookups are checked against strict patterns here.
+later become paths or SDK lookups are checked here against the rules the wandb SDK enforces
+(names.py); turning a name into a path is names.path_component's job.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -14,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from receiver.errors import Rejection
+from receiver.names import ALIAS_FORBIDDEN, COLLECTION_FORBIDDEN, PROJECT_FORBIDDEN, name_problem
 
 EVENT_TYPES = frozenset(
     {
@@ -34,8 +37,7 @@ EVENT_TYPES = frozenset(
 # W&B's docs call LINK_MODEL "LINK_ARTIFACT"; both mean the same backend event.
 _EVENT_SYNONYMS = {"LINK_ARTIFACT": "LINK_MODEL"}
 
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}")
-_ALIAS = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
+_Check = re.Pattern[str] | frozenset[str]
 _EVENT_TYPE = re.compile(r"[A-Z][A-Z_]{0,63}")
 _VERSION_STRING = re.compile(
     r"(?P<entity>[^/:]+)/(?P<project>[^/:]+)/(?P<collection>[^/:]+):(?P<version>[^/:]+)"
@@ -116,6 +118,13 @@ def parse_body(body: bytes, *, max_depth: int) -> dict[str, Any]:
     return data
 
 
+def canonical_digest(data: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON form: sorted keys, no whitespace, ASCII escapes (so
+    lone surrogates, which JSON can carry, encode too). Equal JSON, equal digest."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
 class _DuplicateKey(ValueError):
     pass
 
@@ -152,10 +161,10 @@ def normalise(data: Mapping[str, Any]) -> Event:
     if event_type is None:
         raise Rejection(400, "missing_field", "event_type is missing (use ${event_type})")
     event_type = canonical_event_type(_checked("event_type", event_type, _EVENT_TYPE))
-    entity = _checked("entity", raw["entity"], _NAME)
-    project = _checked("project", raw["project"], _NAME)
-    collection = _checked("artifact_collection_name", raw["collection"], _NAME)
-    alias = _checked("alias", raw["alias"], _ALIAS)
+    entity = _checked("entity", raw["entity"], PROJECT_FORBIDDEN)
+    project = _checked("project", raw["project"], PROJECT_FORBIDDEN)
+    collection = _checked("artifact_collection_name", raw["collection"], COLLECTION_FORBIDDEN)
+    alias = _checked("alias", raw["alias"], ALIAS_FORBIDDEN)
     version = None
     if raw["version_string"] is not None:
         parts = _VERSION_STRING.fullmatch(_text("artifact_version_string", raw["version_string"]))
@@ -166,9 +175,9 @@ def normalise(data: Mapping[str, Any]) -> Event:
                 "artifact_version_string must look like entity/project/name:version",
             )
         for name, given, pattern in (
-            ("entity", entity, _NAME),
-            ("project", project, _NAME),
-            ("artifact_collection_name", collection, _NAME),
+            ("entity", entity, PROJECT_FORBIDDEN),
+            ("project", project, PROJECT_FORBIDDEN),
+            ("artifact_collection_name", collection, COLLECTION_FORBIDDEN),
         ):
             key = "collection" if name == "artifact_collection_name" else name
             found = _checked(f"artifact_version_string {name}", parts[key], pattern)
@@ -177,7 +186,7 @@ def normalise(data: Mapping[str, Any]) -> Event:
                     400, "inconsistent", f"{name} disagrees with artifact_version_string"
                 )
         entity, project, collection = parts["entity"], parts["project"], parts["collection"]
-        version = _checked("artifact_version_string version", parts["version"], _ALIAS)
+        version = _checked("artifact_version_string version", parts["version"], ALIAS_FORBIDDEN)
 
     args = _first(sources, ("args",))
     if args is None:
@@ -193,7 +202,7 @@ def normalise(data: Mapping[str, Any]) -> Event:
         collection=collection,
         version=version,
         alias=alias,
-        tag=_checked("tag", raw["tag"], _ALIAS),
+        tag=_checked("tag", raw["tag"], ALIAS_FORBIDDEN),
         author=_checked("event_author", raw["author"], _AUTHOR),
         artifact_id=_checked("artifact_version", raw["artifact_id"], _ARTIFACT_ID),
         produced_by=_checked("produced_by", raw["produced_by"], _AUTHOR),
@@ -221,9 +230,16 @@ def _text(name: str, value: Any) -> str:
     return value
 
 
-def _checked(name: str, value: Any, pattern: re.Pattern[str]) -> Any:
+def _checked(name: str, value: Any, check: _Check) -> Any:
+    """The value when it is a string W&B could send: a W&B name (check = the characters the
+    SDK forbids) or one of edgehook's own fields (check = a pattern)."""
     if value is None:
         return None
-    if not pattern.fullmatch(_text(name, value)):
+    text = _text(name, value)
+    if isinstance(check, frozenset):
+        problem = name_problem(text, check)
+        if problem is not None:
+            raise Rejection(400, "bad_field", f"{name} {problem}")
+    elif not check.fullmatch(text):
         raise Rejection(400, "bad_field", f"{name} has characters or a length W&B never sends")
     return value

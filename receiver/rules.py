@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from receiver.errors import ConfigError, Rejection
+from receiver.names import text_problem
 from receiver.payload import EVENT_TYPES, Event, canonical_event_type
 from receiver.tables import Table
 
@@ -52,6 +53,7 @@ class ArgSpec:
     max_length: int = 256
     pattern: str | None = None
     choices: tuple[ArgValue, ...] | None = None
+    allow_control: bool = False  # tabs, newlines and the like; NUL and surrogates never
 
     def coerce(self, raw: Any) -> ArgValue:
         """Return the typed value or raise Rejection(422) naming the argument."""
@@ -77,6 +79,11 @@ class ArgSpec:
                 self._refuse("must be a string")
             if len(raw) > self.max_length:
                 self._refuse(f"is longer than {self.max_length} characters")
+            # Refused here, not when the job starts: a value that cannot be an environment
+            # variable or an argv entry would fail the job on every attempt.
+            problem = text_problem(raw, allow_control=self.allow_control)
+            if problem is not None:
+                self._refuse(problem)
             return str(raw)
         if self.type == "bool":
             if isinstance(raw, bool):
@@ -145,10 +152,12 @@ class Rule:
         specs = {spec.name: spec for spec in self.args}
         for name in given:
             if name not in specs:
+                # At most 64 characters of a name the caller chose, escaped to printable ASCII.
+                shown = name[:64].encode("unicode_escape").decode("ascii")
                 raise Rejection(
                     422,
                     "undeclared_arg",
-                    f"argument '{name}' is not declared by rule '{self.name}'",
+                    f"argument '{shown}' is not declared by rule '{self.name}'",
                 )
         out: dict[str, ArgValue] = {}
         for spec in self.args:
@@ -323,7 +332,10 @@ def _parse_arg(name: str, t: Table) -> ArgSpec:
         maximum=t.number("max", None),
         max_length=t.integer("max_length", 256, minimum=1, maximum=4096),
         pattern=pattern,
+        allow_control=t.flag("allow_control", False),
     )
+    if spec.allow_control and kind != "str":
+        raise ConfigError(t.key("allow_control"), 'only applies to type "str"', "remove it")
     checked_choices = None
     if choices is not None:
         if not isinstance(choices, list) or not choices:

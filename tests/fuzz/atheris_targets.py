@@ -1,13 +1,17 @@
 """Coverage-guided fuzz targets (atheris, libFuzzer) for the code that reads hostile bytes
-before anything else: the payload parser and normaliser, and the signature header parser.
+before anything else: the payload parser and normaliser, the rule's argument checks, and
+the signature header parser.
 
     python -m tests.fuzz.atheris_targets payload fuzz-corpus/payload -max_total_time=600
+    python -m tests.fuzz.atheris_targets args fuzz-corpus/args -max_total_time=600
     python -m tests.fuzz.atheris_targets signature fuzz-corpus/signature -max_total_time=600
 
 The properties: parse_body + normalise either return an Event whose fields are the strict
-types W&B sends, or raise Rejection with a 400 (nothing else: any other exception is a
-crash libFuzzer reports); parse_signature returns None or exactly 32 bytes, and
-signature_valid never raises and never accepts a header that is not the real HMAC.
+types W&B sends, each name one safe path component, or raise Rejection with a 400 (nothing
+else: any other exception is a crash libFuzzer reports); a str argument the rule accepts
+can travel to a job (environment and argv: no NUL, valid UTF-8), or is refused with a 422;
+parse_signature returns None or exactly 32 bytes, and signature_valid never raises and
+never accepts a header that is not the real HMAC.
 tests/fuzz/test_atheris.py runs each for a bounded time in CI.
 """
 
@@ -20,11 +24,21 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
+    from pipeline.sandbox import command_environment
     from receiver.errors import Rejection
+    from receiver.names import path_component
     from receiver.payload import Event, normalise, parse_body
+    from receiver.rules import ArgSpec, Rule
     from receiver.signatures import parse_signature, signature_valid
 
 SECRET = b"s" * 32
+ARG_RULE = Rule(
+    name="fuzz",
+    events=frozenset({"ADD_ARTIFACT_ALIAS"}),
+    action="command",
+    command=("/bin/true",),
+    args=(ArgSpec("note", "str"), ArgSpec("text", "str", allow_control=True)),
+)
 
 
 def payload(data: bytes) -> None:
@@ -36,6 +50,27 @@ def payload(data: bytes) -> None:
     assert isinstance(event, Event)
     assert isinstance(event.event_type, str) and event.event_type
     assert all(isinstance(k, str) for k in event.args)
+    for name in (event.entity, event.project, event.collection, event.version, event.alias):
+        if name is not None:
+            name.encode("utf-8")  # no lone surrogate reaches the SDK or a path
+            component = path_component(name)
+            assert "/" not in component and "\0" not in component, component
+            assert component not in (".", ".."), component
+
+
+def args(data: bytes) -> None:
+    provider = atheris.FuzzedDataProvider(data)
+    name = "note" if provider.ConsumeBool() else "text"
+    value = provider.ConsumeUnicode(64)  # any code points, lone surrogates included
+    try:
+        accepted = ARG_RULE.validate_args({name: value})
+    except Rejection as exc:
+        assert exc.status == 422, exc.status
+        assert len(exc.detail) < 400, exc.detail
+        return
+    for text in command_environment(accepted, {"entity": value}, 1).values():
+        assert "\0" not in text
+        text.encode("utf-8")  # what os.fsencode does for the environment
 
 
 def signature(data: bytes) -> None:
@@ -49,7 +84,7 @@ def signature(data: bytes) -> None:
         assert claimed == hmac.new(SECRET, body, hashlib.sha256).digest()
 
 
-TARGETS = {"payload": payload, "signature": signature}
+TARGETS = {"payload": payload, "args": args, "signature": signature}
 
 
 def seeds() -> list[bytes]:
@@ -64,6 +99,9 @@ def seeds() -> list[bytes]:
         sample_body(),
         json.dumps({"client_payload": body, "args": {"epochs": "3", "lr": "0.01"}}).encode(),
         json.dumps({**body, "event_type": "LINK_MODEL", "alias": ""}).encode(),
+        json.dumps({**body, "project_name": "quantized edge training"}).encode(),
+        json.dumps({**body, "alias": "a\u0000b", "entity_name": "..\ud800"}).encode(),
+        b"\x01a\x00b\ud800c\tline\nnext",
     ]
 
 

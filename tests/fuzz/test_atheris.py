@@ -19,7 +19,7 @@ from tests.conftest import ROOT
 SECONDS = int(os.environ.get("EDGEHOOK_ATHERIS_SECONDS", "15"))
 
 
-@pytest.mark.parametrize("target", ["payload", "signature"])
+@pytest.mark.parametrize("target", ["payload", "args", "signature"])
 def test_fuzz_target_runs_clean_for_a_bounded_time(target: str, tmp_path: Path) -> None:
     result = subprocess.run(
         [
