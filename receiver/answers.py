@@ -1,12 +1,12 @@
 """How verdicts become HTTP answers: the one place that decides bodies and headers.
 
-A refusal's bytes depend only on the refusal, so they are built once per distinct refusal:
-under a flood, answering is the hot path.
+Nothing is cached per request: a refusal's text can carry what a caller chose (an arg's
+name, bounded to 64 characters), and a cache keyed on it would grow with every caller. The
+401, the flood path's commonest answer, is a constant.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any
 
@@ -20,24 +20,23 @@ Headers = tuple[tuple[bytes, bytes], ...]
 _JSON: Headers = ((b"content-type", b"application/json"),)
 
 
-@functools.lru_cache(maxsize=512)
-def _refusal_bytes(
-    status: int, reason: str, detail: str, retry_after: int | None
-) -> tuple[bytes, Headers]:
-    if status == 401:
-        # Identical whatever failed: a bad token and a bad signature must not be told apart.
-        body = b'{"error":"unauthorized"}'
-        extra: Headers = ((b"www-authenticate", WWW_AUTHENTICATE.encode("ascii")),)
-    else:
-        body = json.dumps({"error": reason, "detail": detail}, separators=(",", ":")).encode()
-        extra = ()
-    if retry_after is not None:
-        extra += ((b"retry-after", str(retry_after).encode("ascii")),)
-    return body, (*_JSON, *extra, (b"content-length", str(len(body)).encode("ascii")))
+# Identical whatever failed: a bad token and a bad signature must not be told apart.
+_UNAUTHORIZED = b'{"error":"unauthorized"}'
+_UNAUTHORIZED_HEADERS: Headers = (
+    *_JSON,
+    (b"www-authenticate", WWW_AUTHENTICATE.encode("ascii")),
+    (b"content-length", str(len(_UNAUTHORIZED)).encode("ascii")),
+)
 
 
 def refusal_bytes(exc: Rejection) -> tuple[bytes, Headers]:
-    return _refusal_bytes(exc.status, exc.reason, exc.detail, exc.retry_after)
+    if exc.status == 401:
+        return _UNAUTHORIZED, _UNAUTHORIZED_HEADERS
+    body = json.dumps({"error": exc.reason, "detail": exc.detail}, separators=(",", ":")).encode()
+    extra: Headers = ()
+    if exc.retry_after is not None:
+        extra = ((b"retry-after", str(exc.retry_after).encode("ascii")),)
+    return body, (*_JSON, *extra, (b"content-length", str(len(body)).encode("ascii")))
 
 
 async def send_refusal(

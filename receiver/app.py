@@ -22,17 +22,17 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
 
 from receiver.answers import answer, refusal
 from receiver.bodies import read_capped
 from receiver.errors import Rejection, StoreUnavailable
 from receiver.gate import INTERNAL_ERROR, Gate
-from receiver.payload import normalise, parse_body
+from receiver.payload import canonical_digest, normalise, parse_body
 from receiver.rules import ARTIFACT_ACTIONS, match
+from receiver.screen import WEBHOOK_PATHS
 from receiver.services import Services
 from receiver.signatures import signature_valid
 from receiver.store import Delivery
@@ -40,7 +40,7 @@ from receiver.store import Delivery
 RETRY_AFTER_STORE_S = 5
 
 
-def build_app(services: Services) -> ASGIApp:
+def build_app(services: Services) -> Gate:
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         services.committer.start()
@@ -60,12 +60,15 @@ def build_app(services: Services) -> ASGIApp:
 
     routes = Starlette(
         routes=[
-            Route("/webhook", webhook, methods=["POST"]),
+            # /webhook/ is the same endpoint: no redirect, whose Location would be built
+            # from the client's Host header.
+            *(Route(path, webhook, methods=["POST"]) for path in WEBHOOK_PATHS),
             Route("/healthz", healthz, methods=["GET"]),
         ],
         exception_handlers={HTTPException: _http_exception, Exception: _internal_error},
         lifespan=lifespan,
     )
+    routes.router.redirect_slashes = False
     return Gate(routes, services)
 
 
@@ -79,6 +82,9 @@ async def _webhook(svc: Services, request: Request) -> Response:
             )
         except asyncio.TimeoutError as exc:
             raise Rejection(408, "body_timeout", "body not received in time") from exc
+        except ClientDisconnect as exc:
+            # Nobody is left to answer; the audit line records it (499, as nginx counts it).
+            raise Rejection(499, "client_disconnected", "client left mid-body") from exc
         digest = hashlib.sha256(body).hexdigest()
         record.update(body_sha256=digest, body_len=len(body))
         signature = request.headers.get("x-wandb-signature")
@@ -88,7 +94,8 @@ async def _webhook(svc: Services, request: Request) -> Response:
             raise Rejection(401, reason, "unauthorized")
         record["authenticated"] = True
 
-        event = normalise(parse_body(body, max_depth=config.max_json_depth))
+        data = parse_body(body, max_depth=config.max_json_depth)
+        event = normalise(data)
         record["event"] = event.summary()
         if event.produced_by is not None and event.produced_by == svc.config.device_id:
             return _ignored(record, "produced_here", "produced here")
@@ -121,6 +128,7 @@ async def _webhook(svc: Services, request: Request) -> Response:
             artifact_id=event.artifact_id,
             coalesce_key=coalesce_key,
             max_attempts=rule.max_retries + 1,
+            canonical_sha256=canonical_digest(data),
         )
         committed = await svc.committer.commit(delivery)
     except Rejection as exc:

@@ -172,8 +172,11 @@ class Filter:
     decision: str | None = None
     client: str | None = None
     event: str | None = None
+    lost: bool = False
 
     def accepts(self, record: dict[str, Any]) -> bool:
+        if self.lost and not is_lost(record):
+            return False
         ts = _timestamp(record.get("ts"))
         if self.since is not None and (ts is None or ts < self.since):
             return False
@@ -184,6 +187,16 @@ class Filter:
         if self.client is not None and record.get("client") != self.client:
             return False
         return self.event is None or self.event.lower() in str(record.get("event", "")).lower()
+
+
+def is_lost(record: dict[str, Any]) -> bool:
+    """A delivery that proved itself (token and signature) and still was not committed: 200
+    (ignored, duplicate) and 202 are the answers that lose nothing."""
+    return (
+        record.get("kind") == "request"
+        and record.get("proven") is True
+        and record.get("status") not in (200, 202)
+    )
 
 
 # The receiver, the worker and operator commands each write a chain of their own (an audit
@@ -215,7 +228,7 @@ def records(directory: Path) -> Iterator[dict[str, Any]]:
         yield from _file_records(path)
 
 
-_COLUMNS = (
+COLUMNS = (
     ("ts", 23),
     ("status", 6),
     ("decision", 10),
@@ -226,18 +239,29 @@ _COLUMNS = (
 )
 
 
-def table_header() -> str:
-    return "  ".join(name.upper().ljust(width) for name, width in _COLUMNS).rstrip()
+# `audit show --lost`: what an operator needs to find the delivery in W&B's history.
+LOST_COLUMNS = (
+    ("ts", 23),
+    ("status", 6),
+    ("reason", 18),
+    ("request_id", 16),
+    ("event", 60),
+    ("body_sha256", 64),
+)
 
 
-def table_row(record: dict[str, Any]) -> str:
+def table_header(columns: tuple[tuple[str, int], ...] = COLUMNS) -> str:
+    return "  ".join(name.upper().ljust(width) for name, width in columns).rstrip()
+
+
+def table_row(record: dict[str, Any], columns: tuple[tuple[str, int], ...] = COLUMNS) -> str:
     if record.get("kind") not in ("request", None):
         detail = {
             k: v for k, v in record.items() if k not in ("v", "seq", "ts", "kind", "prev", "mac")
         }
         return f"{str(record.get('ts', ''))[:23]:23}  [{record.get('kind')}] {json.dumps(detail)}"
     cells = []
-    for name, width in _COLUMNS:
+    for name, width in columns:
         value = record.get(name)
         text = "" if value is None else str(value)
         cells.append(text[:width].ljust(width))

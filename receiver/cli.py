@@ -27,17 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_examples("edgehook init", "edgehook serve", "edgehook audit verify"),
     )
     parser.add_argument("--version", action="version", version=f"edgehook {__version__}")
-    parser.add_argument(
-        "--config",
-        help="config file (default: $EDGEHOOK_CONFIG or "
-        "./edgehook.toml if present, else embedded defaults)",
-    )
-    parser.add_argument(
-        "--data-dir",
-        help="where the store and audit log live "
-        "(default: $EDGEHOOK_DATA_DIR or the config's data_dir)",
-    )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    _add_global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str, *examples: str) -> argparse.ArgumentParser:
@@ -64,10 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         "edgehook --config /etc/edgehook/edgehook.toml serve",
         "EDGEHOOK_PORT=9000 edgehook serve",
     )
+    p.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
+    p.add_argument("--port", type=_port, help="port to listen on (default: server.port, 8090)")
     p.add_argument(
         "--allow-public-bind",
         action="store_true",
-        help="allow server.host to be a non-loopback address (not recommended)",
+        help="allow a non-loopback --host or server.host (not recommended)",
     )
 
     p = add(
@@ -288,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--client", help="client address, exactly")
     a.add_argument("--event", help="text in the event summary (type, artifact, alias)")
+    a.add_argument(
+        "--lost",
+        action="store_true",
+        help="genuine deliveries (valid token and signature) that were refused: send them "
+        "again from the W&B automation's history",
+    )
     a.add_argument("--json", action="store_true", help="one JSON object per line")
     a = audit_sub.add_parser(
         "tail",
@@ -298,7 +296,49 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("-f", "--follow", action="store_true")
     a.add_argument("-n", "--lines", type=int, default=10)
     a.add_argument("--json", action="store_true")
+    _accept_global_options_after(parser)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """--config, --data-dir, --log-level. Below the top they default to SUPPRESS, so a value
+    given after the subcommand wins and an absent one leaves the top's value alone."""
+
+    def default(value: str | None) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--config",
+        default=default(None),
+        help="config file (default: $EDGEHOOK_CONFIG or "
+        "./edgehook.toml if present, else embedded defaults)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=default(None),
+        help="where the store and audit log live "
+        "(default: $EDGEHOOK_DATA_DIR or the config's data_dir)",
+    )
+    parser.add_argument(
+        "--log-level", default=default("info"), choices=["debug", "info", "warning"]
+    )
+
+
+def _accept_global_options_after(parser: argparse.ArgumentParser) -> None:
+    """Every subcommand, at every depth, takes the global options too (`edgehook serve
+    --config F` as well as `edgehook --config F serve`). argparse has no public way to
+    list subparsers, hence the walk over `_actions`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_global_options(child, top=False)
+                _accept_global_options_after(child)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port (use 1-65535)")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -343,7 +383,9 @@ def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
     if args.command == "serve":
         from receiver.server import serve
 
-        return serve(config, env, allow_public=args.allow_public_bind)
+        return serve(
+            config, env, allow_public=args.allow_public_bind, host=args.host, port=args.port
+        )
     if args.command == "send-test":
         return _send_test(args, config, env)
     if args.command == "tunnel":
@@ -505,14 +547,16 @@ def _audit(args: argparse.Namespace, config: Any, env: dict[str, str]) -> int:
                 decision=args.decision,
                 client=args.client,
                 event=args.event,
+                lost=args.lost,
             )
         except ValueError as exc:
             raise EdgehookError(f"--since/--until: {exc}; use ISO time or 30m, 2h, 7d") from exc
+        columns = auditread.LOST_COLUMNS if args.lost else auditread.COLUMNS
         if not args.json:
-            print(auditread.table_header())
+            print(auditread.table_header(columns))
         for record in auditread.merged_records(config.audit_dir):
             if chosen.accepts(record):
-                out(record)
+                print(json.dumps(record) if args.json else auditread.table_row(record, columns))
         return 0
     if not args.json:
         print(auditread.table_header())

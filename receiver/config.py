@@ -41,7 +41,7 @@ class ServerConfig:
     client_ip_header: str = "x-forwarded-for"
     max_body_bytes: int = 64 * 1024
     max_json_depth: int = 16
-    max_connections: int = 256
+    max_connections: int = 2048
     max_header_bytes: int = 16 * 1024
     header_timeout_s: float = 10.0
     body_timeout_s: float = 10.0
@@ -252,7 +252,7 @@ def _server(t: Table, env: Mapping[str, str]) -> ServerConfig:
             "max_body_bytes", 64 * 1024, minimum=1024, maximum=16 * 1024 * 1024
         ),
         max_json_depth=t.integer("max_json_depth", 16, minimum=2, maximum=64),
-        max_connections=t.integer("max_connections", 256, minimum=8, maximum=65536),
+        max_connections=t.integer("max_connections", 2048, minimum=8, maximum=65536),
         max_header_bytes=t.integer("max_header_bytes", 16 * 1024, minimum=1024, maximum=1 << 20),
         header_timeout_s=t.number("header_timeout_s", 10.0, minimum=0.1, maximum=300.0),
         body_timeout_s=t.number("body_timeout_s", 10.0, minimum=0.1, maximum=300.0),

@@ -34,11 +34,13 @@ class Gate:
             return
         svc = self.svc
         started = svc.monotonic()
+        method, path = scope["method"], scope["path"]
         peer = (scope.get("client") or ("unknown", 0))[0]
         record: dict[str, Any] = {
             "request_id": os.urandom(8).hex(),
             "client": svc.resolver.resolve(peer, scope["headers"]),
             "received_at": svc.clock(),
+            "started": started,
         }
         scope["edgehook"] = record
         written = False
@@ -51,14 +53,14 @@ class Gate:
                     *message.get("headers", ()),
                     (b"x-request-id", record["request_id"].encode("ascii")),
                 ]
-                audit_request(svc, record, scope, message["status"], started)
+                audit_request(svc, record, method, path, message["status"])
             await send(message)
 
         try:
-            verdict = screen(
-                scope["method"],
-                scope["path"],
-                dict(scope["headers"]),
+            verdict, record["token_ok"] = screen(
+                method,
+                path,
+                scope["headers"],
                 client=record["client"],
                 now=started,
                 limiter=svc.limiter,
@@ -69,7 +71,7 @@ class Gate:
                 # The flood path: audit and answer directly, without the wrapping send.
                 written = True
                 record.update(decision="rejected", reason=verdict.reason)
-                audit_request(svc, record, scope, verdict.status, started)
+                audit_request(svc, record, method, path, verdict.status)
                 request_id = ((b"x-request-id", record["request_id"].encode("ascii")),)
                 await send_refusal(send, record, verdict, extra=request_id)
                 return
@@ -83,15 +85,15 @@ class Gate:
 
 
 def audit_request(
-    svc: Services, record: dict[str, Any], scope: Scope, status: int, started: float
+    svc: Services, record: dict[str, Any], method: str, path: str, status: int
 ) -> None:
     """The request's audit line. Unauthenticated rejections are sampled (flood summaries)."""
     now = svc.monotonic()
     fields = {
         "request_id": record["request_id"],
         "client": record["client"],
-        "method": scope["method"],
-        "path": scope["path"][:128],
+        "method": method,
+        "path": path[:128],
         "status": status,
         "decision": record.get("decision", "rejected"),
         "reason": record.get("reason", "http_error"),
@@ -99,13 +101,38 @@ def audit_request(
     for key in ("body_sha256", "body_len", "event", "rule", "job_id"):
         if key in record:
             fields[key] = record[key]
-    fields["latency_ms"] = round((now - started) * 1000, 2)
+    fields["latency_ms"] = round((now - record["started"]) * 1000, 2)
+    if record.get("authenticated"):
+        # Proved itself (token and signature): always its own line, never sampled, so a
+        # refused genuine delivery can be found (`audit show --lost`) and sent again.
+        fields["proven"] = True
+    _write(svc, fields, now, sampled=fields["decision"] == "rejected" and "proven" not in fields)
+
+
+def audit_connection_refusal(svc: Services, peer: str, status: int, reason: str) -> None:
+    """A refusal made below the app (protocol.py: over capacity, head timeout or too large,
+    unparsable request): no request line or headers to record, only who and why."""
+    fields = {
+        "request_id": os.urandom(8).hex(),
+        "client": peer,
+        "method": "-",
+        "path": "-",
+        "status": status,
+        "decision": "rejected",
+        "reason": reason,
+    }
+    _write(svc, fields, svc.monotonic(), sampled=True)
+
+
+def _write(svc: Services, fields: dict[str, Any], now: float, *, sampled: bool) -> None:
+    """Unproven rejections are sampled (flood summaries count the rest); the others always
+    get their own line."""
     try:
-        if fields["decision"] == "rejected" and not record.get("authenticated"):
+        if sampled:
             svc.audit.record_rejection(fields, now)
         else:
             svc.audit.record("request", **fields)
     except OSError as exc:
         # Disk full or the log directory gone: the answer (maybe a committed 202) still goes
         # out; the operator log says the audit line is missing.
-        log.error("audit_write_failed", request_id=record["request_id"], error=str(exc))
+        log.error("audit_write_failed", request_id=fields["request_id"], error=str(exc))

@@ -1,14 +1,25 @@
-"""uvicorn's httptools protocol with bounds on the request head.
+"""uvicorn's httptools protocol with bounds on the request head and on connections.
 
 uvicorn applies `h11_max_incomplete_event_size` only to its h11 protocol and has no timeout
 for reading a request's head, so with httptools a client could send megabytes of headers,
-or trickle them forever and hold a connection slot (slowloris). This subclass caps the
-bytes of request line plus headers (431) and the time to receive them (408).
+or trickle them forever. This subclass caps the bytes of request line plus headers (431)
+and the time to receive them (408).
+
+Capacity: uvicorn's `limit_concurrency` counts idle connections, so a few hundred idle
+sockets answer every genuine delivery 503. Here connections are capped instead
+(`max_connections`, file descriptors raised to match in server.py), and when the table is
+full a new connection takes the place of the oldest one that is *waiting for a head*
+(never sent a request first, then idle keep-alive ones): idle and slow-head connections
+cannot hold capacity against a delivery, which sends its head at once and stops being
+evictable. Only when every connection is busy with a request is a new one refused (503).
+Every refusal made here is reported to `on_refused`, so the audit log accounts for it.
+
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -18,38 +29,94 @@ _HEAD_TOO_LARGE = (
     b"connection: close\r\n\r\n"
 )
 _HEAD_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_OVER_CAPACITY = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nretry-after: 1\r\n"
+    b"connection: close\r\n\r\n"
+)
+# (peer address, status, reason): one call per refused connection or request.
+OnRefused = Callable[[str, int, str], None]
 
 
 class _HeadRefused(Exception):
     """Raised from a parser callback to stop parsing a refused request."""
 
 
-def bounded_protocol(max_head_bytes: int, head_timeout_s: float) -> type[HttpToolsProtocol]:
+class Capacity:
+    """The connections of one server that wait for a request head, oldest first.
+
+    `fresh` never sent a request (idle sockets, slow heads: evicted first); `kept` are
+    keep-alive connections between requests (a tunnel's pool: evicted only after those)."""
+
+    def __init__(self, max_connections: int) -> None:
+        self.max_connections = max_connections
+        self.live = 0
+        self.fresh: dict[Any, None] = {}
+        self.kept: dict[Any, None] = {}
+
+    def victim(self) -> Any | None:
+        for waiting in (self.fresh, self.kept):
+            if waiting:
+                return next(iter(waiting))
+        return None
+
+    def waiting(self, conn: Any, fresh: bool) -> None:
+        (self.fresh if fresh else self.kept)[conn] = None
+
+    def busy(self, conn: Any) -> None:
+        self.fresh.pop(conn, None)
+        self.kept.pop(conn, None)
+
+
+def bounded_protocol(
+    max_head_bytes: int,
+    head_timeout_s: float,
+    *,
+    max_connections: int = 1 << 20,
+    on_refused: OnRefused | None = None,
+) -> type[HttpToolsProtocol]:
+    capacity = Capacity(max_connections)
+    report: OnRefused = on_refused or (lambda _peer, _status, _reason: None)
+
     class BoundedHttpToolsProtocol(HttpToolsProtocol):
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
-            self._start_head()
+            self._counted = False
+            self._in_head = False
+            self._head_timer: asyncio.TimerHandle | None = None
+            if capacity.live >= capacity.max_connections:
+                victim = capacity.victim()
+                if victim is None:
+                    self._refuse(_OVER_CAPACITY, 503, "over_capacity")
+                    return
+                victim._refuse(_HEAD_TIMEOUT, 408, "idle_evicted")
+            capacity.live += 1
+            self._counted = True
+            self._start_head(fresh=True)
 
         def on_headers_complete(self) -> None:
-            self._in_head = False
-            self._head_timer.cancel()
+            self._end_head()
             # The reads counted so far hold the head and maybe some body: measure the head
             # exactly only when those reads could have held an oversized one.
             if self._head_bytes > max_head_bytes and self._head_size() > max_head_bytes:
-                self._refuse(_HEAD_TOO_LARGE)
+                self._refuse(_HEAD_TOO_LARGE, 431, "head_too_large")
                 raise _HeadRefused
             super().on_headers_complete()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.transport.is_closing():
-                self._start_head()
+                self._start_head(fresh=False)
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self._head_timer.cancel()
+            self._end_head()
+            if self._counted:
+                self._counted = False
+                capacity.live -= 1
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
+            if self.transport.is_closing():
+                return  # refused already: the rest of what it sent is not parsed
             if self._in_head:
                 self._head_bytes += len(data)
             try:
@@ -57,26 +124,47 @@ def bounded_protocol(max_head_bytes: int, head_timeout_s: float) -> type[HttpToo
             except _HeadRefused:
                 return
             if self._in_head and self._head_bytes > max_head_bytes:
-                self._refuse(_HEAD_TOO_LARGE)
+                self._refuse(_HEAD_TOO_LARGE, 431, "head_too_large")
+
+        def send_400_response(self, msg: str) -> None:
+            # httptools could not parse the request: refused before the app sees it.
+            self._end_head()
+            if not self.transport.is_closing():
+                report(self._peer(), 400, "bad_request")
+            super().send_400_response(msg)
 
         def _head_size(self) -> int:
             return len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
 
-        def _start_head(self) -> None:
+        def _start_head(self, *, fresh: bool) -> None:
             self._in_head = True
             self._head_bytes = 0
+            capacity.waiting(self, fresh)
             self._head_timer = asyncio.get_running_loop().call_later(
                 head_timeout_s, self._head_timed_out
             )
 
+        def _end_head(self) -> None:
+            self._in_head = False
+            capacity.busy(self)
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
         def _head_timed_out(self) -> None:
             if self._in_head:
-                self._refuse(_HEAD_TIMEOUT)
+                self._refuse(_HEAD_TIMEOUT, 408, "head_timeout")
 
-        def _refuse(self, response: bytes) -> None:
-            self._in_head = False
-            self._head_timer.cancel()
+        def _peer(self) -> str:
+            return str(self.client[0]) if self.client else "unknown"
+
+        def _refuse(self, response: bytes, status: int, reason: str) -> None:
+            self._end_head()
+            if self._counted:  # its place is free now, not when the close completes
+                self._counted = False
+                capacity.live -= 1
             if not self.transport.is_closing():
+                report(self._peer(), status, reason)
                 self.transport.write(response)
                 self.transport.close()
 

@@ -1,49 +1,72 @@
 """Checks 1-4: what can be decided from a request's head alone, before its body is read.
 
-1 rate limit per client (429), then for POST /webhook: 2 Content-Type (415), 3 declared
-Content-Length (413), 4 bearer token (401). A plain function over the head and the limiter;
-the HTTP layer (gate.py) turns the verdict into an answer.
+For POST /webhook: 1 Content-Type (415), 2 declared Content-Length (413), one
+Authorization and one X-Wandb-Signature at most (400), 3 bearer token: a request that
+carries the right token goes on to the signature check and spends no rate budget; any
+other (4) spends the client's budget (429 once spent) and then fails auth (401). Every
+other path spends the budget too. So a genuine delivery is never refused for rate, whatever
+its address did before: forged traffic from the address W&B's deliveries come from costs
+only the forgers. A plain function over the head and the limiter; gate.py turns the
+verdict into an answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 
 from receiver.auth import bearer_valid
 from receiver.bodies import check_declared_length
 from receiver.errors import Rejection
 from receiver.ratelimit import RateLimiter
 
-WEBHOOK_PATH = "/webhook"
+WEBHOOK_PATHS = ("/webhook", "/webhook/")
+_SINGLE = (b"authorization", b"x-wandb-signature")
 
 
 def screen(
     method: str,
     path: str,
-    headers: Mapping[bytes, bytes],
+    headers: Sequence[tuple[bytes, bytes]],
     *,
     client: str,
     now: float,
     limiter: RateLimiter,
     tokens: tuple[bytes, ...],
     max_body_bytes: int,
-) -> Rejection | None:
-    """None when the request may go on to the app; otherwise the refusal."""
-    wait = limiter.check(client, now)
-    if wait is not None:
-        return Rejection(429, "rate_limited", "too many requests", retry_after=int(wait))
-    if path != WEBHOOK_PATH or method != "POST":
-        return None
-    content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
+) -> tuple[Rejection | None, bool]:
+    """(the refusal or None, whether the bearer token was valid)."""
+    if path not in WEBHOOK_PATHS or method != "POST":
+        return _rate(limiter, client, now), False
+    found: dict[bytes, bytes] = {}
+    for name, value in headers:
+        if name in _SINGLE and name in found:
+            # Two credentials: proxies and frameworks disagree on which one counts.
+            return Rejection(400, "duplicate_header", f"{name.decode()} appears twice"), False
+        found.setdefault(name, value)
+    authorization = found.get(b"authorization")
+    token_ok = bearer_valid(
+        None if authorization is None else authorization.decode("latin-1"), tokens
+    )
+    if not token_ok:
+        limited = _rate(limiter, client, now)
+        if limited is not None:
+            return limited, False
+    content_type = found.get(b"content-type", b"").split(b";")[0].strip().lower()
     if content_type != b"application/json":
-        return Rejection(415, "bad_content_type", "Content-Type must be application/json")
-    length = headers.get(b"content-length")
+        return Rejection(415, "bad_content_type", "Content-Type must be application/json"), token_ok
+    length = found.get(b"content-length")
     try:
         check_declared_length(None if length is None else length.decode("latin-1"), max_body_bytes)
     except Rejection as exc:
-        return exc
-    authorization = headers.get(b"authorization")
-    if not bearer_valid(None if authorization is None else authorization.decode("latin-1"), tokens):
+        return exc, token_ok
+    if not token_ok:
         limiter.auth_failed(client, now)
-        return Rejection(401, "bad_token", "unauthorized")
-    return None
+        return Rejection(401, "bad_token", "unauthorized"), False
+    return None, True
+
+
+def _rate(limiter: RateLimiter, client: str, now: float) -> Rejection | None:
+    wait = limiter.check(client, now)
+    if wait is None:
+        return None
+    return Rejection(429, "rate_limited", "too many requests", retry_after=int(wait))

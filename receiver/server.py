@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import resource
 import time
 from collections.abc import Callable, Mapping
 
@@ -15,6 +17,7 @@ from receiver.committer import Committer
 from receiver.config import Config, is_loopback
 from receiver.credentials import load_audit_key, load_secrets
 from receiver.errors import ConfigError
+from receiver.gate import audit_connection_refusal
 from receiver.protocol import bounded_protocol
 from receiver.ratelimit import RateLimiter
 from receiver.services import Services
@@ -47,12 +50,12 @@ def make_services(
     )
 
 
-def check_bind(host: str, allow_public: bool) -> None:
+def check_bind(host: str, allow_public: bool, key: str = "server.host") -> None:
     if is_loopback(host):
         return
     if not allow_public:
         raise ConfigError(
-            "server.host",
+            key,
             f"{host} is not a loopback address",
             "keep 127.0.0.1 (the tunnel is the way in) or pass --allow-public-bind",
         )
@@ -63,6 +66,10 @@ def check_bind(host: str, allow_public: bool) -> None:
 
 def uvicorn_config(services: Services, host: str, port: int) -> uvicorn.Config:
     server = services.config.server
+
+    def refused(peer: str, status: int, reason: str) -> None:
+        audit_connection_refusal(services, peer, status, reason)
+
     return uvicorn.Config(
         build_app(services),
         host=host,
@@ -72,15 +79,58 @@ def uvicorn_config(services: Services, host: str, port: int) -> uvicorn.Config:
         access_log=False,  # the audit log is the access log
         log_config=None,
         lifespan="on",
-        http=bounded_protocol(server.max_header_bytes, server.header_timeout_s),
-        limit_concurrency=server.max_connections,
+        # Capacity is protocol.py's: uvicorn's limit_concurrency counts idle connections,
+        # which would let idle sockets shut genuine deliveries out.
+        http=bounded_protocol(
+            server.max_header_bytes,
+            server.header_timeout_s,
+            max_connections=connection_capacity(server.max_connections),
+            on_refused=refused,
+        ),
+        limit_concurrency=None,
         timeout_keep_alive=5,
     )
 
 
-def serve(config: Config, env: Mapping[str, str], *, allow_public: bool) -> int:
-    host, port = config.server.host, config.server.port
-    check_bind(host, allow_public or config.server.allow_public_bind)
+# Descriptors besides connections: the store, the audit log, the listener, the event loop.
+_SPARE_FDS = 64
+
+
+def connection_capacity(wanted: int) -> int:
+    """Raise the open-files limit so `wanted` connections fit (up to the hard limit, which
+    needs root to raise); the capacity that fits, with a warning when it is less."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = wanted + _SPARE_FDS
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        fits = max(8, soft - _SPARE_FDS)
+        log.warning(
+            "connection_capacity_reduced",
+            wanted=wanted,
+            capacity=fits,
+            detail="raise the open-files limit (LimitNOFILE=) to serve server.max_connections",
+        )
+        return fits
+    return wanted
+
+
+def serve(
+    config: Config,
+    env: Mapping[str, str],
+    *,
+    allow_public: bool,
+    host: str | None = None,
+    port: int | None = None,
+) -> int:
+    """Run the receiver; `host`/`port` (the command line's) win over the config's."""
+    key = "server.host" if host is None else "--host"
+    host = config.server.host if host is None else host
+    port = config.server.port if port is None else port
+    check_bind(host, allow_public or config.server.allow_public_bind, key)
     services = make_services(config, env)
     server = uvicorn.Server(uvicorn_config(services, host, port))
     log.info(

@@ -80,6 +80,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX produced_by_version ON produced (version_string);
     CREATE INDEX produced_by_artifact ON produced (artifact_id);
     """,
+    # 3: duplicates by meaning: the digest of the body's canonical JSON (sorted keys, no
+    # whitespace), so a re-serialised delivery is a duplicate as well as a byte-identical one.
+    """
+    ALTER TABLE events ADD COLUMN canonical_sha256 TEXT;
+    CREATE INDEX events_by_canonical ON events (canonical_sha256, received_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -150,6 +156,7 @@ class Delivery:
     artifact_id: str | None = None
     coalesce_key: str | None = None
     max_attempts: int = 4
+    canonical_sha256: str | None = None  # None: only byte-identical bodies are duplicates
 
 
 @dataclass(frozen=True)
@@ -166,23 +173,26 @@ def commit_deliveries(
     conn: sqlite3.Connection, deliveries: Sequence[Delivery], duplicate_window_s: float
 ) -> list[Committed]:
     """Commit each delivery and its job in one transaction, or find the job of an identical
-    delivery received within the window, or drop an event about a version this device
-    produced. All or nothing: on error nothing is committed."""
+    delivery (the same bytes, or the same canonical JSON) received within the window, or
+    drop an event about a version this device produced. All or nothing: on error nothing
+    is committed."""
     results = []
     with transaction(conn):
         for d in deliveries:
             if produced_here(conn, d.version_string, d.artifact_id):
                 results.append(Committed(job_id=None, produced_here=True))
                 continue
-            row = conn.execute(
-                DUPLICATE_QUERY, (d.body_sha256, d.received_at - duplicate_window_s)
-            ).fetchone()
+            earlier = d.received_at - duplicate_window_s
+            row = conn.execute(DUPLICATE_QUERY, (d.body_sha256, earlier)).fetchone()
+            if row is None and d.canonical_sha256 is not None:
+                canonical = (d.canonical_sha256, earlier)
+                row = conn.execute(CANONICAL_DUPLICATE_QUERY, canonical).fetchone()
             if row is not None:
                 results.append(Committed(job_id=int(row[0]), duplicate=True))
                 continue
             event_id = conn.execute(
                 "INSERT INTO events (received_at, request_id, client, body_sha256, event_type, "
-                "version_string, event_json) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "version_string, event_json, canonical_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     d.received_at,
                     d.request_id,
@@ -191,6 +201,7 @@ def commit_deliveries(
                     d.event_type,
                     d.version_string,
                     d.event_json,
+                    d.canonical_sha256,
                 ),
             ).lastrowid
             job_id = conn.execute(
@@ -218,6 +229,7 @@ DUPLICATE_QUERY = (
     "SELECT id FROM jobs WHERE event_id = (SELECT id FROM events WHERE body_sha256 = ? "
     "AND received_at >= ? ORDER BY id LIMIT 1) ORDER BY id LIMIT 1"
 )
+CANONICAL_DUPLICATE_QUERY = DUPLICATE_QUERY.replace("body_sha256", "canonical_sha256")
 PRODUCED_QUERY = "SELECT 1 FROM produced WHERE version_string = ? OR artifact_id = ? LIMIT 1"
 
 

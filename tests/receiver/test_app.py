@@ -1,3 +1,4 @@
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -7,7 +8,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from receiver.audit import list_segments
-from receiver.auditread import records, verify
+from receiver.auditread import is_lost, records, verify
 from receiver.committer import Committer
 from receiver.services import Services
 from receiver.template import sample_body
@@ -173,7 +174,7 @@ def test_rate_limit_429_with_retry_after(workspace: Workspace, clock: Clock) -> 
         assert client.get("/healthz").status_code == 200
 
 
-def test_failed_auth_locks_a_client_out_before_its_general_budget(
+def test_failed_auth_locks_out_unproven_requests_but_never_a_genuine_delivery(
     app_client: Client, workspace: Workspace
 ) -> None:
     client, services = app_client
@@ -182,10 +183,41 @@ def test_failed_auth_locks_a_client_out_before_its_general_budget(
             client.post(URL, content=BODY, headers={"content-type": "application/json"}).status_code
             == 401
         )
-    reply = client.post(URL, content=BODY, headers=signed(workspace, BODY))
-    assert reply.status_code == 429
-    assert int(reply.headers["retry-after"]) == 10
+    forged = client.post(
+        URL, content=BODY, headers={**signed(workspace, BODY), "authorization": "Bearer wrong"}
+    )
+    assert forged.status_code == 429
+    assert int(forged.headers["retry-after"]) == 10
     assert jobs(services) == []
+    # Same address, right token and signature: the forgers' failures cost it nothing.
+    genuine = client.post(URL, content=BODY, headers=signed(workspace, BODY))
+    assert genuine.status_code == 202
+    assert [job[0] for job in jobs(services)] == [1]
+
+
+def test_a_genuine_burst_from_one_address_is_never_rate_limited(
+    app_client: Client, workspace: Workspace
+) -> None:
+    client, services = app_client
+    limits = services.config.rate_limit
+    count = limits.burst * 3  # far past the per-client budget, in no time at all
+    for i in range(count):
+        body = json.dumps({**json.loads(BODY), "args": {"seed": str(i)}}).encode()
+        assert client.post(URL, content=body, headers=signed(workspace, body)).status_code == 202
+    assert len(jobs(services)) == count
+    # An unproven request from that address still has the whole budget: proof spent none.
+    assert client.get("/healthz").status_code == 200
+
+
+def test_a_right_token_with_a_wrong_signature_spends_the_failure_budget(
+    app_client: Client, workspace: Workspace
+) -> None:
+    client, _ = app_client
+    headers = {**signed(workspace, BODY), "x-wandb-signature": "A" * 43 + "="}
+    for _ in range(10):
+        assert client.post(URL, content=BODY, headers=headers).status_code == 401
+    assert client.get("/healthz").status_code == 429
+    assert client.post(URL, content=BODY, headers=signed(workspace, BODY)).status_code == 202
 
 
 def test_forwarded_header_is_ignored_from_an_untrusted_peer(app_client: Client) -> None:
@@ -209,7 +241,12 @@ def test_store_locked_gives_503_and_loses_nothing(workspace: Workspace, clock: C
         retry = client.post(URL, content=BODY, headers=signed(workspace, BODY))
         assert retry.status_code == 202
     assert len(jobs(services)) == 1
-    assert [line["decision"] for line in audit_lines(services)] == ["unavailable", "accepted"]
+    lines = audit_lines(services)
+    assert [line["decision"] for line in lines] == ["unavailable", "accepted"]
+    # The refused one proved itself: its own line, its body's digest, listed as lost.
+    assert lines[0]["proven"] is True
+    assert lines[0]["body_sha256"] == hashlib.sha256(BODY).hexdigest()
+    assert [is_lost(line) for line in lines] == [True, False]
 
 
 def test_audit_log_never_holds_secrets_bodies_or_signatures(
@@ -335,3 +372,122 @@ def test_access_token_rotation_accepts_old_and_new_until_the_old_is_removed(
         body = sample_body(artifact_version="wandb-artifact://_id/rotation-done")
         old = signed(workspace, body)  # the retired token
         assert client.post(URL, content=body, headers=old).status_code == 401
+
+
+STR_RULE = """
+[[rules]]
+name = "notify"
+event = "ADD_ARTIFACT_ALIAS"
+action = "command"
+command = ["/bin/true"]
+[rules.args]
+note = { type = "str" }
+text = { type = "str", allow_control = true }
+"""
+
+
+def with_args(args: dict[str, object], **fields: str) -> bytes:
+    return json.dumps({**json.loads(BODY), **fields, "args": args}).encode()
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("a\u0000b", "contains a NUL character"),
+        ("a\ud800b", "contains a lone surrogate (not valid Unicode text)"),
+        ("a\x1bb", "contains the control character U+001B"),
+    ],
+)
+def test_a_str_arg_that_cannot_reach_a_job_is_refused_naming_it(
+    workspace: Workspace, clock: Clock, value: str, problem: str
+) -> None:
+    client, services = make_client(workspace.config(STR_RULE), clock)
+    with client:
+        body = with_args({"note": value})
+        reply = client.post(URL, content=body, headers=signed(workspace, body))
+    assert reply.status_code == 422
+    assert reply.json() == {"error": "bad_arg", "detail": f"argument 'note' {problem}"}
+    assert jobs(services) == []
+
+
+def test_control_characters_pass_where_the_rule_allows_them_but_nul_never(
+    workspace: Workspace, clock: Clock
+) -> None:
+    client, services = make_client(workspace.config(STR_RULE), clock)
+    with client:
+        body = with_args({"text": "line one\n\tline two"})
+        assert client.post(URL, content=body, headers=signed(workspace, body)).status_code == 202
+        body = with_args({"text": "a\u0000b"})
+        reply = client.post(URL, content=body, headers=signed(workspace, body))
+    assert reply.status_code == 422
+    assert reply.json()["detail"] == "argument 'text' contains a NUL character"
+    assert [json.loads(job[2]) for job in jobs(services)] == [{"text": "line one\n\tline two"}]
+
+
+def test_an_undeclared_arg_name_is_echoed_64_characters_at_most(
+    app_client: Client, workspace: Workspace
+) -> None:
+    client, _ = app_client
+    body = with_args({"x" * 5000: "1"})
+    reply = client.post(URL, content=body, headers=signed(workspace, body))
+    assert reply.status_code == 422
+    assert reply.json()["detail"] == (
+        f"argument '{'x' * 64}' is not declared by rule 'default-retrain'"
+    )
+
+
+def test_names_w_and_b_allows_are_accepted(app_client: Client, workspace: Workspace) -> None:
+    client, services = app_client
+    body = with_args(
+        {},
+        project_name="quantized edge training",
+        artifact_collection_name="my photos (2026)",
+        artifact_version_string="my team/quantized edge training/my photos (2026):v3",
+        entity_name="my team",
+    )
+    reply = client.post(URL, content=body, headers=signed(workspace, body))
+    assert reply.status_code == 202
+    with sqlite3.connect(services.config.store_path) as conn:
+        (version,) = conn.execute("SELECT version_string FROM events").fetchone()
+    assert version == "my team/quantized edge training/my photos (2026):v3"
+
+
+def test_webhook_with_a_trailing_slash_is_the_same_endpoint_never_a_redirect(
+    app_client: Client, workspace: Workspace
+) -> None:
+    client, services = app_client
+    reply = client.post(
+        "/webhook/", content=BODY, headers=signed(workspace, BODY), follow_redirects=False
+    )
+    assert reply.status_code == 202
+    assert "location" not in reply.headers
+    unsigned = client.post("/webhook/", content=BODY, headers={"content-type": "application/json"})
+    assert unsigned.status_code == 401
+    assert len(jobs(services)) == 1
+
+
+@pytest.mark.parametrize("header", ["authorization", "x-wandb-signature"])
+def test_a_credential_header_sent_twice_is_refused(
+    app_client: Client, workspace: Workspace, header: str
+) -> None:
+    client, services = app_client
+    headers = list(signed(workspace, BODY).items())
+    headers.append((header, dict(headers)[header]))  # twice, even with the same value
+    reply = client.post(URL, content=BODY, headers=headers)
+    assert reply.status_code == 400
+    assert reply.json() == {"error": "duplicate_header", "detail": f"{header} appears twice"}
+    assert jobs(services) == []
+
+
+def test_the_same_json_reserialised_is_a_duplicate(
+    app_client: Client, workspace: Workspace
+) -> None:
+    client, services = app_client
+    first = client.post(URL, content=BODY, headers=signed(workspace, BODY))
+    data = json.loads(BODY)
+    again = json.dumps(dict(reversed(list(data.items()))), indent=2).encode()
+    assert again != BODY
+    reply = client.post(URL, content=again, headers=signed(workspace, again))
+    assert reply.status_code == 200
+    assert reply.json() == {"status": "duplicate", "job_id": first.json()["job_id"]}
+    assert len(jobs(services)) == 1

@@ -1,4 +1,7 @@
 import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -97,3 +100,93 @@ def test_an_unexpected_error_is_one_line_not_a_trace(workspace: Workspace) -> No
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0
+
+
+def test_serve_takes_host_and_port_and_the_global_options_after_the_subcommand(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    port = free_port()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "receiver",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--config",
+            str(workspace.config_path),
+            "--log-level",
+            "warning",
+        ],
+        cwd=elsewhere,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "serve --port did not answer"
+                time.sleep(0.05)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if process.stderr:
+            process.stderr.close()
+    # The config given after the subcommand was the one used: its data dir holds the audit.
+    assert (workspace.dir / "data" / "audit" / "audit-000001.jsonl").is_file()
+
+
+def test_serve_host_follows_the_config_rules(workspace: Workspace) -> None:
+    public = edgehook("serve", "--host", "0.0.0.0", cwd=workspace.dir)
+    assert public.returncode == 2
+    assert public.stderr == (
+        "edgehook: config error: --host: 0.0.0.0 is not a loopback address; fix: keep "
+        "127.0.0.1 (the tunnel is the way in) or pass --allow-public-bind\n"
+    )
+    bad_port = edgehook("serve", "--port", "70000", cwd=workspace.dir)
+    assert bad_port.returncode == 2
+    assert "argument --port: '70000' is not a port (use 1-65535)" in bad_port.stderr
+
+
+def test_audit_show_lost_lists_genuine_deliveries_that_were_refused(workspace: Workspace) -> None:
+    from receiver.audit import AuditLog
+    from receiver.config import AuditConfig
+
+    log = AuditLog(
+        workspace.dir / "data" / "audit",
+        workspace.audit_key.encode(),
+        AuditConfig(),
+        clock=time.time,
+    )
+    digest = "ab" * 32
+    log.record("request", request_id="r1", status=202, decision="accepted", proven=True)
+    log.record(
+        "request",
+        request_id="r2",
+        status=503,
+        decision="unavailable",
+        reason="store_unavailable",
+        proven=True,
+        body_sha256=digest,
+        event="ADD_ARTIFACT_ALIAS t/p/c:v1 +retrain",
+    )
+    log.record("request", request_id="r3", status=401, decision="rejected", reason="bad_token")
+    log.close()
+    shown = edgehook("audit", "show", "--lost", cwd=workspace.dir)
+    assert shown.returncode == 0, shown.stderr
+    header, *rows = shown.stdout.splitlines()
+    assert header.split() == ["TS", "STATUS", "REASON", "REQUEST_ID", "EVENT", "BODY_SHA256"]
+    assert len(rows) == 1
+    assert rows[0].split()[1:5] == ["503", "store_unavailable", "r2", "ADD_ARTIFACT_ALIAS"]
+    assert rows[0].split()[-1] == digest
