@@ -93,7 +93,7 @@ def headline(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
     receiver = results["receiver"]["figures"]["results"]
     by = {(r["server"], r["flood"]): r for r in receiver}
-    for flood in ("one address", "10,000 addresses"):
+    for flood in ("one address", "10,000 addresses", "the genuine address"):
         ours = by.get(("edgehook", flood))
         peer = by.get(("adnanh/webhook", flood))
         if ours and peer:
@@ -113,6 +113,26 @@ def headline(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     row("signed delivery p99 under flood (ms)", p99, "<= 50", p99 <= 50)
     rss = max(r["peak_rss_mb"] for r in ours_all)
     row("receiver RSS (MB)", rss, "<= 60", rss <= 60)
+    burst, held = results["receiver"]["figures"]["genuine"]
+    row(
+        "genuine burst from one address at 30/s: 202 and committed",
+        burst["committed"],
+        f"{burst['sent']}/{burst['sent']}",
+        burst["accepted"] == burst["committed"] == burst["sent"],
+    )
+    row(
+        "genuine deliveries with 1,000 connections held: 202 and committed",
+        held["committed"],
+        f"{held['sent']}/{held['sent']}",
+        held["accepted"] == held["committed"] == held["sent"],
+    )
+    row(
+        "genuine delivery with 1,000 connections held, max (ms)",
+        held["latency_max_ms"],
+        "<= 2000",
+        held["latency_max_ms"] <= 2000,
+    )
+    row("receiver RSS with 1,000 connections (MB)", held["rss_mb"], "< 80", held["rss_mb"] < 80)
 
     queue = results["queue"]["figures"]
     rate = queue["throughput"]["committed_per_s"]
