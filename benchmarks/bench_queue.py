@@ -34,9 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_receiver import free_port, memory, percentile, wait_http  # noqa: E402
-from receiver.initcmd import run_init  # noqa: E402
+from edgehook.init import run_init  # noqa: E402
+from edgehook.template import sample_body  # noqa: E402
 from receiver.signatures import sign  # noqa: E402
-from receiver.template import sample_body  # noqa: E402
 
 REPLAY_LUA = """
 local requests = {}
@@ -84,7 +84,7 @@ def start(home: Path, *args: str, port: int | None = None) -> subprocess.Popen[b
     env = {**os.environ, **({"EDGEHOOK_PORT": str(port)} if port else {})}
     log = (home / f"{args[0]}.log").open("wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "receiver", *args],
+        [sys.executable, "-m", "edgehook", *args],
         cwd=home,
         env=env,
         stdout=log,

@@ -44,8 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from receiver.initcmd import run_init  # noqa: E402
-from receiver.template import sample_body  # noqa: E402
+from edgehook.init import run_init  # noqa: E402
+from edgehook.template import sample_body  # noqa: E402
 
 FORGED_BODY = '{"event_type":"ADD_ARTIFACT_ALIAS","alias":"retrain"}'
 FORGED_HEADERS = {
@@ -374,7 +374,7 @@ def bench_edgehook(args: argparse.Namespace, workdir: Path) -> tuple[list[Result
     env = {**os.environ, "EDGEHOOK_PORT": str(port)}
     log = (home / "serve.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "receiver", "serve"],
+        [sys.executable, "-m", "edgehook", "serve"],
         cwd=home,
         env=env,
         stdout=log,

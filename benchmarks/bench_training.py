@@ -36,13 +36,13 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from torch import nn  # noqa: E402
 
-from pipeline import synthetic  # noqa: E402
-from pipeline.datasets import read_dataset  # noqa: E402
-from pipeline.inference import latency_ms  # noqa: E402
-from pipeline.model import ModelSpec, SmallCNN  # noqa: E402
-from pipeline.modelfile import WEIGHTS, save  # noqa: E402
-from pipeline.quantize import backend, freeze_bn, prepare_qat, quiet  # noqa: E402
-from pipeline.train import FREEZE_SAMPLE, TrainConfig, bn_epochs, normalise, train  # noqa: E402
+from pipeline.models.inference import latency_ms  # noqa: E402
+from pipeline.models.modelfile import WEIGHTS, save  # noqa: E402
+from pipeline.training import synthetic  # noqa: E402
+from pipeline.training.datasets import read_dataset  # noqa: E402
+from pipeline.training.model import ModelSpec, SmallCNN  # noqa: E402
+from pipeline.training.quantize import backend, freeze_bn, prepare_qat, quiet  # noqa: E402
+from pipeline.training.train import FREEZE_SAMPLE, TrainConfig, bn_epochs, normalise, train  # noqa: E402
 
 
 def step(

@@ -8,6 +8,8 @@ FROM ${PYTHON} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY edgehook/ edgehook/
+COPY core/ core/
 COPY receiver/ receiver/
 COPY pipeline/ pipeline/
 RUN python -m venv /opt/edgehook \

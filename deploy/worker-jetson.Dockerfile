@@ -12,13 +12,15 @@ ARG UID=10001
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY edgehook/ edgehook/
+COPY core/ core/
 COPY receiver/ receiver/
 COPY pipeline/ pipeline/
 # --system-site-packages: the venv sees the base image's torch; the constraint pins it.
 RUN python3 -m venv --system-site-packages /opt/edgehook \
  && /opt/edgehook/bin/python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/torch.txt \
  && /opt/edgehook/bin/pip install --constraint /tmp/torch.txt ".[pipeline]" \
- && /opt/edgehook/bin/python -c "import pipeline.quantize, pipeline.worker, wandb" \
+ && /opt/edgehook/bin/python -c "import pipeline.training.quantize, pipeline.worker, wandb" \
  && rm -rf /src /tmp/torch.txt
 RUN groupadd --system --gid ${UID} edgehook \
  && useradd --system --uid ${UID} --gid edgehook --home-dir /nonexistent --shell /usr/sbin/nologin \

@@ -11,12 +11,14 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY edgehook/ edgehook/
+COPY core/ core/
 COPY receiver/ receiver/
 COPY pipeline/ pipeline/
 RUN python -m venv /opt/edgehook \
  && /opt/edgehook/bin/pip install --index-url ${TORCH_INDEX} "${TORCH}" \
  && /opt/edgehook/bin/pip install ".[pipeline]" \
- && /opt/edgehook/bin/python -c "import pipeline.quantize, pipeline.worker, wandb"
+ && /opt/edgehook/bin/python -c "import pipeline.training.quantize, pipeline.worker, wandb"
 
 FROM ${PYTHON}
 ARG UID=10001

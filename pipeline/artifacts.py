@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pipeline.errors import JobError, StalledError, TransientError
-from receiver.names import path_component
+from core.errors import JobError, StalledError, TransientError
+from core.names import path_component
 
 MANIFEST = "manifest.json"
 ALIASES = "aliases.json"

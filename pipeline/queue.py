@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from receiver.store import Committed, Delivery, commit_deliveries, transaction
+from core.store import Committed, Delivery, commit_deliveries, transaction
 
 
 class JobState(str, Enum):

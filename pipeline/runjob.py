@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.errors import EXIT_FAILED, EXIT_TRANSIENT, JobError, StalledError, TransientError
 from pipeline.artifacts import Fetched
 from pipeline.artifacts import fetch as fetch_artifact
-from pipeline.errors import EXIT_FAILED, EXIT_TRANSIENT, JobError, StalledError, TransientError
 
 RESULT = "result.json"
 
@@ -52,10 +52,10 @@ def retrain(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     """Fetch the dataset, train with QAT, export, and check the export in a fresh process.
     When the event is about a model artifact, fine-tune that model (only if a trusted key
     signed it) on the dataset its metadata names. The worker signs and promotes."""
-    from pipeline.datasets import read_dataset
-    from pipeline.inference import check_in_fresh_process, predict, speed
-    from pipeline.modelfile import METADATA, save
-    from pipeline.train import TrainConfig, train
+    from pipeline.models.inference import check_in_fresh_process, predict, speed
+    from pipeline.models.modelfile import METADATA, save
+    from pipeline.training.datasets import read_dataset
+    from pipeline.training.train import TrainConfig, train
 
     got = fetch(spec, job_dir)
     previous, sources, origin = None, [got.version_string], "from scratch"
@@ -106,9 +106,9 @@ def retrain(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
 def _previous_model(spec: dict[str, Any], root: Path) -> tuple[Any, str]:
     """The model to fine-tune (signature checked before anything is loaded) and the dataset
     version it was trained on."""
-    from pipeline.modelfile import load_for_finetune, read_metadata
-    from pipeline.signing import verify
-    from pipeline.train import Previous
+    from pipeline.models.modelfile import load_for_finetune, read_metadata
+    from pipeline.models.signing import verify
+    from pipeline.training.train import Previous
 
     if spec.get("allow_unsigned"):
         print("WARNING: models.allow_unsigned = true: the signature is not checked", flush=True)
@@ -128,9 +128,9 @@ def deploy(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     the signature again and makes the model active."""
     import numpy as np
 
-    from pipeline.inference import predict
-    from pipeline.modelfile import load_int8
-    from pipeline.signing import verify
+    from pipeline.models.inference import predict
+    from pipeline.models.modelfile import load_int8
+    from pipeline.models.signing import verify
 
     got = fetch(spec, job_dir)
     if spec.get("allow_unsigned"):
@@ -155,7 +155,7 @@ def publish(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     import wandb
     from wandb.errors import CommError
 
-    from pipeline.modelfile import read_metadata
+    from pipeline.models.modelfile import read_metadata
 
     model_dir = job_dir / "model"
     meta = read_metadata(model_dir)

@@ -26,8 +26,11 @@ from typing import Any
 
 import structlog
 
-from pipeline import registry, signing
-from pipeline.errors import EXIT_TRANSIENT, JobError
+from core.audit import AuditLog
+from core.config import Config
+from core.errors import EXIT_TRANSIENT, EdgehookError, JobError
+from core.rules import WANDB_ENV, Rule
+from pipeline.models import registry, signing
 from pipeline.queue import Job, JobState, SqliteQueue
 from pipeline.sandbox import (
     CappedLog,
@@ -38,10 +41,6 @@ from pipeline.sandbox import (
     signal_group,
     spawn,
 )
-from receiver.audit import AuditLog
-from receiver.config import Config
-from receiver.errors import EdgehookError
-from receiver.rules import WANDB_ENV, Rule
 
 log = structlog.get_logger("edgehook.worker")
 # The internal rule for follow-up jobs that publish a model to W&B (no event matches it).
@@ -539,8 +538,8 @@ class WorkerLock:
 
 def run_worker(config: Config, env: Mapping[str, str], *, once: bool) -> int:
     """`edgehook worker`: open what the worker needs (never the receiver's secrets)."""
-    from receiver.credentials import load_audit_key, load_wandb_key
-    from receiver.store import open_store
+    from core.credentials import load_audit_key, load_wandb_key
+    from core.store import open_store
 
     audit_key = load_audit_key(config, env)
     wandb_key = load_wandb_key(config, env)

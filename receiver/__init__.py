@@ -1,3 +1,2 @@
-"""edgehook's receiver: the loopback HTTP endpoint that admits W&B webhook deliveries."""
-
-__version__ = "0.1.0"
+"""The receiver: the loopback HTTP endpoint that admits W&B webhook deliveries, and nothing
+else (no torch, no wandb, no jobs)."""

@@ -13,8 +13,8 @@ from typing import Any
 from starlette.responses import Response
 from starlette.types import Send
 
+from core.errors import Rejection
 from receiver.auth import WWW_AUTHENTICATE
-from receiver.errors import Rejection
 
 Headers = tuple[tuple[bytes, bytes], ...]
 _JSON: Headers = ((b"content-type", b"application/json"),)

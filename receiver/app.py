@@ -26,16 +26,16 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from core.errors import Rejection, StoreUnavailable
+from core.rules import ARTIFACT_ACTIONS, match
+from core.store import Delivery
 from receiver.answers import answer, refusal
 from receiver.bodies import read_capped
-from receiver.errors import Rejection, StoreUnavailable
 from receiver.gate import INTERNAL_ERROR, Gate
 from receiver.payload import canonical_digest, normalise, parse_body
-from receiver.rules import ARTIFACT_ACTIONS, match
 from receiver.screen import WEBHOOK_PATHS
 from receiver.services import Services
 from receiver.signatures import signature_valid
-from receiver.store import Delivery
 
 RETRY_AFTER_STORE_S = 5
 

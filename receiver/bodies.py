@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from receiver.errors import Rejection
+from core.errors import Rejection
 
 
 def check_declared_length(header: str | None, limit: int) -> None:

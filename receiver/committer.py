@@ -18,8 +18,8 @@ from pathlib import Path
 
 import structlog
 
-from receiver.errors import StoreUnavailable
-from receiver.store import Committed, Delivery, commit_deliveries, connect
+from core.errors import StoreUnavailable
+from core.store import Committed, Delivery, commit_deliveries, connect
 
 log = structlog.get_logger("edgehook.committer")
 _Item = tuple[Delivery, asyncio.Future[Committed], asyncio.AbstractEventLoop]

@@ -14,8 +14,8 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.errors import Rejection
 from receiver.answers import send_refusal
-from receiver.errors import Rejection
 from receiver.screen import screen
 from receiver.services import Services
 

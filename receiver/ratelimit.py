@@ -11,16 +11,8 @@ from __future__ import annotations
 import ipaddress
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True)
-class Limits:
-    requests_per_second: float = 5.0
-    burst: int = 30
-    auth_failures_per_minute: float = 6.0
-    auth_failure_burst: int = 10
-    max_clients: int = 16384
+from core.config import Limits
 
 
 class RateLimiter:

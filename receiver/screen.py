@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from core.errors import Rejection
 from receiver.auth import bearer_valid
 from receiver.bodies import check_declared_length
-from receiver.errors import Rejection
 from receiver.ratelimit import RateLimiter
 
 WEBHOOK_PATHS = ("/webhook", "/webhook/")

@@ -10,18 +10,18 @@ from collections.abc import Callable, Mapping
 import structlog
 import uvicorn
 
+from core.audit import AuditLog
+from core.config import Config, is_loopback
+from core.credentials import load_audit_key, load_secrets
+from core.errors import ConfigError
+from core.store import open_store
 from receiver.app import build_app
-from receiver.audit import AuditLog
 from receiver.clients import ClientResolver
 from receiver.committer import Committer
-from receiver.config import Config, is_loopback
-from receiver.credentials import load_audit_key, load_secrets
-from receiver.errors import ConfigError
 from receiver.gate import audit_connection_refusal
 from receiver.protocol import bounded_protocol
 from receiver.ratelimit import RateLimiter
 from receiver.services import Services
-from receiver.store import open_store
 
 log = structlog.get_logger("edgehook.serve")
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from receiver.audit import AuditLog
+from core.audit import AuditLog
+from core.config import Config
+from core.credentials import Secrets
 from receiver.clients import ClientResolver
 from receiver.committer import Committer
-from receiver.config import Config
-from receiver.credentials import Secrets
 from receiver.ratelimit import RateLimiter
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from core.config import Config, load_config
+from edgehook.init import run_init
 from receiver.app import build_app
-from receiver.config import Config, load_config
-from receiver.initcmd import run_init
 from receiver.server import make_services
 from receiver.services import Services
 from receiver.signatures import sign
@@ -85,8 +85,8 @@ def clock() -> Clock:
 
 def write_audit_lines(workspace: Workspace) -> Path:
     """Two authentic receiver audit lines (202 then 401); returns the segment's path."""
-    from receiver.audit import AuditLog
-    from receiver.config import AuditConfig
+    from core.audit import AuditLog
+    from core.config import AuditConfig
 
     log = AuditLog(
         workspace.dir / "data" / "audit",
@@ -134,10 +134,10 @@ def run_edgehook(
     timeout: float = 120,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """The `edgehook` command as a user runs it (python -m receiver), captured."""
+    """The `edgehook` command as a user runs it (python -m edgehook), captured."""
     prefix = ["--config", str(config)] if config is not None else []
     return subprocess.run(
-        [sys.executable, "-m", "receiver", *prefix, *words],
+        [sys.executable, "-m", "edgehook", *prefix, *words],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -165,7 +165,7 @@ def start_server(workspace: Workspace, port: int, *extra_env: tuple[str, str]) -
     log = workspace.dir / f"serve-{port}.log"
     with log.open("wb") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", "receiver", "--config", str(workspace.config_path), "serve"],
+            [sys.executable, "-m", "edgehook", "--config", str(workspace.config_path), "serve"],
             cwd=workspace.dir,
             env=env,
             stdout=handle,

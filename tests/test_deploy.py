@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from receiver.cli import build_parser
-from receiver.credentials import write_secret_file
+from core.credentials import write_secret_file
+from edgehook.cli import build_parser
 from tests.conftest import ROOT, free_port, run_edgehook
 
 DEPLOY = ROOT / "deploy"

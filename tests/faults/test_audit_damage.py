@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from receiver.audit import list_segments
-from receiver.template import sample_body
+from core.audit import list_segments
+from edgehook.template import sample_body
 from tests.conftest import (
     Server,
     Workspace,

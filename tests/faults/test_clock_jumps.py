@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from core.audit import AuditLog
+from core.store import open_store
+from edgehook.template import sample_body
 from pipeline.queue import SqliteQueue
 from pipeline.worker import Worker
-from receiver.audit import AuditLog
-from receiver.store import open_store
-from receiver.template import sample_body
 from tests.conftest import Clock, Workspace, make_client, signed
 from tests.pipeline.conftest import add_rules, attempts, command_rule, enqueue, job, python_command
 

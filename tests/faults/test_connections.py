@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from receiver.auditread import records
-from receiver.template import sample_body
+from core.auditread import records
+from edgehook.template import sample_body
 from tests.conftest import Server, Workspace, free_port, signed, start_server, stop_server
 
 

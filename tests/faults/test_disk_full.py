@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.template import sample_body
+from edgehook.template import sample_body
 from tests.conftest import Workspace, free_port, signed
 
 
@@ -89,7 +89,7 @@ def test_disk_full_gives_503_then_resumes_and_loses_nothing(workspace: Workspace
     log = workspace.dir / "serve.log"
     script = (
         f'mount -t tmpfs -o size=4m,mode=0700 tmpfs "{data}" && exec "{sys.executable}" '
-        f'-m receiver --config "{workspace.config_path}" serve'
+        f'-m edgehook --config "{workspace.config_path}" serve'
     )
     with log.open("wb") as handle:
         process = subprocess.Popen(

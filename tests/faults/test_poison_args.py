@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from receiver.auditread import records
+from core.auditread import records
 from tests.conftest import Workspace
 from tests.pipeline.conftest import add_rules, command_rule, enqueue, job, log_text, python_command
 from tests.pipeline.test_worker import RunWorker

@@ -16,9 +16,10 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("wandb")
 
-from pipeline import registry, synthetic
+from core.config import Config
 from pipeline.artifacts import write_local_version
-from receiver.config import Config
+from pipeline.models import registry
+from pipeline.training import synthetic
 from tests.conftest import Workspace, run_edgehook
 from tests.fakes.wandb_server import FakeWandb
 from tests.pipeline.conftest import (

@@ -24,11 +24,12 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
+    from core.errors import Rejection
+    from core.event import Event
+    from core.names import path_component
+    from core.rules import ArgSpec, Rule
     from pipeline.sandbox import command_environment
-    from receiver.errors import Rejection
-    from receiver.names import path_component
-    from receiver.payload import Event, normalise, parse_body
-    from receiver.rules import ArgSpec, Rule
+    from receiver.payload import normalise, parse_body
     from receiver.signatures import parse_signature, signature_valid
 
 SECRET = b"s" * 32
@@ -92,7 +93,7 @@ def seeds() -> list[bytes]:
     mutates from these and gets past the JSON parser into the normaliser at once."""
     import json
 
-    from receiver.template import sample_body
+    from edgehook.template import sample_body
 
     body = json.loads(sample_body())
     return [

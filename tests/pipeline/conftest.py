@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from core.audit import AuditLog
+from core.config import Config
+from core.store import Delivery, open_store
 from pipeline.queue import SqliteQueue
 from pipeline.worker import Worker
-from receiver.audit import AuditLog
-from receiver.config import Config
-from receiver.store import Delivery, open_store
 from tests.conftest import Workspace
 
 SCRIPT = """\
@@ -156,7 +156,7 @@ def edgehook(
     log = workspace.dir / f"worker-{uuid.uuid4().hex[:8]}.log"
     with log.open("wb") as handle:
         return subprocess.Popen(
-            [sys.executable, "-m", "receiver", "--config", str(workspace.config_path), *args],
+            [sys.executable, "-m", "edgehook", "--config", str(workspace.config_path), *args],
             cwd=workspace.dir,
             stdout=handle,
             stderr=subprocess.STDOUT,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from core.store import Delivery, open_store
 from pipeline.queue import JobState, SqliteQueue
-from receiver.store import Delivery, open_store
 
 LEASE = 30.0
 

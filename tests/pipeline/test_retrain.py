@@ -12,8 +12,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from pipeline import signing, synthetic
 from pipeline.artifacts import write_local_version
+from pipeline.models import signing
+from pipeline.training import synthetic
 from tests.conftest import Workspace, run_edgehook
 from tests.pipeline.conftest import add_rules, enqueue, job, log_text
 

@@ -14,12 +14,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 pytest.importorskip("torch")
 
-from pipeline import registry, signing, synthetic
-from pipeline.datasets import read_dataset
-from pipeline.errors import JobError
-from pipeline.modelfile import save, sha256
-from pipeline.train import TrainConfig, train
-from receiver.config import Config
+from core.config import Config
+from core.errors import JobError
+from pipeline.models import registry, signing
+from pipeline.models.modelfile import save, sha256
+from pipeline.training import synthetic
+from pipeline.training.datasets import read_dataset
+from pipeline.training.train import TrainConfig, train
 from tests.conftest import Workspace, run_edgehook
 from tests.pipeline.conftest import add_rules, enqueue, job, log_text
 

@@ -17,14 +17,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.nn import BatchNorm2d
 
-from pipeline import registry, synthetic
-from pipeline.datasets import read_dataset, split
-from pipeline.errors import JobError
-from pipeline.inference import check_in_fresh_process, predict
-from pipeline.model import SmallCNN
-from pipeline.modelfile import WEIGHTS, load_for_finetune, load_int8, read_metadata, save
-from pipeline.quantize import backend, fold_bn, freeze_bn, prepare_qat, run
-from pipeline.train import TrainConfig, Trained, evaluate, normalise, train
+from core.errors import JobError
+from pipeline.models import registry
+from pipeline.models.inference import check_in_fresh_process, predict
+from pipeline.models.modelfile import WEIGHTS, load_for_finetune, load_int8, read_metadata, save
+from pipeline.training import synthetic
+from pipeline.training.datasets import read_dataset, split
+from pipeline.training.model import SmallCNN
+from pipeline.training.quantize import backend, fold_bn, freeze_bn, prepare_qat, run
+from pipeline.training.train import TrainConfig, Trained, evaluate, normalise, train
 
 WRITERS = {
     "image-folder": synthetic.write_image_folder,
@@ -200,7 +201,7 @@ def test_promotion_keeps_the_better_model_and_rolls_back(trained: Trained, tmp_p
 
 def _rewrite_weights(model: Path, change: Callable[[dict[str, torch.Tensor]], object]) -> None:
     """Change the saved tensors and keep the metadata's digest in step (as a signer could)."""
-    from pipeline.modelfile import sha256
+    from pipeline.models.modelfile import sha256
 
     tensors = load_file(str(model / WEIGHTS))
     change(tensors)
@@ -251,13 +252,13 @@ def test_a_model_trained_for_one_engine_runs_under_the_other(
     dataset = read_dataset(tmp_path / "data")
     try:
         for trained_for, runs_on in (("x86", "qnnpack"), ("qnnpack", "x86")):
-            monkeypatch.setattr("pipeline.train.backend", lambda e=trained_for: e)
+            monkeypatch.setattr("pipeline.training.train.backend", lambda e=trained_for: e)
             model = train(dataset, TrainConfig(epochs=4, lr=0.05, seed=1), log=lambda _: None)
             assert model.engine == trained_for
             save(tmp_path / trained_for, model, sources=["test"])
             torch.backends.quantized.engine = trained_for
             expected = predict(model.int8, model.held_out, model.normalisation).argmax(1)
-            monkeypatch.setattr("pipeline.quantize.backend", lambda e=runs_on: e)
+            monkeypatch.setattr("pipeline.training.quantize.backend", lambda e=runs_on: e)
             reloaded, meta = load_int8(tmp_path / trained_for)
             assert torch.backends.quantized.engine == runs_on
             got = predict(reloaded, model.held_out, meta["normalisation"]).argmax(1)

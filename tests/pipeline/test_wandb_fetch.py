@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("wandb")
 
-from receiver.config import Config
+from core.config import Config
 from tests.conftest import Workspace
 from tests.fakes.wandb_server import FakeWandb
 from tests.pipeline.conftest import add_rules, attempts, enqueue, job, log_text
@@ -112,10 +112,11 @@ def test_round_trip_train_sign_download_from_wandb_verify_deploy(
 ) -> None:
     """A model trained and signed on one device, served by W&B, deployed on another."""
     pytest.importorskip("torch")
-    from pipeline import registry, signing, synthetic
-    from pipeline.datasets import read_dataset
-    from pipeline.modelfile import save
-    from pipeline.train import TrainConfig, train
+    from pipeline.models import registry, signing
+    from pipeline.models.modelfile import save
+    from pipeline.training import synthetic
+    from pipeline.training.datasets import read_dataset
+    from pipeline.training.train import TrainConfig, train
 
     synthetic.write_npz(tmp_path / "data", *synthetic.make(per_class=20, size=16))
     trained = train(read_dataset(tmp_path / "data"), TrainConfig(epochs=1), log=lambda _: None)
@@ -167,8 +168,9 @@ def test_wandb_trouble_after_training_never_loses_the_model(
     workspace: Workspace, fake: FakeWandb, run_worker: Callable[..., object], tmp_path: Path
 ) -> None:
     pytest.importorskip("torch")
-    from pipeline import registry, synthetic
     from pipeline.artifacts import write_local_version
+    from pipeline.models import registry
+    from pipeline.training import synthetic
 
     x, y, classes = synthetic.make(per_class=20, size=16)
     synthetic.write_npz(tmp_path / "staging", x, y, classes)

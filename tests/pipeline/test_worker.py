@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from core.auditread import records
 from pipeline.artifacts import write_local_version
-from receiver.auditread import records
 from tests.conftest import Workspace, run_edgehook
 from tests.pipeline.conftest import (
     add_rules,
@@ -497,8 +497,8 @@ def test_concurrency_runs_jobs_side_by_side(
 def test_what_a_job_reports_producing_is_not_run_again(
     workspace: Workspace, tmp_path: Path, run_worker: RunWorker
 ) -> None:
+    from core.store import Delivery, open_store
     from pipeline.queue import SqliteQueue
-    from receiver.store import Delivery, open_store
 
     argv = python_command(
         tmp_path,

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from receiver.audit import list_segments
-from receiver.auditread import is_lost, records, verify
+from core.audit import list_segments
+from core.auditread import is_lost, records, verify
+from edgehook.template import sample_body
 from receiver.committer import Committer
 from receiver.services import Services
-from receiver.template import sample_body
 from tests.conftest import Clock, Workspace, make_client, signed
 
 URL = "/webhook"

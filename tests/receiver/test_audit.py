@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from receiver.audit import AuditLog, list_segments
-from receiver.auditread import Filter, parse_time, records, verify
-from receiver.config import AuditConfig
+from core.audit import AuditLog, list_segments
+from core.auditread import Filter, parse_time, records, verify
+from core.config import AuditConfig
 from tests.conftest import Clock
 
 KEY = b"k" * 32
@@ -228,7 +228,7 @@ def test_lines_are_json_with_required_fields(log_dir: Path) -> None:
 def test_tail_follows_new_lines_across_rotation(tmp_path: Path, clock: Clock) -> None:
     import threading
 
-    from receiver.auditread import tail
+    from core.auditread import tail
 
     log = write_log(tmp_path, 3, clock, max_file_bytes=4096, keep_files=0)
     seen: list[dict[str, object]] = []

@@ -3,8 +3,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from core.errors import Rejection
 from receiver.bodies import check_declared_length, read_capped
-from receiver.errors import Rejection
 
 
 async def chunks(*parts: bytes) -> AsyncIterator[bytes]:

@@ -7,7 +7,7 @@ from tests.conftest import Workspace, free_port, start_server, stop_server
 
 CHECK = """
 import sys
-import receiver.cli, receiver.server, receiver.app, receiver.auditread, receiver.sendtest
+import edgehook.cli, receiver.server, receiver.app, core.auditread, edgehook.sendtest
 heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'wandb', 'numpy'})
 print(','.join(heavy))
 """

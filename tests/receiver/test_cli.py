@@ -112,7 +112,7 @@ def test_serve_takes_host_and_port_and_the_global_options_after_the_subcommand(
         [
             sys.executable,
             "-m",
-            "receiver",
+            "edgehook",
             "serve",
             "--host",
             "127.0.0.1",
@@ -160,8 +160,8 @@ def test_serve_host_follows_the_config_rules(workspace: Workspace) -> None:
 
 
 def test_audit_show_lost_lists_genuine_deliveries_that_were_refused(workspace: Workspace) -> None:
-    from receiver.audit import AuditLog
-    from receiver.config import AuditConfig
+    from core.audit import AuditLog
+    from core.config import AuditConfig
 
     log = AuditLog(
         workspace.dir / "data" / "audit",

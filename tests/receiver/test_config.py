@@ -3,9 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from receiver.config import find_config, load_config
-from receiver.credentials import load_audit_key, load_secrets
-from receiver.errors import ConfigError
+from core.config import find_config, load_config
+from core.credentials import load_audit_key, load_secrets
+from core.errors import ConfigError
 from tests.conftest import Workspace
 
 

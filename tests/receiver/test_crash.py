@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import time
 
-from receiver.template import sample_body
+from edgehook.template import sample_body
 from tests.conftest import Workspace, free_port, signed, start_server
 
 

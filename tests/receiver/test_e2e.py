@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from receiver.template import sample_body
+from edgehook.template import sample_body
 from tests.conftest import Server, Workspace, free_port, run_edgehook, start_server, stop_server
 
 pytestmark = pytest.mark.skipif(

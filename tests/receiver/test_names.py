@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from receiver.names import (
+from core.names import (
     ALIAS_FORBIDDEN,
     COLLECTION_FORBIDDEN,
     PROJECT_FORBIDDEN,

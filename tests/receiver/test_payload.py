@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from receiver.errors import Rejection
+from core.errors import Rejection
+from edgehook.template import RECOMMENDED_TEMPLATE, SAMPLE_VALUES, sample_body
 from receiver.payload import normalise, parse_body
-from receiver.template import RECOMMENDED_TEMPLATE, SAMPLE_VALUES, sample_body
 
 
 def refused(body: bytes, depth: int = 16) -> Rejection:

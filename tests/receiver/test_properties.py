@@ -10,14 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from edgehook.template import sample_body
 from receiver.signatures import sign
-from receiver.template import sample_body
 from tests.conftest import Clock, Workspace, make_client
 
 
 @pytest.fixture(scope="module")
 def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Workspace]]:
-    from receiver.initcmd import run_init
+    from edgehook.init import run_init
 
     directory = tmp_path_factory.mktemp("fuzz")
     run_init(directory)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from receiver.template import sample_body
+from edgehook.template import sample_body
 from tests.conftest import Server, Workspace, free_port, signed, start_server, stop_server
 
 

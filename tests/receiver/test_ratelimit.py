@@ -1,4 +1,5 @@
-from receiver.ratelimit import Limits, RateLimiter, client_key
+from core.config import Limits
+from receiver.ratelimit import RateLimiter, client_key
 
 LIMITS = Limits(
     requests_per_second=2.0,

@@ -1,9 +1,9 @@
 import pytest
 
-from receiver.errors import ConfigError, Rejection
-from receiver.payload import Event
-from receiver.rules import DEFAULT_RULES, ArgSpec, Rule, match, parse_rules
-from receiver.tables import Table
+from core.errors import ConfigError, Rejection
+from core.event import Event
+from core.rules import DEFAULT_RULES, ArgSpec, Rule, match, parse_rules
+from core.tables import Table
 
 ALIAS = "ADD_ARTIFACT_ALIAS"
 

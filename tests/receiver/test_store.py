@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from receiver.errors import StoreUnavailable
-from receiver.store import (
+from core.errors import StoreUnavailable
+from core.store import (
     DUPLICATE_QUERY,
     MIGRATIONS,
     PRODUCED_QUERY,

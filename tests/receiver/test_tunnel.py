@@ -41,7 +41,7 @@ def open_tunnel(
     workspace: Workspace, *args: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[str], list[str]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "receiver", "--config", str(workspace.config_path), "tunnel", *args],
+        [sys.executable, "-m", "edgehook", "--config", str(workspace.config_path), "tunnel", *args],
         cwd=workspace.dir,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

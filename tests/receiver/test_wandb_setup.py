@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("wandb")
 
-from receiver.template import RECOMMENDED_TEMPLATE
+from edgehook.template import RECOMMENDED_TEMPLATE
 from tests.conftest import Workspace, run_edgehook
 from tests.fakes.wandb_server import FakeWandb
 

@@ -32,7 +32,7 @@ from typing import Any
 
 import structlog
 
-from receiver.config import AuditConfig
+from core.config import AuditConfig
 
 GENESIS = "0" * 64
 HEAD_NAME = "head.json"

@@ -23,8 +23,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from pipeline.errors import JobError
-from pipeline.modelfile import METADATA, SIGNATURE, WEIGHTS, read_metadata, sha256
+from core.errors import JobError
+from pipeline.models.modelfile import METADATA, SIGNATURE, WEIGHTS, read_metadata, sha256
 
 DOMAIN = b"edgehook-model-signature-v1\n"
 PREFIX = "ed25519:"
@@ -59,7 +59,7 @@ def generate(path: Path) -> str:
 
 
 def load_private(path: Path) -> Ed25519PrivateKey:
-    from receiver.credentials import read_secret_file_bytes
+    from core.credentials import read_secret_file_bytes
 
     data = read_secret_file_bytes(path, "secrets.model_signing_key_file")
     try:

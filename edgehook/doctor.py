@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from receiver.config import Config, is_loopback
-from receiver.errors import EdgehookError
+from core.config import Config, is_loopback
+from core.errors import EdgehookError
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 SEVERITY = {PASS: 0, WARN: 1, FAIL: 2}
@@ -58,7 +58,7 @@ def worst(findings: list[Finding]) -> int:
 
 
 def _secrets(config: Config, env: Mapping[str, str]) -> Iterator[Finding]:
-    from receiver.credentials import load_audit_key, load_secrets, load_wandb_key
+    from core.credentials import load_audit_key, load_secrets, load_wandb_key
 
     for name, load in (
         ("webhook", lambda: load_secrets(config, env)),
@@ -75,7 +75,7 @@ def _secrets(config: Config, env: Mapping[str, str]) -> Iterator[Finding]:
             WARN, "secrets", "no model signing key: models cannot be signed (edgehook keys init)"
         )
     else:
-        from receiver.credentials import read_secret_file_bytes
+        from core.credentials import read_secret_file_bytes
 
         try:
             read_secret_file_bytes(key, "secrets.model_signing_key_file")
@@ -123,7 +123,7 @@ def _data_dir(config: Config) -> Iterator[Finding]:
 
 
 def _store(config: Config) -> Iterator[Finding]:
-    from receiver.store import SCHEMA_VERSION
+    from core.store import SCHEMA_VERSION
 
     path = config.store_path
     if not path.exists():
@@ -153,8 +153,8 @@ def _store(config: Config) -> Iterator[Finding]:
 
 
 def _audit(config: Config, env: Mapping[str, str]) -> Iterator[Finding]:
-    from receiver import auditread
-    from receiver.credentials import load_audit_key
+    from core import auditread
+    from core.credentials import load_audit_key
 
     found = auditread.chains(config.audit_dir)
     if not found:
@@ -212,7 +212,7 @@ def _torch() -> Iterator[Finding]:
         yield Finding(PASS, "cuda", f"CUDA: {torch.cuda.get_device_name(0)}")
     else:
         yield Finding(WARN, "cuda", "no CUDA device: training runs on the CPU")
-    from pipeline.quantize import backend
+    from pipeline.training.quantize import backend
 
     engine = backend()
     if engine in torch.backends.quantized.supported_engines:
@@ -222,7 +222,7 @@ def _torch() -> Iterator[Finding]:
 
 
 def _wandb(config: Config, env: Mapping[str, str], online: bool) -> Iterator[Finding]:
-    from receiver.credentials import load_wandb_key
+    from core.credentials import load_wandb_key
 
     if not online:
         return

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from receiver.config import Config
-from receiver.errors import ConfigError
+from core.config import Config
+from core.errors import ConfigError
 
 MIN_LENGTH = 24
 

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from receiver.errors import ConfigError, Rejection
-from receiver.names import text_problem
-from receiver.payload import EVENT_TYPES, Event, canonical_event_type
-from receiver.tables import Table
+from core.errors import ConfigError, Rejection
+from core.event import EVENT_TYPES, Event, canonical_event_type
+from core.names import text_problem
+from core.tables import Table
 
 ACTIONS = ("download", "retrain", "deploy", "command")
 ARTIFACT_ACTIONS = frozenset({"download", "retrain", "deploy"})

@@ -17,12 +17,12 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
+from core.audit import AuditLog
+from core.config import Config
+from core.credentials import load_audit_key
+from core.errors import EdgehookError
+from core.store import open_store
 from pipeline.queue import JobRow, JobState, SqliteQueue
-from receiver.audit import AuditLog
-from receiver.config import Config
-from receiver.credentials import load_audit_key
-from receiver.errors import EdgehookError
-from receiver.store import open_store
 
 _COLUMNS = (
     ("id", 6),

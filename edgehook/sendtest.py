@@ -7,8 +7,8 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
-from receiver.credentials import Secrets
-from receiver.errors import EdgehookError
+from core.credentials import Secrets
+from core.errors import EdgehookError
 from receiver.signatures import sign
 
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from receiver.errors import StoreUnavailable
+from core.errors import StoreUnavailable
 
 # Each entry migrates the schema from version N-1 to N; applied in order at start-up.
 MIGRATIONS: tuple[str, ...] = (

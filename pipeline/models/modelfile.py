@@ -6,8 +6,8 @@ model.safetensors and model.json (and, with model signing, its signature); anyth
 .pt pickle, a TorchScript file, an unknown layout) is refused before a byte is loaded. The
 architecture is edgehook's own, rebuilt from validated metadata; the weights file holds the
 int8 model's numbers (int8 weights with their scales and zero points, float biases, each
-layer's output scale and zero point: pipeline.quantize.int8_tensors), about a quarter of the
-fp32 model's size. Fine-tuning starts from their dequantized values.
+layer's output scale and zero point: pipeline.training.quantize.int8_tensors), about a
+quarter of the fp32 model's size. Fine-tuning starts from their dequantized values.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import JobError
+from core.errors import JobError
 
 WEIGHTS = "model.safetensors"
 METADATA = "model.json"
@@ -41,8 +41,8 @@ def save(
     import torch
     from safetensors.torch import save_file
 
-    from pipeline.quantize import int8_tensors
-    from pipeline.train import config_dict
+    from pipeline.training.quantize import int8_tensors
+    from pipeline.training.train import config_dict
 
     directory.mkdir(parents=True, exist_ok=True)
     save_file(int8_tensors(trained.int8), str(directory / WEIGHTS))
@@ -98,7 +98,7 @@ def _load(directory: Path) -> tuple[dict[str, Any], Any, Any, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from pipeline.model import ModelSpec, SmallCNN
+    from pipeline.training.model import ModelSpec, SmallCNN
 
     meta = read_metadata(directory)
     spec = ModelSpec.from_dict(meta.get("spec"))
@@ -125,7 +125,7 @@ def load_int8(directory: Path) -> tuple[Any, dict[str, Any]]:
     """The int8 model, rebuilt from validated metadata with its numbers from the weights
     file, for this machine's quantized engine (a model trained on x86 runs on a Jetson's
     qnnpack and the other way round; the inference check and the deploy smoke test judge)."""
-    from pipeline.quantize import backend, int8_from_tensors
+    from pipeline.training.quantize import backend, int8_from_tensors
 
     meta, model, _, tensors = _load(directory)
     return int8_from_tensors(model, tensors, backend()), meta
@@ -134,7 +134,7 @@ def load_int8(directory: Path) -> tuple[Any, dict[str, Any]]:
 def load_for_finetune(directory: Path) -> tuple[Any, dict[str, Any], Any]:
     """A QAT model starting from the saved int8 model's dequantized weights, its metadata
     and its spec."""
-    from pipeline.quantize import backend, qat_from_tensors
+    from pipeline.training.quantize import backend, qat_from_tensors
 
     meta, model, spec, tensors = _load(directory)
     return qat_from_tensors(model, tensors, backend(), str(meta.get("engine"))), meta, spec

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.errors import JobError
+from core.errors import JobError
 
 FAMILY = "edgehook-smallcnn-v1"
 FUSE = [["conv1", "bn1", "relu1"], ["conv2", "bn2", "relu2"]]

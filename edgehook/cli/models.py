@@ -9,17 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import registry
-from pipeline.errors import JobError
-from receiver.config import Config
-from receiver.errors import EdgehookError
+from core.config import Config
+from core.errors import EdgehookError, JobError
+from pipeline.models import registry
 
 
 def run_train(args: argparse.Namespace, config: Config) -> int:
-    from pipeline.datasets import read_dataset
-    from pipeline.inference import check_in_fresh_process, predict
-    from pipeline.modelfile import save
-    from pipeline.train import TrainConfig, train
+    from pipeline.models.inference import check_in_fresh_process, predict
+    from pipeline.models.modelfile import save
+    from pipeline.training.datasets import read_dataset
+    from pipeline.training.train import TrainConfig, train
 
     try:
         dataset = read_dataset(args.data)
@@ -41,7 +40,7 @@ def run_train(args: argparse.Namespace, config: Config) -> int:
         raise EdgehookError(str(exc)) from exc
     signed = "unsigned (no secrets.model_signing_key_file configured)"
     if config.secrets.model_signing_key_file is not None:
-        from pipeline import signing
+        from pipeline.models import signing
 
         key = signing.load_private(config.secrets.model_signing_key_file)
         signed = f"signed by {signing.sign(args.out, key).key_id}"
@@ -53,9 +52,9 @@ def run_train(args: argparse.Namespace, config: Config) -> int:
 
 
 def run_infer(args: argparse.Namespace, config: Config) -> int:
-    from pipeline.datasets import IMAGE_SUFFIXES
-    from pipeline.inference import predict
-    from pipeline.modelfile import load_int8
+    from pipeline.models.inference import predict
+    from pipeline.models.modelfile import load_int8
+    from pipeline.training.datasets import IMAGE_SUFFIXES
 
     model_dir = args.model or registry.active(config.models_dir)
     if model_dir is None:
@@ -94,8 +93,8 @@ def run_infer(args: argparse.Namespace, config: Config) -> int:
 
 
 def _benchmark(model_dir: Path, as_json: bool) -> int:
-    from pipeline.inference import speed
-    from pipeline.modelfile import load_int8
+    from pipeline.models.inference import speed
+    from pipeline.models.modelfile import load_int8
 
     try:
         model, meta = load_int8(model_dir)
@@ -133,7 +132,7 @@ def _read(path: Path, spec: dict[str, int]) -> np.ndarray:
 
 
 def run_keys(args: argparse.Namespace, config: Config) -> int:
-    from pipeline import signing
+    from pipeline.models import signing
 
     path = config.secrets.model_signing_key_file or config.base_dir / "secrets" / (
         "model_signing_key"
@@ -159,7 +158,7 @@ def run_keys(args: argparse.Namespace, config: Config) -> int:
 
 def run_model(args: argparse.Namespace, config: Config) -> int:
     if args.model_command == "verify":
-        from pipeline import signing
+        from pipeline.models import signing
 
         trusted = signing.trusted_keys(
             config.secrets.model_signing_key_file, config.models.trusted_keys

@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from receiver.errors import EdgehookError
-from receiver.template import RECOMMENDED_TEMPLATE
+from core.errors import EdgehookError
+from edgehook.template import RECOMMENDED_TEMPLATE
 
 DESCRIPTION = "Managed by `edgehook wandb setup`: calls the edge device's webhook."
 # Fields of the automation's GraphQL input that setup owns (everything but id and name).

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from receiver.audit import GENESIS, list_segments, parse_line, read_head
+from core.audit import GENESIS, list_segments, parse_line, read_head
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from receiver import __version__
-from receiver.errors import ConfigError, EdgehookError
+from core.errors import ConfigError, EdgehookError
+from edgehook import __version__
 
 
 def _examples(*lines: str) -> str:
@@ -343,7 +343,7 @@ def _port(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from receiver import logs
+    from core import logs
 
     logs.configure(args.log_level)
     # Everything edgehook creates (store, audit log, job dirs) is private to its user.
@@ -373,7 +373,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
     if args.command == "init":
-        from receiver.initcmd import run_init
+        from edgehook.init import run_init
 
         print(run_init(Path(args.dir)), end="")
         return 0
@@ -389,7 +389,7 @@ def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
     if args.command == "send-test":
         return _send_test(args, config, env)
     if args.command == "tunnel":
-        from receiver.tunnel import run_tunnel
+        from edgehook.tunnel import run_tunnel
 
         return run_tunnel(config, env, provider=args.provider, allow_download=args.allow_download)
     if args.command == "worker":
@@ -397,23 +397,23 @@ def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
 
         return run_worker(config, env, once=args.once)
     if args.command == "train":
-        from pipeline.commands import run_train
+        from edgehook.cli.models import run_train
 
         return run_train(args, config)
     if args.command == "infer":
-        from pipeline.commands import run_infer
+        from edgehook.cli.models import run_infer
 
         return run_infer(args, config)
     if args.command == "model":
-        from pipeline.commands import run_model
+        from edgehook.cli.models import run_model
 
         return run_model(args, config)
     if args.command == "keys":
-        from pipeline.commands import run_keys
+        from edgehook.cli.models import run_keys
 
         return run_keys(args, config)
     if args.command == "jobs":
-        from pipeline.jobscli import run_jobs
+        from edgehook.cli.jobs import run_jobs
 
         return run_jobs(args, config, env)
     if args.command == "wandb":
@@ -422,14 +422,14 @@ def _dispatch(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 
 def _config(args: argparse.Namespace, env: dict[str, str]) -> Any:
-    from receiver.config import find_config, load_config
+    from core.config import find_config, load_config
 
     cwd = Path.cwd()
     return load_config(find_config(args.config, env, cwd), env, cwd=cwd, data_dir=args.data_dir)
 
 
 def _doctor(args: argparse.Namespace, env: dict[str, str]) -> int:
-    from receiver import doctor
+    from edgehook import doctor
 
     try:
         config = _config(args, env)
@@ -446,8 +446,8 @@ def _doctor(args: argparse.Namespace, env: dict[str, str]) -> int:
 
 
 def _wandb_setup(args: argparse.Namespace, config: Any, env: dict[str, str]) -> int:
-    from receiver.credentials import load_wandb_key
-    from receiver.wandbsetup import Request, recorded_webhook_url, setup
+    from core.credentials import load_wandb_key
+    from edgehook.wandbsetup import Request, recorded_webhook_url, setup
 
     entity = args.entity or env.get("WANDB_ENTITY")
     project = args.project or env.get("WANDB_PROJECT")
@@ -470,9 +470,9 @@ def _wandb_setup(args: argparse.Namespace, config: Any, env: dict[str, str]) -> 
 
 
 def _send_test(args: argparse.Namespace, config: Any, env: dict[str, str]) -> int:
-    from receiver.credentials import load_secrets
-    from receiver.sendtest import send
-    from receiver.template import sample_body
+    from core.credentials import load_secrets
+    from edgehook.sendtest import send
+    from edgehook.template import sample_body
 
     secrets = load_secrets(config, env)
     host = config.server.host if ":" not in config.server.host else f"[{config.server.host}]"
@@ -497,8 +497,8 @@ def _send_test(args: argparse.Namespace, config: Any, env: dict[str, str]) -> in
 
 
 def _audit(args: argparse.Namespace, config: Any, env: dict[str, str]) -> int:
-    from receiver import auditread
-    from receiver.credentials import load_audit_key
+    from core import auditread
+    from core.credentials import load_audit_key
 
     if args.audit_command == "verify":
         key = load_audit_key(config, env)

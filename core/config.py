@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from receiver.errors import ConfigError
-from receiver.ratelimit import Limits
-from receiver.rules import Rule, parse_rules
-from receiver.tables import Table
+from core.errors import ConfigError
+from core.rules import Rule, parse_rules
+from core.tables import Table
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -30,6 +29,17 @@ else:  # pragma: no cover - Python 3.10 (JetPack 6)
 DEFAULT_CONFIG_NAME = "edgehook.toml"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 CLIENT_IP_HEADERS = ("x-forwarded-for", "cf-connecting-ip")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The receiver's per-client token buckets (receiver/ratelimit.py)."""
+
+    requests_per_second: float = 5.0
+    burst: int = 30
+    auth_failures_per_minute: float = 6.0
+    auth_failure_burst: int = 10
+    max_clients: int = 16384
 
 
 @dataclass(frozen=True)
@@ -395,7 +405,7 @@ def _secret_files(t: Table, base: Path, env: Mapping[str, str]) -> SecretFiles:
     audit_key = t.text("audit_key_file", None)
     wandb_key = t.text("wandb_api_key_file", None)
     # The other secrets' *_FILE variables are read in credentials.py; this one is a path the
-    # worker hands to pipeline.signing, so the override lives here (systemd: %d/...).
+    # worker hands to pipeline.models.signing, so the override lives here (systemd: %d/...).
     signing_key_in_file = t.text("model_signing_key_file", None)
     signing_key = env.get("EDGEHOOK_MODEL_SIGNING_KEY_FILE") or signing_key_in_file
     files = SecretFiles(

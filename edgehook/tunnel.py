@@ -30,9 +30,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from receiver.config import Config
-from receiver.errors import EdgehookError
-from receiver.template import template_text
+from core.config import Config
+from core.errors import EdgehookError
+from edgehook.template import template_text
 
 QUICK_URL = re.compile(r"https://[-a-z0-9]+\.trycloudflare\.com")
 ANY_URL = re.compile(r"https?://[^\s|]+")
@@ -243,7 +243,7 @@ def _token(env: Mapping[str, str], name: str, path: Path | None, key: str, probl
     token = env.get(name)
     named = env.get(f"{name}_FILE")
     if not token and (named or path is not None):
-        from receiver.credentials import read_secret_file_bytes
+        from core.credentials import read_secret_file_bytes
 
         source, where = (Path(named), f"{name}_FILE") if named else (path, key)
         assert source is not None

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import JobError
-from pipeline.modelfile import read_metadata
+from core.errors import JobError
+from pipeline.models.modelfile import read_metadata
 
 __all__ = ["Decision", "activate", "active", "promote", "read_metadata", "rollback", "state"]
 

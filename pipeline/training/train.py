@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.datasets import Dataset, split
-from pipeline.errors import JobError
-from pipeline.model import ModelSpec, SmallCNN
-from pipeline.quantize import backend, freeze_bn, prepare_qat, run, to_int8
+from core.errors import JobError
+from pipeline.training.datasets import Dataset, split
+from pipeline.training.model import ModelSpec, SmallCNN
+from pipeline.training.quantize import backend, freeze_bn, prepare_qat, run, to_int8
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from receiver.config import DEFAULT_CONFIG_NAME
-from receiver.credentials import write_secret_file
-from receiver.errors import EdgehookError
-from receiver.template import template_text
+from core.config import DEFAULT_CONFIG_NAME
+from core.credentials import write_secret_file
+from core.errors import EdgehookError
+from edgehook.template import template_text
 
 STARTER_CONFIG = """\
 # edgehook configuration. Every key is optional; shown are the defaults or starter values.
@@ -56,7 +56,7 @@ SIGNING_KEY = "model_signing_key"
 
 def generate_signing_key(path: Path) -> str:
     # cryptography only (no torch): the receiver's install has it.
-    from pipeline.signing import generate
+    from pipeline.models.signing import generate
 
     return generate(path)
 

@@ -1,7 +1,7 @@
 """Inference with an int8 model, and the inference check: the exported model reloaded from
 disk in a fresh process must predict what the in-memory model predicted.
 
-  python -m pipeline.inference check MODEL_DIR SAMPLES.npz   (prints predictions as JSON)
+  python -m pipeline.models.inference check MODEL_DIR SAMPLES.npz   (prints predictions as JSON)
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import JobError
+from core.errors import JobError
 
 
 def predict(model: Any, images: np.ndarray, normalisation: dict[str, list[float]]) -> np.ndarray:
     """Class probabilities, (N, classes), for images (N, C, H, W) in [0, 1]."""
     import torch
 
-    from pipeline.quantize import run
-    from pipeline.train import normalise
+    from pipeline.training.quantize import run
+    from pipeline.training.train import normalise
 
     logits = run(model, normalise(images.astype(np.float32), normalisation))
     return torch.softmax(logits, dim=1).numpy()
@@ -33,7 +33,7 @@ def latency_ms(model: Any, x: Any, repeats: int) -> float:
     import statistics
     import time
 
-    from pipeline.quantize import run
+    from pipeline.training.quantize import run
 
     run(model, x)
     times = []
@@ -49,7 +49,7 @@ def speed(int8: Any, spec: dict[str, int], repeats: int = 50) -> dict[str, float
     model is the same architecture with fresh weights (speed does not depend on them)."""
     import torch
 
-    from pipeline.model import ModelSpec, SmallCNN
+    from pipeline.training.model import ModelSpec, SmallCNN
 
     fp32 = SmallCNN(ModelSpec.from_dict(spec)).eval()
     one = torch.rand(1, spec["in_channels"], spec["height"], spec["width"])
@@ -70,7 +70,14 @@ def check_in_fresh_process(
     samples_path = model_dir.parent / "inference-check.npz"
     np.savez(samples_path, x=samples)
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.inference", "check", str(model_dir), str(samples_path)],
+        [
+            sys.executable,
+            "-m",
+            "pipeline.models.inference",
+            "check",
+            str(model_dir),
+            str(samples_path),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -91,10 +98,13 @@ def check_in_fresh_process(
 
 
 def main(argv: list[str]) -> int:
-    from pipeline.modelfile import load_int8
+    from pipeline.models.modelfile import load_int8
 
     if len(argv) != 3 or argv[0] != "check":
-        print("usage: python -m pipeline.inference check MODEL_DIR SAMPLES.npz", file=sys.stderr)
+        print(
+            "usage: python -m pipeline.models.inference check MODEL_DIR SAMPLES.npz",
+            file=sys.stderr,
+        )
         return 2
     model, meta = load_int8(Path(argv[1]))
     with np.load(argv[2], allow_pickle=False) as data:

@@ -10,7 +10,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from receiver.errors import ConfigError
+from core.errors import ConfigError
 
 T = TypeVar("T")
 _MISSING = object()

@@ -26,8 +26,8 @@ import torch.ao.nn.intrinsic.qat as nniqat
 from torch import nn
 from torch.ao.quantization import FakeQuantizeBase
 
-from pipeline.errors import JobError
-from pipeline.model import FUSE, WEIGHT_ONLY
+from core.errors import JobError
+from pipeline.training.model import FUSE, WEIGHT_ONLY
 
 # The deprecation notices torch emits for the eager API; silenced here and only here.
 _KNOWN_WARNINGS = (

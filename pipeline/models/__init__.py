@@ -1,0 +1,1 @@
+"""Models: the int8 file format, the registry, signing, inference."""

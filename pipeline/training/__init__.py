@@ -1,0 +1,1 @@
+"""Training: datasets, the model, the quantization-aware recipe, the training loop."""
