@@ -7,7 +7,9 @@ scripts/setup.sh
 VENV=${EDGEHOOK_VENV:-.venv}
 "$VENV/bin/ruff" check .
 "$VENV/bin/mypy"
+# The parts' import rules (pyproject.toml [tool.importlinter], docs/architecture.md).
+"$VENV/bin/lint-imports" --no-cache
 # Security lint: no medium or high finding may stand unexplained (explained ones carry a
 # `nosec <id>` comment saying why).
-"$VENV/bin/bandit" -q -r receiver pipeline scripts -ll
+"$VENV/bin/bandit" -q -r edgehook core receiver pipeline scripts -ll
 "$VENV/bin/python" -m pytest "$@"
