@@ -1,4 +1,5 @@
-"""`edgehook jobs list|show|logs|cancel|retry`: operating the queue from the shell.
+"""`edgehook worker` and `edgehook jobs list|show|logs|cancel|retry`: running and operating
+the queue from the shell.
 
 Operator actions are audited in their own chain (audit/operator/), written under a lock so
 two commands at once cannot interleave it.
@@ -12,7 +13,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
@@ -22,6 +23,7 @@ from core.config import Config
 from core.credentials import load_audit_key
 from core.errors import EdgehookError
 from core.store import open_store
+from edgehook.cli.common import Subparsers, add_command, config
 from pipeline.queue import JobRow, JobState, SqliteQueue
 
 _COLUMNS = (
@@ -36,48 +38,131 @@ _COLUMNS = (
 )
 
 
-def run_jobs(args: argparse.Namespace, config: Config, env: Mapping[str, str]) -> int:
-    conn = open_store(config.store_path)
-    queue = SqliteQueue(conn)
-    try:
-        command = args.jobs_command
-        if command == "list":
-            return _list(queue, args)
+def register(sub: Subparsers) -> None:
+    p = add_command(
+        sub,
+        "worker",
+        "run queued jobs, each in an isolated child process",
+        "edgehook worker",
+        "edgehook worker --once   # drain what is runnable, then exit",
+    )
+    p.add_argument("--once", action="store_true", help="exit when nothing is runnable")
+    p.set_defaults(func=run_worker)
+
+    jobs = add_command(
+        sub,
+        "jobs",
+        "list, inspect, cancel and retry jobs",
+        "edgehook jobs list",
+        "edgehook jobs list --state failed --json",
+        "edgehook jobs show 12",
+        "edgehook jobs logs 12",
+        "edgehook jobs cancel 12",
+        "edgehook jobs retry 12",
+    )
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    j = add_command(
+        jobs_sub, "list", "recent jobs, newest first", "edgehook jobs list --state running"
+    )
+    j.add_argument(
+        "--state", choices=["queued", "running", "succeeded", "failed", "cancelled", "superseded"]
+    )
+    j.add_argument("--limit", type=int, default=50)
+    j.add_argument("--json", action="store_true")
+    j.set_defaults(func=_with_queue(_list))
+    for name, text, action in (
+        ("show", "one job and its attempts", _show),
+        ("logs", "a job's output", _logs),
+        ("cancel", "cancel a queued job, or kill a running one", _cancel),
+        ("retry", "queue a failed, cancelled or superseded job again", _retry),
+    ):
+        j = add_command(jobs_sub, name, text, f"edgehook jobs {name} 12")
+        j.add_argument("job_id", type=int)
+        if name == "show":
+            j.add_argument("--json", action="store_true")
+        if name == "logs":
+            j.add_argument("--attempt", type=int, help="default: the latest")
+        j.set_defaults(func=_with_queue(_one_job(action)))
+
+
+def run_worker(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from pipeline.worker import run_worker as work
+
+    return work(config(args, env), env, once=args.once)
+
+
+# What `edgehook jobs ACTION` runs: the queue, the config, the arguments and the environment.
+_Action = Callable[[SqliteQueue, Config, argparse.Namespace, Mapping[str, str]], int]
+
+
+def _with_queue(action: _Action) -> Callable[[argparse.Namespace, Mapping[str, str]], int]:
+    def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+        loaded = config(args, env)
+        conn = open_store(loaded.store_path)
+        try:
+            return action(SqliteQueue(conn), loaded, args, env)
+        finally:
+            conn.close()
+
+    return run
+
+
+_RowAction = Callable[[SqliteQueue, Config, JobRow, argparse.Namespace, Mapping[str, str]], int]
+
+
+def _one_job(action: _RowAction) -> _Action:
+    def run(
+        queue: SqliteQueue, loaded: Config, args: argparse.Namespace, env: Mapping[str, str]
+    ) -> int:
         row = queue.get(args.job_id)
         if row is None:
             raise EdgehookError(f"no job {args.job_id}; see `edgehook jobs list`")
-        if command == "show":
-            return _show(queue, row, args.json)
-        if command == "logs":
-            return _logs(config, row, args.attempt)
-        now = time.time()
-        if command == "cancel":
-            state = queue.request_cancel(row.id, now)
-            if state == JobState.CANCELLED:
-                _operator_audit(config, env, job_id=row.id, transition="cancelled")
-                print(f"job {row.id}: cancelled")
-            elif state == JobState.RUNNING:
-                _operator_audit(config, env, job_id=row.id, transition="cancel_requested")
-                print(f"job {row.id}: running; its worker will kill it and record 'cancelled'")
-            else:
-                raise EdgehookError(
-                    f"job {row.id} is {row.state}; only queued or running jobs can be cancelled"
-                )
-            return 0
-        retryable = (JobState.FAILED, JobState.CANCELLED, JobState.SUPERSEDED)
-        if row.state not in retryable or queue.retry(row.id, now) != JobState.QUEUED:
-            raise EdgehookError(
-                f"job {row.id} is {row.state}; only failed, cancelled or "
-                "superseded jobs can be retried"
-            )
-        _operator_audit(config, env, job_id=row.id, transition="retried")
-        print(f"job {row.id}: queued again")
-        return 0
-    finally:
-        conn.close()
+        return action(queue, loaded, row, args, env)
+
+    return run
 
 
-def _list(queue: SqliteQueue, args: argparse.Namespace) -> int:
+def _cancel(
+    queue: SqliteQueue,
+    loaded: Config,
+    row: JobRow,
+    _args: argparse.Namespace,
+    env: Mapping[str, str],
+) -> int:
+    state = queue.request_cancel(row.id, time.time())
+    if state == JobState.CANCELLED:
+        _operator_audit(loaded, env, job_id=row.id, transition="cancelled")
+        print(f"job {row.id}: cancelled")
+    elif state == JobState.RUNNING:
+        _operator_audit(loaded, env, job_id=row.id, transition="cancel_requested")
+        print(f"job {row.id}: running; its worker will kill it and record 'cancelled'")
+    else:
+        raise EdgehookError(
+            f"job {row.id} is {row.state}; only queued or running jobs can be cancelled"
+        )
+    return 0
+
+
+def _retry(
+    queue: SqliteQueue,
+    loaded: Config,
+    row: JobRow,
+    _args: argparse.Namespace,
+    env: Mapping[str, str],
+) -> int:
+    retryable = (JobState.FAILED, JobState.CANCELLED, JobState.SUPERSEDED)
+    if row.state not in retryable or queue.retry(row.id, time.time()) != JobState.QUEUED:
+        raise EdgehookError(
+            f"job {row.id} is {row.state}; only failed, cancelled or superseded jobs can be retried"
+        )
+    _operator_audit(loaded, env, job_id=row.id, transition="retried")
+    print(f"job {row.id}: queued again")
+    return 0
+
+
+def _list(
+    queue: SqliteQueue, _config: Config, args: argparse.Namespace, _env: Mapping[str, str]
+) -> int:
     rows = queue.recent(args.state, args.limit)
     if args.json:
         for row in rows:
@@ -103,9 +188,15 @@ def _list(queue: SqliteQueue, args: argparse.Namespace) -> int:
     return 0
 
 
-def _show(queue: SqliteQueue, row: JobRow, as_json: bool) -> int:
+def _show(
+    queue: SqliteQueue,
+    _config: Config,
+    row: JobRow,
+    args: argparse.Namespace,
+    _env: Mapping[str, str],
+) -> int:
     attempts = queue.attempts(row.id)
-    if as_json:
+    if args.json:
         print(json.dumps({**asdict(row), "attempts": [asdict(a) for a in attempts]}))
         return 0
     for key, value in asdict(row).items():
@@ -121,9 +212,15 @@ def _show(queue: SqliteQueue, row: JobRow, as_json: bool) -> int:
     return 0
 
 
-def _logs(config: Config, row: JobRow, attempt: int | None) -> int:
-    number = attempt or row.attempts
-    path = config.jobs_dir / str(row.id) / f"attempt-{number}.log"
+def _logs(
+    _queue: SqliteQueue,
+    loaded: Config,
+    row: JobRow,
+    args: argparse.Namespace,
+    _env: Mapping[str, str],
+) -> int:
+    number = args.attempt or row.attempts
+    path = loaded.jobs_dir / str(row.id) / f"attempt-{number}.log"
     if number < 1 or not path.exists():
         raise EdgehookError(f"job {row.id} has no log for attempt {number}")
     with path.open("rb") as handle:
@@ -131,13 +228,13 @@ def _logs(config: Config, row: JobRow, attempt: int | None) -> int:
     return 0
 
 
-def _operator_audit(config: Config, env: Mapping[str, str], **fields: Any) -> None:
-    directory = config.audit_dir / "operator"
+def _operator_audit(loaded: Config, env: Mapping[str, str], **fields: Any) -> None:
+    directory = loaded.audit_dir / "operator"
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        audit = AuditLog(directory, load_audit_key(config, env), config.audit, clock=time.time)
+        audit = AuditLog(directory, load_audit_key(loaded, env), loaded.audit, clock=time.time)
         audit.record("operator", user=_user(), **fields)
         audit.close()
     finally:

@@ -1,48 +1,120 @@
-"""`edgehook train`, `edgehook infer` and `edgehook model`: the pipeline without a webhook."""
+"""`edgehook train`, `infer`, `model` and `keys`: the pipeline without a webhook."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from core.config import Config
 from core.errors import EdgehookError, JobError
+from edgehook.cli.common import Subparsers, add_command, config
 from pipeline.models import registry
 
 
-def run_train(args: argparse.Namespace, config: Config) -> int:
+def register(sub: Subparsers) -> None:
+    p = add_command(
+        sub,
+        "train",
+        "train a quantized model on a local dataset, without a webhook",
+        "edgehook train --data ./images --out ./model",
+        "edgehook train --data ./cifar-10-batches-py --epochs 5 --dry-run",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="an image-folder tree, CIFAR-10 python batches, or a .npz",
+    )
+    p.add_argument("--out", type=Path, required=True, help="where to write the model")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--dry-run", action="store_true", help="one batch of one epoch")
+    p.set_defaults(func=run_train)
+
+    p = add_command(
+        sub,
+        "infer",
+        "classify images with the active (or a given) int8 model",
+        "edgehook infer photo.png",
+        "edgehook infer ./images --top-k 1 --json",
+        "edgehook infer --model ./model photo.png",
+    )
+    p.add_argument("paths", nargs="*", type=Path, help="images or folders of images")
+    p.add_argument(
+        "--benchmark",
+        action="store_true",
+        help="measure int8 vs fp32 latency (batch 1) and throughput (batch 64)",
+    )
+    p.add_argument("--model", type=Path, help="a model directory (default: the active model)")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run_infer)
+
+    model = add_command(
+        sub,
+        "model",
+        "the device's models: list them, roll back the active one",
+        "edgehook model list",
+        "edgehook model rollback",
+    )
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    add_command(model_sub, "list", "models, the active one starred", "edgehook model list")
+    add_command(
+        model_sub, "rollback", "make the previous model active again", "edgehook model rollback"
+    )
+    verify = add_command(
+        model_sub,
+        "verify",
+        "check a model's signature: a directory, or an artifact name (configured source)",
+        "edgehook model verify ./model",
+        "edgehook model verify team/proj/shapes-int8:v3",
+    )
+    verify.add_argument("path", type=Path)
+    model.set_defaults(func=run_model)
+
+    keys = add_command(
+        sub, "keys", "this device's model signing key", "edgehook keys init", "edgehook keys show"
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    add_command(keys_sub, "init", "make the key (refuses to overwrite one)", "edgehook keys init")
+    add_command(keys_sub, "show", "print the public key and its id", "edgehook keys show")
+    keys.set_defaults(func=run_keys)
+
+
+def run_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    loaded = config(args, env)
     from pipeline.models.inference import check_in_fresh_process, predict
     from pipeline.models.modelfile import save
     from pipeline.training.datasets import read_dataset
     from pipeline.training.train import TrainConfig, train
 
-    try:
-        dataset = read_dataset(args.data)
-        train_config = TrainConfig(
-            epochs=args.epochs,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            device=args.device,
-            dry_run=args.dry_run,
-        )
-        trained = train(dataset, train_config)
-        meta = save(
-            args.out, trained, sources=[str(args.data)], extra={"dataset_layout": dataset.layout}
-        )
-        expected = predict(trained.int8, trained.held_out, trained.normalisation).argmax(1)
-        check = check_in_fresh_process(args.out, trained.held_out, expected)
-    except JobError as exc:
-        raise EdgehookError(str(exc)) from exc
+    dataset = read_dataset(args.data)
+    train_config = TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        device=args.device,
+        dry_run=args.dry_run,
+    )
+    trained = train(dataset, train_config)
+    meta = save(
+        args.out, trained, sources=[str(args.data)], extra={"dataset_layout": dataset.layout}
+    )
+    expected = predict(trained.int8, trained.held_out, trained.normalisation).argmax(1)
+    check = check_in_fresh_process(args.out, trained.held_out, expected)
     signed = "unsigned (no secrets.model_signing_key_file configured)"
-    if config.secrets.model_signing_key_file is not None:
+    if loaded.secrets.model_signing_key_file is not None:
         from pipeline.models import signing
 
-        key = signing.load_private(config.secrets.model_signing_key_file)
+        key = signing.load_private(loaded.secrets.model_signing_key_file)
         signed = f"signed by {signing.sign(args.out, key).key_id}"
     print(
         f"wrote {args.out} (int8 accuracy {meta['metrics']['int8_accuracy']:.3f}, {signed}); "
@@ -51,12 +123,13 @@ def run_train(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def run_infer(args: argparse.Namespace, config: Config) -> int:
+def run_infer(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    loaded = config(args, env)
     from pipeline.models.inference import predict
     from pipeline.models.modelfile import load_int8
     from pipeline.training.datasets import IMAGE_SUFFIXES
 
-    model_dir = args.model or registry.active(config.models_dir)
+    model_dir = args.model or registry.active(loaded.models_dir)
     if model_dir is None:
         raise EdgehookError("no active model: train one (edgehook train) or pass --model DIR")
     if args.benchmark:
@@ -72,11 +145,8 @@ def run_infer(args: argparse.Namespace, config: Config) -> int:
     ]
     if not paths:
         raise EdgehookError("no images given")
-    try:
-        model, meta = load_int8(Path(model_dir))
-        images = np.stack([_read(p, meta["spec"]) for p in paths])
-    except JobError as exc:
-        raise EdgehookError(str(exc)) from exc
+    model, meta = load_int8(Path(model_dir))
+    images = np.stack([_read(p, meta["spec"]) for p in paths])
     probabilities = predict(model, images, meta["normalisation"])
     classes = meta["classes"]
     for path, row in zip(paths, probabilities, strict=True):
@@ -96,10 +166,7 @@ def _benchmark(model_dir: Path, as_json: bool) -> int:
     from pipeline.models.inference import speed
     from pipeline.models.modelfile import load_int8
 
-    try:
-        model, meta = load_int8(model_dir)
-    except JobError as exc:
-        raise EdgehookError(str(exc)) from exc
+    model, meta = load_int8(model_dir)
     figures = speed(model, meta["spec"], repeats=200)
     if as_json:
         print(json.dumps(figures))
@@ -131,10 +198,11 @@ def _read(path: Path, spec: dict[str, int]) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def run_keys(args: argparse.Namespace, config: Config) -> int:
+def run_keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    loaded = config(args, env)
     from pipeline.models import signing
 
-    path = config.secrets.model_signing_key_file or config.base_dir / "secrets" / (
+    path = loaded.secrets.model_signing_key_file or loaded.base_dir / "secrets" / (
         "model_signing_key"
     )
     if args.keys_command == "init":
@@ -145,23 +213,21 @@ def run_keys(args: argparse.Namespace, config: Config) -> int:
             )
         public = signing.generate(path)
         print(f"wrote {path} (mode 0600)")
-        if config.secrets.model_signing_key_file is None:
+        if loaded.secrets.model_signing_key_file is None:
             print(f'add to the config: [secrets] model_signing_key_file = "{path}"')
     else:
-        try:
-            public = signing.public_text(signing.load_private(path).public_key())
-        except JobError as exc:
-            raise EdgehookError(str(exc)) from exc
+        public = signing.public_text(signing.load_private(path).public_key())
     print(f"{public}  (key id {signing.key_id(public)})")
     return 0
 
 
-def run_model(args: argparse.Namespace, config: Config) -> int:
+def run_model(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    loaded = config(args, env)
     if args.model_command == "verify":
         from pipeline.models import signing
 
         trusted = signing.trusted_keys(
-            config.secrets.model_signing_key_file, config.models.trusted_keys
+            loaded.secrets.model_signing_key_file, loaded.models.trusted_keys
         )
         try:
             if args.path.exists():
@@ -172,11 +238,11 @@ def run_model(args: argparse.Namespace, config: Config) -> int:
 
                 with tempfile.TemporaryDirectory(prefix="edgehook-verify-") as tmp:
                     got = fetch(
-                        config.artifacts.source,
-                        config.artifacts.local_root,
+                        loaded.artifacts.source,
+                        loaded.artifacts.local_root,
                         str(args.path),
                         Path(tmp) / "model",
-                        config.artifacts.download_timeout_s,
+                        loaded.artifacts.download_timeout_s,
                     )
                     signer = signing.verify(got.root, trusted)
         except JobError as exc:
@@ -185,19 +251,16 @@ def run_model(args: argparse.Namespace, config: Config) -> int:
         print(f"verified: signed by trusted key {signer.key_id}")
         return 0
     if args.model_command == "rollback":
-        try:
-            name = registry.rollback(config.models_dir)
-        except JobError as exc:
-            raise EdgehookError(str(exc)) from exc
+        name = registry.rollback(loaded.models_dir)
         print(f"active model: {name}")
         return 0
-    current = registry.state(config.models_dir)
+    current = registry.state(loaded.models_dir)
     names = [*current["history"], current["active"]] if current["active"] else []
     if not names:
         print("no models yet")
     for name in names:
         marker = "*" if name == current["active"] else " "
-        meta = json.loads((config.models_dir / name / "model.json").read_text())
+        meta = json.loads((loaded.models_dir / name / "model.json").read_text())
         print(
             f"{marker} {name}  int8 accuracy {meta['metrics']['int8_accuracy']:.3f}  "
             f"from {', '.join(meta.get('sources', []))}"

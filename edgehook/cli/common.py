@@ -1,0 +1,67 @@
+"""What every command group shares: the subcommand builder, the global options, the config."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from core.config import Config, find_config, load_config
+
+# What add_subparsers returns (argparse's _SubParsersAction, not part of its public API).
+Subparsers = Any
+
+
+def examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def add_command(
+    sub: Subparsers, name: str, help_text: str, *example_lines: str
+) -> argparse.ArgumentParser:
+    """A subcommand with its help, description and examples, taking the global options too."""
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples(*example_lines),
+    )
+    add_global_options(parser, top=False)
+    return parser
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """--config, --data-dir, --log-level. Below the top they default to SUPPRESS, so a value
+    given after the subcommand wins and an absent one leaves the top's value alone."""
+
+    def default(value: str | None) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--config",
+        default=default(None),
+        help="config file (default: $EDGEHOOK_CONFIG or "
+        "./edgehook.toml if present, else embedded defaults)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        default=default(None),
+        help="where the store and audit log live "
+        "(default: $EDGEHOOK_DATA_DIR or the config's data_dir)",
+    )
+    parser.add_argument(
+        "--log-level", default=default("info"), choices=["debug", "info", "warning"]
+    )
+
+
+def config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
+    cwd = Path.cwd()
+    return load_config(find_config(args.config, env, cwd), env, cwd=cwd, data_dir=args.data_dir)
+
+
+def port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port (use 1-65535)")
+    return int(text)
