@@ -1,8 +1,8 @@
 """The child process for built-in actions: `python -m pipeline.runjob job.json`.
 
-Runs in the job's own directory with only the environment its rule allows. Writes
-result.json (summary, produced artifacts, or the error) for the worker, which owns the
-outcome. Exit codes: see pipeline/errors.py.
+Runs in the job's own directory with only the environment its rule allows. Reads job.json
+(pipeline/jobs.JobSpec), writes result.json (pipeline/jobs.JobResult) for the worker, which
+owns the outcome. Exit codes: see core/errors.py.
 """
 
 from __future__ import annotations
@@ -18,37 +18,32 @@ from typing import Any
 from core.errors import EXIT_FAILED, EXIT_TRANSIENT, JobError, StalledError, TransientError
 from pipeline.artifacts import Fetched
 from pipeline.artifacts import fetch as fetch_artifact
+from pipeline.jobs import JobResult, JobSpec
 
-RESULT = "result.json"
 
-
-def fetch(spec: dict[str, Any], job_dir: Path) -> Fetched:
-    version = spec["event"].get("version_string") or _version_string(spec["event"])
+def fetch(spec: JobSpec, job_dir: Path) -> Fetched:
+    version = spec.event.get("version_string") or _version_string(spec.event)
     if version is None:
         raise JobError("the event names no artifact version")
     return _fetch(spec, version, job_dir / "artifact")
 
 
-def _fetch(spec: dict[str, Any], version: str, dest: Path) -> Fetched:
-    artifacts = spec["artifacts"]
+def _fetch(spec: JobSpec, version: str, dest: Path) -> Fetched:
+    artifacts = spec.artifacts
     return fetch_artifact(
-        artifacts["source"],
-        artifacts["local_root"],
-        version,
-        dest,
-        float(artifacts.get("download_timeout_s", 900.0)),
+        artifacts.source, artifacts.local_root, version, dest, artifacts.download_timeout_s
     )
 
 
-def download(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
+def download(spec: JobSpec, job_dir: Path) -> JobResult:
     got = fetch(spec, job_dir)
-    return {
-        "summary": f"downloaded {got.version_string}: {got.files} files, {got.bytes} bytes, "
+    return JobResult(
+        summary=f"downloaded {got.version_string}: {got.files} files, {got.bytes} bytes, "
         "digests verified"
-    }
+    )
 
 
-def retrain(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
+def retrain(spec: JobSpec, job_dir: Path) -> JobResult:
     """Fetch the dataset, train with QAT, export, and check the export in a fresh process.
     When the event is about a model artifact, fine-tune that model (only if a trusted key
     signed it) on the dataset its metadata names. The worker signs and promotes."""
@@ -66,7 +61,7 @@ def retrain(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
         data_root, sources = data.root, [data.version_string, got.version_string]
         origin = f"fine-tuned from {got.version_string}"
     dataset = read_dataset(data_root)
-    args = spec.get("args", {})
+    args = spec.args
     config = TrainConfig(
         **{k: args[k] for k in ("epochs", "lr", "batch_size", "seed") if k in args}
     )
@@ -83,10 +78,10 @@ def retrain(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
         model_dir,
         trained,
         sources=sources,
-        device=spec.get("device_id"),
+        device=spec.device_id,
         extra={
             "latency": timing,
-            "job_id": spec.get("job_id"),
+            "job_id": spec.job_id,
             "dataset_layout": dataset.layout,
             "origin": origin,
         },
@@ -95,25 +90,25 @@ def retrain(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     check = check_in_fresh_process(model_dir, trained.held_out, expected)
     print(f"inference check: {check['agree']}/{check['samples']} predictions agree", flush=True)
     metrics = meta["metrics"]
-    return {
-        "summary": f"{origin}, trained on {sources[0]} ({dataset.layout}, "
+    return JobResult(
+        summary=f"{origin}, trained on {sources[0]} ({dataset.layout}, "
         f"{len(dataset.labels)} images): int8 accuracy {metrics['int8_accuracy']:.3f}, "
         f"QAT {metrics['qat_accuracy']:.3f}",
-        "model": str(model_dir),
-    }
+        model=str(model_dir),
+    )
 
 
-def _previous_model(spec: dict[str, Any], root: Path) -> tuple[Any, str]:
+def _previous_model(spec: JobSpec, root: Path) -> tuple[Any, str]:
     """The model to fine-tune (signature checked before anything is loaded) and the dataset
     version it was trained on."""
     from pipeline.models.modelfile import load_for_finetune, read_metadata
     from pipeline.models.signing import verify
     from pipeline.training.train import Previous
 
-    if spec.get("allow_unsigned"):
+    if spec.allow_unsigned:
         print("WARNING: models.allow_unsigned = true: the signature is not checked", flush=True)
     else:
-        verify(root, spec.get("trusted_keys", []))
+        verify(root, spec.trusted_keys)
     sources = read_metadata(root).get("sources")
     dataset = next((s for s in sources or [] if isinstance(s, str) and ":" in s), None)
     if dataset is None:
@@ -122,7 +117,7 @@ def _previous_model(spec: dict[str, Any], root: Path) -> tuple[Any, str]:
     return Previous(model, model_spec, meta["normalisation"]), dataset
 
 
-def deploy(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
+def deploy(spec: JobSpec, job_dir: Path) -> JobResult:
     """Fetch a model artifact; accept it only if a trusted key signed it (checked before a
     byte of it is loaded); rebuild the int8 model from it as a smoke test. The worker checks
     the signature again and makes the model active."""
@@ -133,22 +128,22 @@ def deploy(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     from pipeline.models.signing import verify
 
     got = fetch(spec, job_dir)
-    if spec.get("allow_unsigned"):
+    if spec.allow_unsigned:
         print("WARNING: models.allow_unsigned = true: the signature is not checked", flush=True)
         signer = "unchecked"
     else:
-        signer = verify(got.root, spec.get("trusted_keys", [])).key_id
+        signer = verify(got.root, spec.trusted_keys).key_id
     model, meta = load_int8(got.root)
     shape = meta["spec"]
     probe = np.zeros((1, shape["in_channels"], shape["height"], shape["width"]), np.float32)
     predict(model, probe, meta["normalisation"])
-    return {
-        "summary": f"verified {got.version_string} (signed by {signer}) and rebuilt it as int8",
-        "deploy": str(got.root),
-    }
+    return JobResult(
+        summary=f"verified {got.version_string} (signed by {signer}) and rebuilt it as int8",
+        deploy=str(got.root),
+    )
 
 
-def publish(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
+def publish(spec: JobSpec, job_dir: Path) -> JobResult:
     """Log the retrain's run and upload its signed model to W&B (offline with
     WANDB_MODE=offline; `wandb sync` uploads it later). The model's metadata marks it as
     produced by this device, so its own upload cannot re-trigger a retrain."""
@@ -160,7 +155,7 @@ def publish(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     model_dir = job_dir / "model"
     meta = read_metadata(model_dir)
     signature = json.loads((model_dir / "model.sig").read_text(encoding="utf-8"))
-    event, args = spec["event"], spec["args"]
+    event, args = spec.event, spec.args
     collection = event.get("collection") or "dataset"
     project = event.get("project") or os.environ.get("WANDB_PROJECT") or "edgehook"
     try:
@@ -226,8 +221,8 @@ def publish(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     except CommError as exc:
         raise TransientError(f"W&B unavailable while publishing: {exc}") from exc
     offline = not produced
-    return {
-        "summary": (
+    return JobResult(
+        summary=(
             f"logged the run and {collection}-int8 ({', '.join(aliases)}) "
             + (
                 f"offline in {Path(where).parent}; upload with `wandb sync`"
@@ -235,11 +230,11 @@ def publish(spec: dict[str, Any], job_dir: Path) -> dict[str, Any]:
                 else f"as {produced[0]['version_string']}"
             )
         ),
-        "produced": produced,
-    }
+        produced=produced,
+    )
 
 
-ACTIONS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {
+ACTIONS: dict[str, Callable[[JobSpec, Path], JobResult]] = {
     "publish": publish,
     "download": download,
     "retrain": retrain,
@@ -255,22 +250,21 @@ def _version_string(event: dict[str, Any]) -> str | None:
 
 def main(argv: list[str]) -> int:
     job_dir = Path.cwd()
-    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    result: dict[str, Any]
+    spec = JobSpec.read(Path(argv[0]))
     stalled = False
     try:
-        result = ACTIONS[spec["action"]](spec, job_dir)
+        result = ACTIONS[spec.action](spec, job_dir)
         code = 0
     except TransientError as exc:
-        result, code = {"error": str(exc), "transient": True}, EXIT_TRANSIENT
+        result, code = JobResult(error=str(exc), transient=True), EXIT_TRANSIENT
         stalled = isinstance(exc, StalledError)
     except JobError as exc:
-        result, code = {"error": str(exc)}, EXIT_FAILED
+        result, code = JobResult(error=str(exc)), EXIT_FAILED
     except Exception as exc:
         traceback.print_exc()
-        result, code = {"error": f"internal error: {type(exc).__name__}: {exc}"}, EXIT_FAILED
-    (job_dir / RESULT).write_text(json.dumps(result), encoding="utf-8")
-    print(result.get("summary") or f"error: {result['error']}", flush=True)
+        result, code = JobResult(error=f"internal error: {type(exc).__name__}: {exc}"), EXIT_FAILED
+    result.write(job_dir)
+    print(result.summary or f"error: {result.error}", flush=True)
     if stalled:
         sys.stderr.flush()
         os._exit(code)  # skip the exit handlers that would join the stuck threads

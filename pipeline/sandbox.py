@@ -10,12 +10,14 @@ import json
 import os
 import pwd
 import resource
+import selectors
 import signal
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any, BinaryIO
 
 from core.config import WorkerConfig
 
@@ -168,3 +170,44 @@ class CappedLog:
             self._file.write(f"\n[edgehook: {self._dropped} bytes dropped]\n".encode())
         self._file.write(bytes(self._tail))
         self._file.close()
+
+
+class OutputPump:
+    """The children's stdout pipes, read without blocking into their capped logs: the
+    worker's loop waits here, for output or for its poll interval."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+
+    def add(self, pipe: IO[bytes], log: CappedLog) -> None:
+        os.set_blocking(pipe.fileno(), False)
+        self._selector.register(pipe, selectors.EVENT_READ, log)
+
+    def wait(self, timeout: float) -> None:
+        if not self._selector.get_map():
+            time.sleep(timeout)
+            return
+        for key, _ in self._selector.select(timeout):
+            try:
+                data = os.read(key.fd, 65536)
+            except BlockingIOError:
+                continue
+            if data:
+                key.data.feed(data)
+            else:
+                self.close(key.fileobj)  # type: ignore[arg-type]
+
+    def close(self, pipe: IO[bytes]) -> None:
+        """Read what is left, then close the pipe and its log (once; later calls do nothing)."""
+        if pipe.closed:
+            return
+        key = self._selector.get_key(pipe)
+        log: CappedLog = key.data
+        try:
+            while data := os.read(pipe.fileno(), 65536):
+                log.feed(data)
+        except (BlockingIOError, OSError):
+            pass
+        self._selector.unregister(pipe)
+        pipe.close()
+        log.close()

@@ -10,14 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import fcntl
-import json
 import os
-import selectors
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,14 +24,15 @@ import structlog
 
 from core.audit import AuditLog
 from core.config import Config
-from core.errors import EXIT_TRANSIENT, EdgehookError, JobError
-from core.rules import WANDB_ENV, Rule
-from pipeline.models import registry, signing
+from core.errors import EXIT_TRANSIENT, EdgehookError
+from core.rules import Rule
+from pipeline.jobs import JobResult, prepare
+from pipeline.outcomes import PUBLISH_RULE, Outcomes
 from pipeline.queue import Job, JobState, SqliteQueue
 from pipeline.sandbox import (
     CappedLog,
     Limits,
-    command_environment,
+    OutputPump,
     job_environment,
     make_job_dir,
     signal_group,
@@ -43,17 +40,6 @@ from pipeline.sandbox import (
 )
 
 log = structlog.get_logger("edgehook.worker")
-# The internal rule for follow-up jobs that publish a model to W&B (no event matches it).
-PUBLISH_RULE = Rule(
-    name="edgehook-publish",
-    events=frozenset(),
-    action="publish",
-    env_allow=WANDB_ENV,
-    timeout_s=1800.0,
-    max_retries=5,
-    coalesce=False,
-)
-RESULT_LIMIT = 64 * 1024
 REAP_EVERY_S = 1.0
 CANCEL_CHECK_EVERY_S = 0.5
 
@@ -72,7 +58,6 @@ class Running:
     kill_at: float | None = None  # SIGKILL deadline once SIGTERM was sent
     stop_reason: str | None = None  # why we are stopping it (timeout, cancel, lost lease)
     stop_state: JobState | None = None
-    output_open: bool = True
 
 
 class Worker:
@@ -101,9 +86,10 @@ class Worker:
             PUBLISH_RULE, max_retries=config.models.publish_retries
         )
         self.rules = {rule.name: rule for rule in (*config.rules, self.publish_rule)}
+        self.outcomes = Outcomes(config, queue, self._audit_job, clock, self.publish_rule)
         self.limits = Limits.from_config(self.settings)
         self.running: dict[int, Running] = {}
-        self.selector = selectors.DefaultSelector()
+        self.outputs = OutputPump()
         self.stopping = False
         self._stop_deadline = 0.0
         self._last_reap = float("-inf")
@@ -129,7 +115,7 @@ class Worker:
                     break
                 if once and not self.running and not self.queue.runnable(self.clock()):
                     break
-                self._wait_output(self.settings.poll_s)
+                self.outputs.wait(self.settings.poll_s)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -181,7 +167,7 @@ class Worker:
             job_dir = make_job_dir(
                 self.config.jobs_dir, job.id, job.attempt, self.settings.job_user
             )
-            argv, extra = self._argv(job, rule, job_dir)
+            argv, extra = prepare(job, rule, job_dir, self.config, self.outcomes.trusted_keys)
             env = job_environment(rule.env_allow, self.env, self.wandb_key, job_dir, extra)
             process = spawn(argv, job_dir, env, self.limits, self.settings.job_user)
         except OSError as exc:
@@ -209,42 +195,12 @@ class Worker:
             job_dir.parent / f"attempt-{job.attempt}.log", self.settings.max_log_bytes
         )
         assert process.stdout is not None
-        os.set_blocking(process.stdout.fileno(), False)
         run = Running(job, rule, process, job_dir, capped, started_tick, started_tick)
-        self.selector.register(process.stdout, selectors.EVENT_READ, run)
+        self.outputs.add(process.stdout, capped)
         self.running[job.id] = run
         self._audit_job(
             job, "started", pid=process.pid, waited_ms=round((started - job.created_at) * 1000, 1)
         )
-
-    def _argv(self, job: Job, rule: Rule, job_dir: Path) -> tuple[list[str], dict[str, str]]:
-        extra = {"EDGEHOOK_JOB_ID": str(job.id), "EDGEHOOK_JOB_DIR": str(job_dir)}
-        if rule.action == "command":
-            return list(rule.command), extra | command_environment(job.args, job.event, job.id)
-        if rule.action == "publish":
-            # The job gets a copy of the signed model: never the registry, never the key.
-            source = self.config.models_dir / str(job.args.get("model"))
-            registry.read_metadata(source)
-            shutil.copytree(source, job_dir / "model")
-        spec = {
-            # deploy and fine-tuning check signatures in the child, before loading anything:
-            # public keys only, never the private one.
-            "trusted_keys": self.trusted_keys() if rule.action in ("deploy", "retrain") else [],
-            "allow_unsigned": self.config.models.allow_unsigned,
-            "device_id": self.config.device_id,
-            "job_id": job.id,
-            "action": rule.action,
-            "args": job.args,
-            "event": job.event,
-            "attempt": job.attempt,
-            "artifacts": {
-                "source": self.config.artifacts.source,
-                "local_root": str(self.config.artifacts.local_root or ""),
-                "download_timeout_s": self.config.artifacts.download_timeout_s,
-            },
-        }
-        (job_dir / "job.json").write_text(json.dumps(spec), encoding="utf-8")
-        return [sys.executable, "-m", "pipeline.runjob", "job.json"], extra
 
     # -- supervising -----------------------------------------------------------------------
 
@@ -294,119 +250,26 @@ class Worker:
             else:
                 self._audit_job(job, "abandoned", reason=run.stop_reason)
             return
-        result = self._result(run)
+        result = JobResult.read(run.job_dir)
         if code == 0:
-            summary = str(result.get("summary", ""))[:400]
-            step = (
-                self._promote
-                if isinstance(result.get("model"), str)
-                else self._deploy
-                if isinstance(result.get("deploy"), str)
-                else None
-            )
-            if step is not None:
-                try:
-                    summary += "; " + step(run, Path(result.get("model") or result["deploy"]))
-                except (JobError, EdgehookError) as exc:
-                    self._record_failure(
-                        job, now, f"model not accepted: {exc}", transient=False, exit_code=code
-                    )
-                    return
-            produced = [p for p in result.get("produced", []) if isinstance(p, dict)]
-            if self.queue.complete(job.id, self.id, now, summary=summary, produced=produced):
+            summary = result.summary[:400]
+            try:
+                summary += self.outcomes.accept(job, run.job_dir, result)
+            except EdgehookError as exc:
+                self._record_failure(
+                    job, now, f"model not accepted: {exc}", transient=False, exit_code=code
+                )
+                return
+            if self.queue.complete(job.id, self.id, now, summary=summary, produced=result.produced):
                 self._audit_job(job, "succeeded", duration_s=duration, summary=summary)
             return
         if code < 0:
             reason = f"killed by {signal.Signals(-code).name}"
         else:
-            reason = str(result.get("error") or run.log.last_line or f"exit code {code}")[:500]
+            reason = (result.error or run.log.last_line or f"exit code {code}")[:500]
         self._record_failure(
             job, now, reason, transient=code == EXIT_TRANSIENT, exit_code=code, duration_s=duration
         )
-
-    def _promote(self, run: Running, model: Path) -> str:
-        """Sign the job's model with this device's key, register it, and make it active if it
-        is no worse than the active one (the worker holds the key; the job never does)."""
-        self._inside_job_dir(run, model)
-        signed = signing.sign(model, self._signing_key())
-        decision = registry.promote(
-            self.config.models_dir,
-            model,
-            self._model_name(run),
-            self.config.models.promotion_tolerance,
-        )
-        self._audit_job(
-            run.job,
-            "model_promoted" if decision.promoted else "model_kept",
-            model=decision.name,
-            reason=decision.reason,
-            key_id=signed.key_id,
-        )
-        publishing = self._queue_publish(run, decision)
-        if decision.promoted:
-            return f"promoted {decision.name} ({decision.reason}){publishing}"
-        return f"not promoted: {decision.reason}{publishing}"
-
-    def _queue_publish(self, run: Running, decision: registry.Decision) -> str:
-        """Publishing to W&B is a job of its own: W&B trouble is retried there, and never
-        touches the model already kept on the device."""
-        publish = self.config.models.publish
-        if publish == "never" or (publish == "auto" and self.config.artifacts.source != "wandb"):
-            return ""
-        args = {"model": decision.name, "promoted": decision.promoted, "retrain_job": run.job.id}
-        job_id = self.queue.enqueue_followup(
-            run.job.id,
-            PUBLISH_RULE.name,
-            "publish",
-            args,
-            run.job.event,
-            self.clock(),
-            self.publish_rule.max_retries + 1,
-        )
-        self._audit_job(run.job, "publish_queued", publish_job=job_id)
-        return f"; publishing as job {job_id}"
-
-    def _deploy(self, run: Running, model: Path) -> str:
-        """Make a fetched model active, only if a trusted key signed it (checked again here,
-        whatever the job said)."""
-        self._inside_job_dir(run, model)
-        if self.config.models.allow_unsigned:
-            log.warning("deploying_without_signature_check", job_id=run.job.id)
-            signer = "unchecked (models.allow_unsigned = true)"
-        else:
-            signer = signing.verify(model, self.trusted_keys()).key_id
-        decision = registry.activate(self.config.models_dir, model, self._model_name(run))
-        self._audit_job(run.job, "model_deployed", model=decision.name, signer=signer)
-        return f"deployed {decision.name}, signed by {signer}"
-
-    def trusted_keys(self) -> list[str]:
-        try:
-            return signing.trusted_keys(
-                self.config.secrets.model_signing_key_file, self.config.models.trusted_keys
-            )
-        except EdgehookError as exc:
-            raise JobError(str(exc)) from exc
-
-    def _signing_key(self) -> Any:
-        path = self.config.secrets.model_signing_key_file
-        if path is None:
-            raise JobError(
-                "no model signing key: set secrets.model_signing_key_file "
-                "(edgehook keys init makes one)"
-            )
-        try:
-            return signing.load_private(path)
-        except EdgehookError as exc:
-            raise JobError(str(exc)) from exc
-
-    @staticmethod
-    def _inside_job_dir(run: Running, model: Path) -> None:
-        if run.job_dir.resolve() not in model.resolve().parents:
-            raise JobError("the job reported a model outside its own directory")
-
-    @staticmethod
-    def _model_name(run: Running) -> str:
-        return f"job{run.job.id}-attempt{run.job.attempt}"
 
     def _record_failure(
         self,
@@ -440,16 +303,6 @@ class Worker:
         elif state is not None:
             self._audit_job(job, state.value, reason=reason, exit_code=exit_code, **extra)
 
-    def _result(self, run: Running) -> dict[str, Any]:
-        path = run.job_dir / "result.json"
-        try:
-            if path.stat().st_size > RESULT_LIMIT:
-                return {"error": "result.json is too large"}
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
     def _reap(self, now: float, tick: float) -> None:
         self._last_reap = tick
         # Our own running jobs are alive: renew their leases before looking for expired
@@ -466,36 +319,9 @@ class Worker:
                 reason="lease expired: its worker died or stalled",
             )
 
-    # -- output ----------------------------------------------------------------------------
-
-    def _wait_output(self, timeout: float) -> None:
-        if not self.selector.get_map():
-            time.sleep(timeout)
-            return
-        for key, _ in self.selector.select(timeout):
-            run: Running = key.data
-            try:
-                data = os.read(key.fd, 65536)
-            except BlockingIOError:
-                continue
-            if data:
-                run.log.feed(data)
-            else:
-                self._close_output(run)
-
     def _close_output(self, run: Running) -> None:
-        if not run.output_open:
-            return
-        run.output_open = False
         assert run.process.stdout is not None
-        try:
-            while data := os.read(run.process.stdout.fileno(), 65536):
-                run.log.feed(data)
-        except (BlockingIOError, OSError):
-            pass
-        self.selector.unregister(run.process.stdout)
-        run.process.stdout.close()
-        run.log.close()
+        self.outputs.close(run.process.stdout)
 
     # -- audit -----------------------------------------------------------------------------
 
