@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from core.config import ArtifactsConfig
 from core.errors import JobError, StalledError, TransientError
 from core.names import path_component
 
@@ -49,7 +50,7 @@ def collection_path(root: Path, entity: str, project: str, collection: str) -> P
     return root / path_component(entity) / path_component(project) / path_component(collection)
 
 
-DOWNLOAD_TIMEOUT_S = 900.0
+DOWNLOAD_TIMEOUT_S = ArtifactsConfig().download_timeout_s  # declared in core/sections.py
 
 
 def fetch(
