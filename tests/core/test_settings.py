@@ -20,7 +20,7 @@ from tests.conftest import ROOT
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
 # What the starter file sets on purpose, unlike the embedded defaults.
 STARTER_VALUES = {
