@@ -6,7 +6,7 @@ model.safetensors and model.json (and, with model signing, its signature); anyth
 .pt pickle, a TorchScript file, an unknown layout) is refused before a byte is loaded. The
 architecture is edgehook's own, rebuilt from validated metadata; the weights file holds the
 int8 model's numbers (int8 weights with their scales and zero points, float biases, each
-layer's output scale and zero point: pipeline.training.quantize.int8_tensors), about a
+layer's output scale and zero point: pipeline.models.int8.int8_tensors), about a
 quarter of the fp32 model's size. Fine-tuning starts from their dequantized values.
 """
 
@@ -41,7 +41,7 @@ def save(
     import torch
     from safetensors.torch import save_file
 
-    from pipeline.training.quantize import int8_tensors
+    from pipeline.models.int8 import int8_tensors
     from pipeline.training.train import config_dict
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,8 @@ def load_int8(directory: Path) -> tuple[Any, dict[str, Any]]:
     """The int8 model, rebuilt from validated metadata with its numbers from the weights
     file, for this machine's quantized engine (a model trained on x86 runs on a Jetson's
     qnnpack and the other way round; the inference check and the deploy smoke test judge)."""
-    from pipeline.training.quantize import backend, int8_from_tensors
+    from pipeline.models.int8 import int8_from_tensors
+    from pipeline.training.quantize import backend
 
     meta, model, _, tensors = _load(directory)
     return int8_from_tensors(model, tensors, backend()), meta
@@ -134,7 +135,8 @@ def load_int8(directory: Path) -> tuple[Any, dict[str, Any]]:
 def load_for_finetune(directory: Path) -> tuple[Any, dict[str, Any], Any]:
     """A QAT model starting from the saved int8 model's dequantized weights, its metadata
     and its spec."""
-    from pipeline.training.quantize import backend, qat_from_tensors
+    from pipeline.models.int8 import qat_from_tensors
+    from pipeline.training.quantize import backend
 
     meta, model, spec, tensors = _load(directory)
     return qat_from_tensors(model, tensors, backend(), str(meta.get("engine"))), meta, spec

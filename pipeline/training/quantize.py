@@ -1,5 +1,6 @@
-"""Quantization, behind one small module: everything else calls prepare_qat, freeze_bn,
-fold_bn, to_int8, run, int8_tensors, int8_from_tensors, qat_from_tensors and backend. Today
+"""Quantization, behind one small module (and pipeline/models/int8.py, the int8 model as
+plain tensors): everything else calls prepare_qat, freeze_bn, fold_bn, to_int8, run and
+backend. Today
 this is torch's eager-mode API (what Jetson's torch 2.3-2.5 wheels offer); torch now
 deprecates it in favour of torchao, and this is the only module to change when edgehook
 moves.
@@ -26,7 +27,6 @@ import torch.ao.nn.intrinsic.qat as nniqat
 from torch import nn
 from torch.ao.quantization import FakeQuantizeBase
 
-from core.errors import JobError
 from pipeline.training.model import FUSE, WEIGHT_ONLY
 
 # The deprecation notices torch emits for the eager API; silenced here and only here.
@@ -100,7 +100,7 @@ def fold_bn(model: nn.Module) -> nn.Module:
             folded.bias.copy_(bn.bias + (bias - bn.running_mean) * factor)
         folded.weight_fake_quant = module.weight_fake_quant
         folded.activation_post_process = module.activation_post_process
-        _observe_afresh(folded.weight_fake_quant, folded.weight)
+        observe_afresh(folded.weight_fake_quant, folded.weight)
         folded.train(module.training)
         setattr(model, name, folded)
     return model
@@ -112,10 +112,9 @@ class WeightOnlyLinear(nn.Module):
     Written here because torch's eager API has no static-weight, float-activation linear.
     The head's logits stay float: quantized logits are clipped to the range the output
     observer saw, and the QAT model (0..127 on x86) and the int8 model (0..255) clip them
-    differently; on a noisy, low-contrast set that cost 14 to 24 points of int8 accuracy
-    against the QAT model in one seed of three (0.74 vs 0.88-0.98). With this head they
-    agree within half a point, at the size of an int8 head. Computing with the dequantized
-    weights costs nothing measurable (64 x classes multiplications per image).
+    differently, which costs int8 accuracy on noisy sets (benchmarks/README.md has the
+    measurements). Computing with the dequantized weights costs little: one multiplication
+    per weight and image.
     """
 
     def __init__(self, qweight: torch.Tensor, bias: torch.Tensor) -> None:
@@ -137,9 +136,11 @@ class WeightOnlyLinear(nn.Module):
     def from_qat(cls, layer: Any) -> WeightOnlyLinear:
         """Exactly the weights the QAT layer trained with (its fake quantizer's grid)."""
         fake_quant = layer.weight_fake_quant
-        with _observers_off(fake_quant), torch.no_grad():
+        with observers_off(fake_quant), torch.no_grad():
             on_grid = fake_quant(layer.weight.detach())
-        qweight = _quantize(on_grid, fake_quant.scale, fake_quant.zero_point, fake_quant.ch_axis)
+        qweight = quantize_on_grid(
+            on_grid, fake_quant.scale, fake_quant.zero_point, fake_quant.ch_axis
+        )
         return cls(qweight, layer.bias.detach().clone())
 
 
@@ -148,8 +149,7 @@ def freeze_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
 
     The running averages trail the weights (momentum 0.1) and after few steps are still
     mostly their initial values; folding those would change the function the model learned
-    with batch statistics (on a 120-image set, seeds 0-2 ended at 0.46-0.88 held-out
-    accuracy that way, 1.0 with measured statistics).
+    with batch statistics (benchmarks/README.md: what that cost).
     One forward pass without gradients: a hook measures each batch norm's input while the
     running statistics (which the QAT conv scales its weights by) and the observers stay
     as they are.
@@ -162,7 +162,7 @@ def freeze_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
     def measure(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
         x = inputs[0].detach()
         n = x.numel() // x.shape[1]
-        mean = x.mean((0, 2, 3))  # (torch.var_mean is 7x slower here)
+        mean = x.mean((0, 2, 3))  # faster here than torch.var_mean
         squares = (x - mean.reshape(1, -1, 1, 1)).square().sum((0, 2, 3))
         mean, squares = mean.cpu().double(), squares.cpu().double()
         seen, before, before_squares = moments[id(module)]
@@ -182,7 +182,7 @@ def freeze_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
         for bn in norms:
             bn.momentum = 0.0  # running statistics stay put during the pass
         model.train()
-        with _observers_off(model), quiet(), torch.no_grad():
+        with observers_off(model), quiet(), torch.no_grad():
             for batch in batches:
                 model(batch)
     finally:
@@ -200,10 +200,9 @@ def freeze_bn(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
     return fold_bn(model)
 
 
-def _observe_afresh(fake_quant: Any, weight: torch.Tensor) -> None:
+def observe_afresh(fake_quant: Any, weight: torch.Tensor) -> None:
     """Point a weight fake quantizer at `weight` alone: its moving average (constant 0.01)
-    would take hundreds of steps to leave the range of the weights before the fold (on a
-    120-image set, seeds 0-2 ended at 0.25-1.0 held-out accuracy that way, 1.0 with this)."""
+    would take hundreds of steps to leave the range of the weights before the fold."""
     with torch.no_grad():
         fake_quant.activation_post_process.reset_min_max_vals()
         enabled = fake_quant.observer_enabled.clone()
@@ -224,7 +223,7 @@ def to_int8(model: nn.Module, engine: str) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _observers_off(model: nn.Module) -> Iterator[None]:
+def observers_off(model: nn.Module) -> Iterator[None]:
     """Fake quantizers use their ranges without updating them (then as they were)."""
     fake_quants: list[Any] = [m for m in model.modules() if isinstance(m, FakeQuantizeBase)]
     observing = [fq.observer_enabled.clone() for fq in fake_quants]
@@ -242,97 +241,11 @@ def run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     nothing: a QAT model's fused fake quantizers keep observing in eval mode, so evaluating
     on held-out data would otherwise move its activation ranges (held-out data leaking
     into the model)."""
-    with _observers_off(model), quiet(), torch.no_grad():
+    with observers_off(model), quiet(), torch.no_grad():
         return model(x)
 
 
-# The int8 model as plain tensors. safetensors holds no quantized dtypes, and a pickle or a
-# TorchScript archive from the internet runs code when loaded, so the export is written by
-# hand: per layer its int8 weight, the weight's scales and zero points (one per output
-# channel, or one) and its float bias; per quantized-output layer also its output's scale
-# and zero point (the weight-only head has none).
-
-_WEIGHT_KEYS = ("weight", "weight_scales", "weight_zero_points", "bias")
-_OUTPUT_KEYS = ("scale", "zero_point")
-
-
-def _layers(model: nn.Module) -> Iterator[tuple[str, Any]]:
-    """The layers that hold int8 weights (conv, linear, the weight-only head), by name."""
-    for name, module in model.named_modules():
-        if isinstance(module, WeightOnlyLinear) or (
-            hasattr(module, "set_weight_bias") and hasattr(module, "scale")
-        ):
-            yield name, module
-
-
-def int8_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every number the int8 model computes with, as plain (int8, int64, float) tensors."""
-    quant: Any = model.get_submodule("quant")
-    out = {
-        "quant.scale": quant.scale.detach().float().reshape(1),
-        "quant.zero_point": quant.zero_point.detach().long().reshape(1),
-    }
-    for name, layer in _layers(model):
-        weight = layer.weight()
-        if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-            if weight.q_per_channel_axis() != 0:
-                raise ValueError(f"{name}: weights quantized along axis other than 0")
-            scales = weight.q_per_channel_scales().double()
-            zero_points = weight.q_per_channel_zero_points().long()
-        else:
-            scales = torch.tensor([weight.q_scale()], dtype=torch.float64)
-            zero_points = torch.tensor([weight.q_zero_point()], dtype=torch.int64)
-        bias = layer.bias()
-        out.update(
-            {
-                f"{name}.weight": weight.int_repr().contiguous(),
-                f"{name}.weight_scales": scales.contiguous(),
-                f"{name}.weight_zero_points": zero_points.contiguous(),
-                f"{name}.bias": (bias if bias is not None else torch.zeros(weight.shape[0]))
-                .detach()
-                .float()
-                .contiguous(),
-            }
-        )
-        if not isinstance(layer, WeightOnlyLinear):
-            out[f"{name}.scale"] = torch.tensor([float(layer.scale)], dtype=torch.float64)
-            out[f"{name}.zero_point"] = torch.tensor([int(layer.zero_point)], dtype=torch.int64)
-    return out
-
-
-def _skeleton(model: nn.Module, engine: str) -> nn.Module:
-    """The converted int8 structure of a fresh model; its numbers are placeholders."""
-    return to_int8(fold_bn(prepare_qat(model, engine)), engine)
-
-
-def _expect(tensors: dict[str, torch.Tensor], key: str, shape: tuple[int, ...]) -> torch.Tensor:
-    tensor = tensors.get(key)
-    if tensor is None:
-        raise JobError(f"the int8 weights lack {key}")
-    if tuple(tensor.shape) != shape:
-        raise JobError(f"the int8 weights' {key} is {tuple(tensor.shape)}, expected {shape}")
-    return tensor
-
-
-def _weight(tensors: dict[str, torch.Tensor], name: str, shape: torch.Size) -> torch.Tensor:
-    """A layer's float weight from its int8 values, scales and zero points (checked)."""
-    values = _expect(tensors, f"{name}.weight", tuple(shape))
-    scales = tensors.get(f"{name}.weight_scales")
-    zero_points = tensors.get(f"{name}.weight_zero_points")
-    if (
-        values.dtype != torch.int8
-        or scales is None
-        or zero_points is None
-        or scales.shape != zero_points.shape
-        or scales.numel() not in (1, shape[0])
-        or not bool(torch.isfinite(scales).all() and (scales > 0).all())
-    ):
-        raise JobError(f"the int8 weights' {name}.weight is malformed")
-    view = (-1,) + (1,) * (len(shape) - 1)
-    return (values.double() - zero_points.reshape(view)) * scales.reshape(view)
-
-
-def _quantize(
+def quantize_on_grid(
     on_grid: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor, axis: int = 0
 ) -> torch.Tensor:
     """qint8 weights from float values already on their grid: one scale, or one per channel."""
@@ -341,67 +254,3 @@ def _quantize(
     return torch.quantize_per_channel(
         on_grid, scales.double(), zero_points.long(), axis, torch.qint8
     )
-
-
-def _bias(tensors: dict[str, torch.Tensor], name: str, size: int) -> torch.Tensor:
-    bias = _expect(tensors, f"{name}.bias", (size,))
-    if bias.dtype != torch.float32 or not bool(torch.isfinite(bias).all()):
-        raise JobError(f"the int8 weights' {name}.bias is not finite float32")
-    return bias
-
-
-def int8_from_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], engine: str) -> nn.Module:
-    """The int8 model: `model`'s converted structure with every number from `tensors`."""
-    int8 = _skeleton(model, engine)
-    expected = {"quant.scale", "quant.zero_point"}
-    with quiet():
-        quant: Any = int8.get_submodule("quant")
-        quant.scale.copy_(_expect(tensors, "quant.scale", (1,)))
-        quant.zero_point.copy_(_expect(tensors, "quant.zero_point", (1,)))
-        for name, layer in _layers(int8):
-            placeholder = layer.weight()
-            weight = _quantize(
-                _weight(tensors, name, placeholder.shape).float(),
-                tensors[f"{name}.weight_scales"],
-                tensors[f"{name}.weight_zero_points"],
-            )
-            bias = _bias(tensors, name, placeholder.shape[0])
-            expected |= {f"{name}.{k}" for k in _WEIGHT_KEYS}
-            if isinstance(layer, WeightOnlyLinear):
-                int8.set_submodule(name, WeightOnlyLinear(weight, bias))
-                continue
-            layer.set_weight_bias(weight, bias)
-            layer.scale = float(_expect(tensors, f"{name}.scale", (1,)))
-            layer.zero_point = int(_expect(tensors, f"{name}.zero_point", (1,)))
-            expected |= {f"{name}.{k}" for k in _OUTPUT_KEYS}
-    unknown = sorted(set(tensors) - expected)
-    if unknown:
-        raise JobError(f"the int8 weights hold tensors this model has no place for: {unknown}")
-    return int8
-
-
-def qat_from_tensors(
-    model: nn.Module, tensors: dict[str, torch.Tensor], engine: str, saved_engine: str
-) -> nn.Module:
-    """A QAT model (batch norm folded) that computes what the saved int8 model computes:
-    what fine-tuning a previous model trains. Weights are the dequantized int8 weights (each
-    weight observer measures them); each activation observer starts from the float range the
-    saved scale and zero point cover under the engine the model was trained for."""
-    if saved_engine not in ("x86", "fbgemm", "qnnpack", "onednn"):
-        raise JobError(f"the model was trained for an unknown quantized engine {saved_engine!r}")
-    with quiet():
-        saved = torch.ao.quantization.get_default_qat_qconfig(saved_engine).activation()
-    qat = fold_bn(prepare_qat(model, engine))
-    with torch.no_grad():
-        for name, layer in qat.named_modules():
-            if hasattr(layer, "weight_fake_quant"):
-                layer.weight.copy_(_weight(tensors, name, layer.weight.shape).float())
-                layer.bias.copy_(_bias(tensors, name, layer.weight.shape[0]))
-                _observe_afresh(layer.weight_fake_quant, layer.weight)
-            if hasattr(layer, "activation_post_process") and f"{name}.scale" in tensors:
-                scale = float(_expect(tensors, f"{name}.scale", (1,)))
-                zero_point = int(_expect(tensors, f"{name}.zero_point", (1,)))
-                observer = layer.activation_post_process.activation_post_process
-                observer.min_val.fill_((saved.quant_min - zero_point) * scale)
-                observer.max_val.fill_((saved.quant_max - zero_point) * scale)
-    return qat
