@@ -69,18 +69,7 @@ def verify(directory: Path, key: bytes) -> Report:
     if report.segments == 0:
         report.damage = Damage("removed", str(directory), 0, "no audit segments found")
         return report
-    # Pass 1: which seqs exist (authentic lines only) and where retention says the log starts.
-    present: set[int] = set()
-    retained_from: int | None = None
-    for line in _lines(directory, key):
-        if line.record is not None:
-            present.add(int(line.record["seq"]))
-            if line.record.get("kind") == "segment":
-                retained_from = int(line.record["retained_from_seq"])
-            if line.record.get("kind") == "break":
-                report.notes.append(
-                    f"recorded break at seq {line.record['seq']}: {line.record.get('reason')}"
-                )
+    present, retained_from = _survey(directory, key, report)
     # Pass 2: walk the chain.
     expected_seq: int | None = None
     expected_prev = GENESIS
@@ -129,22 +118,45 @@ def verify(directory: Path, key: bytes) -> Report:
     if pending is not None:
         report.damage = _judge_bad(pending, None, expected_seq, expected_prev)
         return report
+    report.damage = _judge_end(directory, key, report.last_seq)
+    return report
+
+
+def _survey(directory: Path, key: bytes, report: Report) -> tuple[set[int], int | None]:
+    """Pass 1: which seqs exist (authentic lines only), where retention says the log
+    starts; recorded breaks become the report's notes."""
+    present: set[int] = set()
+    retained_from: int | None = None
+    for line in _lines(directory, key):
+        if line.record is not None:
+            present.add(int(line.record["seq"]))
+            if line.record.get("kind") == "segment":
+                retained_from = int(line.record["retained_from_seq"])
+            if line.record.get("kind") == "break":
+                report.notes.append(
+                    f"recorded break at seq {line.record['seq']}: {line.record.get('reason')}"
+                )
+    return present, retained_from
+
+
+def _judge_end(directory: Path, key: bytes, last_seq: int) -> Damage | None:
+    """A cut at the end: the head record says where the log ends."""
     head = read_head(directory, key)
     if head is None:
-        report.damage = Damage(
+        return Damage(
             "truncated",
             "head.json",
             0,
             "head record missing or invalid: the log's end cannot be proven",
         )
-    elif int(head["seq"]) > report.last_seq:
-        report.damage = Damage(
+    if int(head["seq"]) > last_seq:
+        return Damage(
             "truncated",
             str(head["segment"]),
             0,
-            f"log ends at seq {report.last_seq}, head says {head['seq']}",
+            f"log ends at seq {last_seq}, head says {head['seq']}",
         )
-    return report
+    return None
 
 
 def _judge_bad(

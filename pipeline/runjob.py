@@ -173,24 +173,8 @@ def publish(spec: JobSpec, job_dir: Path) -> JobResult:
         if run.settings.mode != "offline":
             for source in meta.get("sources", []):
                 run.use_artifact(source)
-        for row in meta["metrics"].get("epochs", []):
-            run.log(row, step=int(row["epoch"]))
+        _log_metrics(run, meta)
         classes = meta["classes"]
-        confusion = meta["metrics"]["confusion"]
-        run.log(
-            {
-                "confusion": wandb.Table(
-                    columns=["true", "predicted", "count"],
-                    data=[
-                        [classes[i], classes[j], int(n)]
-                        for i, row in enumerate(confusion)
-                        for j, n in enumerate(row)
-                    ],
-                )
-            }
-        )
-        run.summary.update({k: meta["metrics"][k] for k in ("int8_accuracy", "qat_accuracy")})
-        run.summary.update(meta.get("latency", {}))
         artifact = wandb.Artifact(
             f"{collection}-int8",
             type="model",
@@ -232,6 +216,26 @@ def publish(spec: JobSpec, job_dir: Path) -> JobResult:
         ),
         produced=produced,
     )
+
+
+def _log_metrics(run: Any, meta: dict[str, Any]) -> None:
+    """The training curve, the confusion matrix and the headline figures, on the W&B run."""
+    import wandb
+
+    for row in meta["metrics"].get("epochs", []):
+        run.log(row, step=int(row["epoch"]))
+    classes, confusion = meta["classes"], meta["metrics"]["confusion"]
+    table = wandb.Table(
+        columns=["true", "predicted", "count"],
+        data=[
+            [classes[i], classes[j], int(n)]
+            for i, row in enumerate(confusion)
+            for j, n in enumerate(row)
+        ],
+    )
+    run.log({"confusion": table})
+    run.summary.update({k: meta["metrics"][k] for k in ("int8_accuracy", "qat_accuracy")})
+    run.summary.update(meta.get("latency", {}))
 
 
 ACTIONS: dict[str, Callable[[JobSpec, Path], JobResult]] = {

@@ -67,6 +67,105 @@ class Capacity:
         self.kept.pop(conn, None)
 
 
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """The protocol; `bounded_protocol` makes a subclass holding one server's bounds."""
+
+    capacity: Capacity
+    max_head_bytes: int
+    head_timeout_s: float
+    report: OnRefused
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._counted = False
+        self._in_head = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        if self.capacity.live >= self.capacity.max_connections:
+            victim = self.capacity.victim()
+            if victim is None:
+                self._refuse(_OVER_CAPACITY, 503, "over_capacity")
+                return
+            victim._refuse(_HEAD_TIMEOUT, 408, "idle_evicted")
+        self.capacity.live += 1
+        self._counted = True
+        self._start_head(fresh=True)
+
+    def on_headers_complete(self) -> None:
+        self._end_head()
+        # The reads counted so far hold the head and maybe some body: measure the head
+        # exactly only when those reads could have held an oversized one.
+        if self._head_bytes > self.max_head_bytes and self._head_size() > self.max_head_bytes:
+            self._refuse(_HEAD_TOO_LARGE, 431, "head_too_large")
+            raise _HeadRefused
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._start_head(fresh=False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._end_head()
+        if self._counted:
+            self._counted = False
+            self.capacity.live -= 1
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return  # refused already: the rest of what it sent is not parsed
+        if self._in_head:
+            self._head_bytes += len(data)
+        try:
+            super().data_received(data)
+        except _HeadRefused:
+            return
+        if self._in_head and self._head_bytes > self.max_head_bytes:
+            self._refuse(_HEAD_TOO_LARGE, 431, "head_too_large")
+
+    def send_400_response(self, msg: str) -> None:
+        # httptools could not parse the request: refused before the app sees it.
+        self._end_head()
+        if not self.transport.is_closing():
+            self.report(self._peer(), 400, "bad_request")
+        super().send_400_response(msg)
+
+    def _head_size(self) -> int:
+        return len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+
+    def _start_head(self, *, fresh: bool) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        self.capacity.waiting(self, fresh)
+        self._head_timer = asyncio.get_running_loop().call_later(
+            self.head_timeout_s, self._head_timed_out
+        )
+
+    def _end_head(self) -> None:
+        self._in_head = False
+        self.capacity.busy(self)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        if self._in_head:
+            self._refuse(_HEAD_TIMEOUT, 408, "head_timeout")
+
+    def _peer(self) -> str:
+        return str(self.client[0]) if self.client else "unknown"
+
+    def _refuse(self, response: bytes, status: int, reason: str) -> None:
+        self._end_head()
+        if self._counted:  # its place is free now, not when the close completes
+            self._counted = False
+            self.capacity.live -= 1
+        if not self.transport.is_closing():
+            self.report(self._peer(), status, reason)
+            self.transport.write(response)
+            self.transport.close()
+
+
 def bounded_protocol(
     max_head_bytes: int,
     head_timeout_s: float,
@@ -74,98 +173,15 @@ def bounded_protocol(
     max_connections: int = 1 << 20,
     on_refused: OnRefused | None = None,
 ) -> type[HttpToolsProtocol]:
-    capacity = Capacity(max_connections)
+    """The protocol class uvicorn is given (`http=`): one per server, sharing its table."""
     report: OnRefused = on_refused or (lambda _peer, _status, _reason: None)
-
-    class BoundedHttpToolsProtocol(HttpToolsProtocol):
-        def connection_made(self, transport: Any) -> None:
-            super().connection_made(transport)
-            self._counted = False
-            self._in_head = False
-            self._head_timer: asyncio.TimerHandle | None = None
-            if capacity.live >= capacity.max_connections:
-                victim = capacity.victim()
-                if victim is None:
-                    self._refuse(_OVER_CAPACITY, 503, "over_capacity")
-                    return
-                victim._refuse(_HEAD_TIMEOUT, 408, "idle_evicted")
-            capacity.live += 1
-            self._counted = True
-            self._start_head(fresh=True)
-
-        def on_headers_complete(self) -> None:
-            self._end_head()
-            # The reads counted so far hold the head and maybe some body: measure the head
-            # exactly only when those reads could have held an oversized one.
-            if self._head_bytes > max_head_bytes and self._head_size() > max_head_bytes:
-                self._refuse(_HEAD_TOO_LARGE, 431, "head_too_large")
-                raise _HeadRefused
-            super().on_headers_complete()
-
-        def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
-                self._start_head(fresh=False)
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._end_head()
-            if self._counted:
-                self._counted = False
-                capacity.live -= 1
-            super().connection_lost(exc)
-
-        def data_received(self, data: bytes) -> None:
-            if self.transport.is_closing():
-                return  # refused already: the rest of what it sent is not parsed
-            if self._in_head:
-                self._head_bytes += len(data)
-            try:
-                super().data_received(data)
-            except _HeadRefused:
-                return
-            if self._in_head and self._head_bytes > max_head_bytes:
-                self._refuse(_HEAD_TOO_LARGE, 431, "head_too_large")
-
-        def send_400_response(self, msg: str) -> None:
-            # httptools could not parse the request: refused before the app sees it.
-            self._end_head()
-            if not self.transport.is_closing():
-                report(self._peer(), 400, "bad_request")
-            super().send_400_response(msg)
-
-        def _head_size(self) -> int:
-            return len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
-
-        def _start_head(self, *, fresh: bool) -> None:
-            self._in_head = True
-            self._head_bytes = 0
-            capacity.waiting(self, fresh)
-            self._head_timer = asyncio.get_running_loop().call_later(
-                head_timeout_s, self._head_timed_out
-            )
-
-        def _end_head(self) -> None:
-            self._in_head = False
-            capacity.busy(self)
-            if self._head_timer is not None:
-                self._head_timer.cancel()
-                self._head_timer = None
-
-        def _head_timed_out(self) -> None:
-            if self._in_head:
-                self._refuse(_HEAD_TIMEOUT, 408, "head_timeout")
-
-        def _peer(self) -> str:
-            return str(self.client[0]) if self.client else "unknown"
-
-        def _refuse(self, response: bytes, status: int, reason: str) -> None:
-            self._end_head()
-            if self._counted:  # its place is free now, not when the close completes
-                self._counted = False
-                capacity.live -= 1
-            if not self.transport.is_closing():
-                report(self._peer(), status, reason)
-                self.transport.write(response)
-                self.transport.close()
-
-    return BoundedHttpToolsProtocol
+    return type(
+        "BoundedHttpToolsProtocol",
+        (BoundedHttpToolsProtocol,),
+        {
+            "capacity": Capacity(max_connections),
+            "max_head_bytes": max_head_bytes,
+            "head_timeout_s": head_timeout_s,
+            "report": staticmethod(report),
+        },
+    )

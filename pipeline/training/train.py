@@ -126,17 +126,21 @@ class Previous:
     normalisation: dict[str, list[float]]
 
 
-def train(
-    dataset: Dataset,
-    config: TrainConfig,
-    log: Callable[[str], None] = print,
-    start_from: Previous | None = None,
-) -> Trained:
-    """QAT from scratch, or fine-tuning `start_from` on `dataset`."""
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    use_cuda = config.device in ("auto", "cuda") and torch.cuda.is_available()
-    device = torch.device("cuda" if use_cuda else "cpu")
+@dataclass(frozen=True)
+class _Split:
+    """The training and held-out images, normalised, with their labels."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_held: torch.Tensor
+    y_held: torch.Tensor
+    held_images: np.ndarray
+    normalisation: dict[str, list[float]]
+
+
+def _split(dataset: Dataset, config: TrainConfig, start_from: Previous | None) -> _Split:
+    """Hold out `config.holdout` of the images; normalise with the training images' mean
+    and spread (or, when fine-tuning, with the previous model's)."""
     train_idx, held_idx = split(len(dataset.labels), config.holdout, config.seed)
     train_images = dataset.images[train_idx]
     flat = train_images.transpose(1, 0, 2, 3).reshape(train_images.shape[1], -1)
@@ -148,36 +152,56 @@ def train(
             "std": np.maximum(flat.std(axis=1), 1e-6).tolist(),
         }
     )
-    x_train, x_held = normalise(train_images, norm), normalise(dataset.images[held_idx], norm)
-    y_train = torch.from_numpy(dataset.labels[train_idx])
-    y_held = torch.from_numpy(dataset.labels[held_idx])
+    return _Split(
+        normalise(train_images, norm),
+        torch.from_numpy(dataset.labels[train_idx]),
+        normalise(dataset.images[held_idx], norm),
+        torch.from_numpy(dataset.labels[held_idx]),
+        dataset.images[held_idx],
+        norm,
+    )
 
+
+def _start_model(
+    dataset: Dataset, config: TrainConfig, start_from: Previous | None, engine: str
+) -> tuple[ModelSpec, nn.Module]:
+    """A fresh QAT model sized from the data, or the previous model if it fits the data."""
     channels, height, width = dataset.shape
     spec = ModelSpec(channels, height, width, len(dataset.classes), config.channels)
+    if start_from is None:
+        return spec, prepare_qat(SmallCNN(spec), engine)
+    previous = start_from.spec
+    shape = (previous.in_channels, previous.height, previous.width, previous.num_classes)
+    if shape != (channels, height, width, spec.num_classes):
+        raise JobError(
+            f"the previous model ({previous.in_channels}x{previous.height}x{previous.width}, "
+            f"{previous.num_classes} classes) does not fit the dataset "
+            f"({channels}x{height}x{width}, {spec.num_classes} classes)"
+        )
+    return previous, start_from.model
+
+
+def train(
+    dataset: Dataset,
+    config: TrainConfig,
+    log: Callable[[str], None] = print,
+    start_from: Previous | None = None,
+) -> Trained:
+    """QAT from scratch, or fine-tuning `start_from` on `dataset`."""
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    device = _device(config.device)
+    data = _split(dataset, config, start_from)
     engine = backend()
-    if start_from is not None:
-        previous, previous_spec = start_from.model, start_from.spec
-        if (
-            previous_spec.in_channels,
-            previous_spec.height,
-            previous_spec.width,
-            previous_spec.num_classes,
-        ) != (channels, height, width, spec.num_classes):
-            raise JobError(
-                f"the previous model ({previous_spec.in_channels}x"
-                f"{previous_spec.height}x{previous_spec.width}, "
-                f"{previous_spec.num_classes} classes) does not fit the dataset "
-                f"({channels}x{height}x{width}, {spec.num_classes} classes)"
-            )
-        spec, model = previous_spec, previous.to(device)
-    else:
-        model = prepare_qat(SmallCNN(spec), engine).to(device)
+    spec, model = _start_model(dataset, config, start_from, engine)
+    model = model.to(device)
     epochs = 1 if config.dry_run else config.epochs
     learning_bn = 0 if start_from is not None else bn_epochs(epochs)
     optimiser = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
     log(
-        f"training {spec.family} ({channels}x{height}x{width}, {spec.num_classes} classes) on "
-        f"{device.type}: {len(x_train)} images, {len(x_held)} held out, QAT backend {engine}, "
+        f"training {spec.family} ({'x'.join(map(str, dataset.shape))}, {spec.num_classes} "
+        f"classes) on {device.type}: {len(data.x_train)} images, {len(data.x_held)} held out, "
+        f"QAT backend {engine}, "
         + (
             f"batch norm learning for {learning_bn} epoch(s), then frozen"
             if learning_bn
@@ -189,45 +213,32 @@ def train(
         started = time.perf_counter()
         loss, train_acc = train_one_epoch(
             model,
-            x_train,
-            y_train,
+            data.x_train,
+            data.y_train,
             optimiser,
             config.batch_size,
             generator,
             device,
             dry_run=config.dry_run,
-            progress=_progress(epoch, epochs, len(x_train)),
+            progress=_progress(epoch, epochs, len(data.x_train)),
         )
         seconds = time.perf_counter() - started
-        val_acc, _ = evaluate(model, x_held, y_held, spec.num_classes, device)
-        images = config.batch_size if config.dry_run else len(x_train)
-        history.append(
-            {
-                "epoch": epoch,
-                "loss": round(loss, 4),
-                "train_acc": round(train_acc, 4),
-                "val_acc": round(val_acc, 4),
-                "seconds": round(seconds, 3),
-                "images_per_s": round(images / seconds, 1),
-            }
-        )
+        val_acc, _ = evaluate(model, data.x_held, data.y_held, spec.num_classes, device)
+        images = config.batch_size if config.dry_run else len(data.x_train)
+        history.append(_epoch_record(epoch, loss, train_acc, val_acc, seconds, images))
         log(
             f"epoch {epoch}/{epochs}  loss {loss:.4f}  train_acc {train_acc:.3f}  "
             f"val_acc {val_acc:.3f}  {seconds:.1f}s  {images / seconds:.0f} img/s"
         )
         if epoch == learning_bn:
-            limit = config.batch_size if config.dry_run else FREEZE_SAMPLE
-            sample = torch.randperm(len(x_train), generator=generator)[:limit]
-            batches = (
-                x_train[sample[start : start + config.batch_size]].to(device)
-                for start in range(0, len(sample), config.batch_size)
-            )
-            model = freeze_bn(model, batches)  # new parameters, so a new optimiser
+            model = _freeze(model, data.x_train, config, generator, device)
             optimiser = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
-    qat_acc, _ = evaluate(model, x_held, y_held, spec.num_classes, device)
+    qat_acc, _ = evaluate(model, data.x_held, data.y_held, spec.num_classes, device)
     model = model.cpu()
     int8 = to_int8(copy.deepcopy(model), engine)
-    int8_acc, confusion = evaluate(int8, x_held, y_held, spec.num_classes, torch.device("cpu"))
+    int8_acc, confusion = evaluate(
+        int8, data.x_held, data.y_held, spec.num_classes, torch.device("cpu")
+    )
     log(f"int8: held-out accuracy {int8_acc:.3f} (QAT model {qat_acc:.3f})")
     metrics = {
         "qat_accuracy": round(qat_acc, 4),
@@ -235,13 +246,58 @@ def train(
         "confusion": confusion,
         "epochs": history,
         "bn_epochs": learning_bn,
-        "held_out": len(x_held),
-        "trained": len(x_train),
+        "held_out": len(data.x_held),
+        "trained": len(data.x_train),
         "device": device.type,
     }
     return Trained(
-        model, int8, spec, dataset.classes, norm, engine, config, metrics, dataset.images[held_idx]
+        model,
+        int8,
+        spec,
+        dataset.classes,
+        data.normalisation,
+        engine,
+        config,
+        metrics,
+        data.held_images,
     )
+
+
+def _device(wanted: str) -> torch.device:
+    """CUDA when asked for (or "auto") and present, else the CPU."""
+    use_cuda = wanted in ("auto", "cuda") and torch.cuda.is_available()
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
+def _epoch_record(
+    epoch: int, loss: float, train_acc: float, val_acc: float, seconds: float, images: int
+) -> dict[str, float]:
+    return {
+        "epoch": epoch,
+        "loss": round(loss, 4),
+        "train_acc": round(train_acc, 4),
+        "val_acc": round(val_acc, 4),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(images / seconds, 1),
+    }
+
+
+def _freeze(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    config: TrainConfig,
+    generator: torch.Generator,
+    device: torch.device,
+) -> nn.Module:
+    """Measure batch norm on a random sample of the training images and fold it (new
+    parameters: the caller makes a new optimiser)."""
+    limit = config.batch_size if config.dry_run else FREEZE_SAMPLE
+    sample = torch.randperm(len(x_train), generator=generator)[:limit]
+    batches = (
+        x_train[sample[start : start + config.batch_size]].to(device)
+        for start in range(0, len(sample), config.batch_size)
+    )
+    return freeze_bn(model, batches)
 
 
 def config_dict(config: TrainConfig) -> dict[str, Any]:
