@@ -92,12 +92,14 @@ def test_audit_verify_exit_codes(workspace: Workspace) -> None:
     assert shown.returncode == 1 and "--since" in shown.stderr
 
 
-def test_an_unexpected_error_is_one_line_not_a_trace(workspace: Workspace) -> None:
-    # A store file that is not SQLite at all: nothing anticipates this.
+def test_a_broken_store_is_one_line_not_a_trace(workspace: Workspace) -> None:
+    # A store file that is not SQLite at all.
     (workspace.dir / "data").mkdir(exist_ok=True)
     (workspace.dir / "data" / "edgehook.db").write_bytes(b"not a database" * 100)
     result = edgehook("jobs", "list", cwd=workspace.dir)
-    assert result.returncode != 0
+    assert result.returncode == 1
+    store = workspace.dir / "data" / "edgehook.db"
+    assert result.stderr == f"edgehook: cannot open the store at {store}: file is not a database\n"
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().count("\n") == 0
 

@@ -52,7 +52,8 @@ def test_retrain_job_trains_exports_checks_and_promotes(
     active = config.models_dir / f"job{first}-attempt1"
     assert json.loads((config.models_dir / "registry.json").read_text())["active"] == active.name
     device_key = signing.load_private(workspace.dir / "secrets" / "model_signing_key")
-    assert signing.verify(active, [signing.public_text(device_key.public_key())])
+    public = signing.public_text(device_key.public_key())
+    assert signing.verify(active, [public]).key_id == signing.key_id(public)
 
     def cli(*words: str) -> subprocess.CompletedProcess[str]:
         return run_edgehook(*words, cwd=workspace.dir, config=workspace.config_path, timeout=120)

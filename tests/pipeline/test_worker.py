@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -155,8 +156,7 @@ def test_timeout_kills_the_whole_group_and_fails(
     assert time.monotonic() - started < 10
     row = job(config, job_id)
     assert row["state"] == "failed" and "timed out after 1 s" in str(row["reason"])
-    time.sleep(0.2)
-    assert processes_with(marker) == []
+    wait_for(lambda: processes_with(marker) == [], timeout=5)  # the whole group is gone
 
 
 def test_transient_failure_retries_then_succeeds(
@@ -358,11 +358,17 @@ def test_killed_worker_job_is_requeued_and_completes_exactly_once(
     job_id = enqueue(config, "once")
     first = edgehook(workspace, "worker")
     wait_for(lambda: job(config, job_id)["state"] == "running")
-    time.sleep(0.3)
+    wait_for(lambda: processes_with(argv[1]) != [])  # the child is running
     first.send_signal(signal.SIGKILL)
     first.wait()
-    time.sleep(2.5)  # past the lease; an orphaned child would have finished by now
+    # The child dies with its worker (parent-death signal), well before its 1 s of work.
+    wait_for(lambda: processes_with(argv[1]) == [], timeout=5)
     assert not (runs / f"done-{job_id}").exists()
+    with sqlite3.connect(config.store_path) as conn:
+        (expires,) = conn.execute(
+            "SELECT lease_expires FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+    wait_for(lambda: time.time() > expires)  # the dead worker's lease has run out
     second = edgehook(workspace, "worker", "--once")
     assert second.wait(timeout=60) == 0
     assert job(config, job_id)["state"] == "succeeded"
@@ -373,11 +379,10 @@ def test_killed_worker_job_is_requeued_and_completes_exactly_once(
 def test_only_one_worker_per_data_dir(workspace: Workspace, tmp_path: Path) -> None:
     argv = python_command(tmp_path, "import time; time.sleep(300)")
     config = add_rules(workspace, command_rule("hold", argv), worker="shutdown_grace_s = 0\n")
-    enqueue(config, "hold")
+    job_id = enqueue(config, "hold")
     first = edgehook(workspace, "worker")
     try:
-        wait_for(lambda: (config.data_dir / "worker.lock").exists())
-        time.sleep(0.3)
+        wait_for(lambda: job(config, job_id)["state"] == "running")  # the lock is held
         second = run_edgehook(
             "worker", "--once", cwd=workspace.dir, config=workspace.config_path, timeout=30
         )
