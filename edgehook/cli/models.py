@@ -1,4 +1,7 @@
-"""`edgehook train`, `infer`, `model` and `keys`: the pipeline without a webhook."""
+"""`edgehook train`, `infer`, `model` and `keys`: the pipeline without a webhook.
+
+numpy, torch and the pipeline's training code are imported inside the commands: every
+`edgehook` command loads this module, `edgehook serve` included."""
 
 from __future__ import annotations
 
@@ -7,8 +10,7 @@ import json
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from core.errors import EdgehookError, JobError
 from edgehook.cli.common import Subparsers, add_command, config
@@ -146,6 +148,8 @@ def run_infer(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if not paths:
         raise EdgehookError("no images given")
     model, meta = load_int8(Path(model_dir))
+    import numpy as np
+
     images = np.stack([_read(p, meta["spec"]) for p in paths])
     probabilities = predict(model, images, meta["normalisation"])
     classes = meta["classes"]
@@ -184,7 +188,8 @@ def _benchmark(model_dir: Path, as_json: bool) -> int:
     return 0
 
 
-def _read(path: Path, spec: dict[str, int]) -> np.ndarray:
+def _read(path: Path, spec: dict[str, int]) -> Any:
+    import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     try:
