@@ -19,6 +19,7 @@ from core.errors import EXIT_FAILED, EXIT_TRANSIENT, JobError, StalledError, Tra
 from pipeline.artifacts import Fetched
 from pipeline.artifacts import fetch as fetch_artifact
 from pipeline.jobs import JobResult, JobSpec
+from pipeline.models.metadata import ModelMeta
 
 
 def fetch(spec: JobSpec, job_dir: Path) -> Fetched:
@@ -89,7 +90,7 @@ def retrain(spec: JobSpec, job_dir: Path) -> JobResult:
     expected = predict(trained.int8, trained.held_out, trained.normalisation).argmax(1)
     check = check_in_fresh_process(model_dir, trained.held_out, expected)
     print(f"inference check: {check['agree']}/{check['samples']} predictions agree", flush=True)
-    metrics = meta["metrics"]
+    metrics = meta.metrics
     return JobResult(
         summary=f"{origin}, trained on {sources[0]} ({dataset.layout}, "
         f"{len(dataset.labels)} images): int8 accuracy {metrics['int8_accuracy']:.3f}, "
@@ -109,12 +110,11 @@ def _previous_model(spec: JobSpec, root: Path) -> tuple[Any, str]:
         print("WARNING: models.allow_unsigned = true: the signature is not checked", flush=True)
     else:
         verify(root, spec.trusted_keys)
-    sources = read_metadata(root).get("sources")
-    dataset = next((s for s in sources or [] if isinstance(s, str) and ":" in s), None)
+    dataset = next((s for s in read_metadata(root).sources if ":" in s), None)
     if dataset is None:
         raise JobError("the model's metadata names no dataset to fine-tune on")
     model, meta, model_spec = load_for_finetune(root)
-    return Previous(model, model_spec, meta["normalisation"]), dataset
+    return Previous(model, model_spec, meta.normalisation), dataset
 
 
 def deploy(spec: JobSpec, job_dir: Path) -> JobResult:
@@ -134,9 +134,9 @@ def deploy(spec: JobSpec, job_dir: Path) -> JobResult:
     else:
         signer = verify(got.root, spec.trusted_keys).key_id
     model, meta = load_int8(got.root)
-    shape = meta["spec"]
+    shape = meta.spec
     probe = np.zeros((1, shape["in_channels"], shape["height"], shape["width"]), np.float32)
-    predict(model, probe, meta["normalisation"])
+    predict(model, probe, meta.normalisation)
     return JobResult(
         summary=f"verified {got.version_string} (signed by {signer}) and rebuilt it as int8",
         deploy=str(got.root),
@@ -165,27 +165,27 @@ def publish(spec: JobSpec, job_dir: Path) -> JobResult:
             job_type="retrain",
             dir=str(job_dir),
             config={
-                **meta.get("train_config", {}),
-                "sources": meta.get("sources", []),
+                **meta.train_config,
+                "sources": meta.sources,
                 "retrain_job": args.get("retrain_job"),
             },
         )
         if run.settings.mode != "offline":
-            for source in meta.get("sources", []):
+            for source in meta.sources:
                 run.use_artifact(source)
         _log_metrics(run, meta)
-        classes = meta["classes"]
+        classes = meta.classes
         artifact = wandb.Artifact(
             f"{collection}-int8",
             type="model",
             metadata={
-                "edgehook_device": meta.get("device"),
+                "edgehook_device": meta.device,
                 "edgehook_key_id": signature["key_id"],
                 "edgehook_public_key": signature["public_key"],
-                "edgehook_weights_sha256": meta["weights_sha256"],
-                "int8_accuracy": meta["metrics"]["int8_accuracy"],
+                "edgehook_weights_sha256": meta.weights_sha256,
+                "int8_accuracy": meta.int8_accuracy,
                 "classes": classes,
-                "sources": meta.get("sources", []),
+                "sources": meta.sources,
             },
         )
         artifact.add_dir(str(model_dir))
@@ -218,13 +218,13 @@ def publish(spec: JobSpec, job_dir: Path) -> JobResult:
     )
 
 
-def _log_metrics(run: Any, meta: dict[str, Any]) -> None:
+def _log_metrics(run: Any, meta: ModelMeta) -> None:
     """The training curve, the confusion matrix and the headline figures, on the W&B run."""
     import wandb
 
-    for row in meta["metrics"].get("epochs", []):
+    for row in meta.metrics.get("epochs", []):
         run.log(row, step=int(row["epoch"]))
-    classes, confusion = meta["classes"], meta["metrics"]["confusion"]
+    classes, confusion = meta.classes, meta.metrics["confusion"]
     table = wandb.Table(
         columns=["true", "predicted", "count"],
         data=[
@@ -234,8 +234,8 @@ def _log_metrics(run: Any, meta: dict[str, Any]) -> None:
         ],
     )
     run.log({"confusion": table})
-    run.summary.update({k: meta["metrics"][k] for k in ("int8_accuracy", "qat_accuracy")})
-    run.summary.update(meta.get("latency", {}))
+    run.summary.update({k: meta.metrics[k] for k in ("int8_accuracy", "qat_accuracy")})
+    run.summary.update(meta.latency)
 
 
 ACTIONS: dict[str, Callable[[JobSpec, Path], JobResult]] = {

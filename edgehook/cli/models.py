@@ -119,7 +119,7 @@ def run_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         key = signing.load_private(loaded.secrets.model_signing_key_file)
         signed = f"signed by {signing.sign(args.out, key).key_id}"
     print(
-        f"wrote {args.out} (int8 accuracy {meta['metrics']['int8_accuracy']:.3f}, {signed}); "
+        f"wrote {args.out} (int8 accuracy {meta.int8_accuracy:.3f}, {signed}); "
         f"inference check: {check['agree']}/{check['samples']} agree"
     )
     return 0
@@ -150,9 +150,9 @@ def run_infer(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     model, meta = load_int8(Path(model_dir))
     import numpy as np
 
-    images = np.stack([_read(p, meta["spec"]) for p in paths])
-    probabilities = predict(model, images, meta["normalisation"])
-    classes = meta["classes"]
+    images = np.stack([_read(p, meta.spec) for p in paths])
+    probabilities = predict(model, images, meta.normalisation)
+    classes = meta.classes
     for path, row in zip(paths, probabilities, strict=True):
         top = row.argsort()[::-1][: args.top_k]
         ranked = ", ".join(f"{classes[i]} {row[i]:.3f}" for i in top)
@@ -171,7 +171,7 @@ def _benchmark(model_dir: Path, as_json: bool) -> int:
     from pipeline.models.modelfile import load_int8
 
     model, meta = load_int8(model_dir)
-    figures = speed(model, meta["spec"], repeats=200)
+    figures = speed(model, meta.spec, repeats=200)
     if as_json:
         print(json.dumps(figures))
         return 0
@@ -265,9 +265,9 @@ def run_model(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         print("no models yet")
     for name in names:
         marker = "*" if name == current["active"] else " "
-        meta = json.loads((loaded.models_dir / name / "model.json").read_text())
+        meta = registry.read_metadata(loaded.models_dir / name)
         print(
-            f"{marker} {name}  int8 accuracy {meta['metrics']['int8_accuracy']:.3f}  "
-            f"from {', '.join(meta.get('sources', []))}"
+            f"{marker} {name}  int8 accuracy {meta.int8_accuracy:.3f}  "
+            f"from {', '.join(meta.sources)}"
         )
     return 0

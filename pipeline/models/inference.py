@@ -109,7 +109,7 @@ def main(argv: list[str]) -> int:
     model, meta = load_int8(Path(argv[1]))
     with np.load(argv[2], allow_pickle=False) as data:
         samples = data["x"]
-    probabilities = predict(model, samples, meta["normalisation"])
+    probabilities = predict(model, samples, meta.normalisation)
     print(json.dumps({"predictions": probabilities.argmax(1).tolist()}))
     return 0
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import JobError
+from pipeline.models.metadata import ModelMeta
 
 WEIGHTS = "model.safetensors"
 METADATA = "model.json"
@@ -36,7 +37,7 @@ def save(
     sources: list[str],
     extra: dict[str, Any] | None = None,
     device: str | None = None,
-) -> dict[str, Any]:
+) -> ModelMeta:
     """Write the model; returns its metadata."""
     import torch
     from safetensors.torch import save_file
@@ -46,26 +47,31 @@ def save(
 
     directory.mkdir(parents=True, exist_ok=True)
     save_file(int8_tensors(trained.int8), str(directory / WEIGHTS))
-    meta = {
-        "format": FORMAT,
-        "spec": trained.spec.to_dict(),
-        "classes": list(trained.classes),
-        "normalisation": trained.normalisation,
-        "engine": trained.engine,
-        "metrics": trained.metrics,
-        "train_config": config_dict(trained.config),
-        "sources": sources,
-        "torch": torch.__version__,
-        "created_at": time.time(),
-        "device": device or socket.gethostname(),
-        "weights_sha256": sha256(directory / WEIGHTS),
-        **(extra or {}),
-    }
-    (directory / METADATA).write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    extra = dict(extra or {})
+    meta = ModelMeta(
+        format=FORMAT,
+        spec=trained.spec.to_dict(),
+        classes=list(trained.classes),
+        normalisation=trained.normalisation,
+        engine=trained.engine,
+        metrics=trained.metrics,
+        train_config=config_dict(trained.config),
+        sources=sources,
+        torch=torch.__version__,
+        created_at=time.time(),
+        device=device or socket.gethostname(),
+        weights_sha256=sha256(directory / WEIGHTS),
+        latency=extra.pop("latency", {}),
+        job_id=extra.pop("job_id", None),
+        dataset_layout=extra.pop("dataset_layout", None),
+        origin=extra.pop("origin", None),
+        extra=extra,
+    )
+    (directory / METADATA).write_text(meta.to_json(), encoding="utf-8")
     return meta
 
 
-def read_metadata(directory: Path) -> dict[str, Any]:
+def read_metadata(directory: Path) -> ModelMeta:
     """The metadata of a model directory that holds only what edgehook accepts (no torch)."""
     if not directory.is_dir():
         raise JobError(f"{directory} is not a model directory")
@@ -82,17 +88,18 @@ def read_metadata(directory: Path) -> dict[str, Any]:
     if path.stat().st_size > MAX_METADATA_BYTES:
         raise JobError(f"{METADATA} is larger than {MAX_METADATA_BYTES} bytes")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise JobError(f"{METADATA} is not JSON") from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise JobError(f"{METADATA} is not an edgehook model (format {FORMAT})")
-    if sha256(directory / WEIGHTS) != meta.get("weights_sha256"):
+    meta = ModelMeta.from_json(data)
+    if sha256(directory / WEIGHTS) != meta.weights_sha256:
         raise JobError(f"{WEIGHTS} does not match the digest in {METADATA}")
     return meta
 
 
-def _load(directory: Path) -> tuple[dict[str, Any], Any, Any, Any]:
+def _load(directory: Path) -> tuple[ModelMeta, Any, Any, Any]:
     """Validated metadata, the fresh model it describes, its spec and the weights file's
     tensors (safetensors: no pickle)."""
     from safetensors import SafetensorError
@@ -101,17 +108,12 @@ def _load(directory: Path) -> tuple[dict[str, Any], Any, Any, Any]:
     from pipeline.training.model import ModelSpec, SmallCNN
 
     meta = read_metadata(directory)
-    spec = ModelSpec.from_dict(meta.get("spec"))
-    classes = meta.get("classes")
-    if not isinstance(classes, list) or len(classes) != spec.num_classes:
+    spec = ModelSpec.from_dict(meta.spec)
+    if len(meta.classes) != spec.num_classes:
         raise JobError("model metadata lists the wrong number of classes")
-    norm = meta.get("normalisation")
-    if not (
-        isinstance(norm, dict)
-        and all(
-            isinstance(norm.get(k), list) and len(norm[k]) == spec.in_channels
-            for k in ("mean", "std")
-        )
+    norm = meta.normalisation
+    if not all(
+        isinstance(norm.get(k), list) and len(norm[k]) == spec.in_channels for k in ("mean", "std")
     ):
         raise JobError("model metadata has no usable normalisation")
     try:
@@ -121,7 +123,7 @@ def _load(directory: Path) -> tuple[dict[str, Any], Any, Any, Any]:
     return meta, SmallCNN(spec), spec, tensors
 
 
-def load_int8(directory: Path) -> tuple[Any, dict[str, Any]]:
+def load_int8(directory: Path) -> tuple[Any, ModelMeta]:
     """The int8 model, rebuilt from validated metadata with its numbers from the weights
     file, for this machine's quantized engine (a model trained on x86 runs on a Jetson's
     qnnpack and the other way round; the inference check and the deploy smoke test judge)."""
@@ -132,14 +134,14 @@ def load_int8(directory: Path) -> tuple[Any, dict[str, Any]]:
     return int8_from_tensors(model, tensors, backend()), meta
 
 
-def load_for_finetune(directory: Path) -> tuple[Any, dict[str, Any], Any]:
+def load_for_finetune(directory: Path) -> tuple[Any, ModelMeta, Any]:
     """A QAT model starting from the saved int8 model's dequantized weights, its metadata
     and its spec."""
     from pipeline.models.int8 import qat_from_tensors
     from pipeline.training.quantize import backend
 
     meta, model, spec, tensors = _load(directory)
-    return qat_from_tensors(model, tensors, backend(), str(meta.get("engine"))), meta, spec
+    return qat_from_tensors(model, tensors, backend(), meta.engine), meta, spec
 
 
 def sha256(path: Path) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import JobError
+from pipeline.models.metadata import ModelMeta
 from pipeline.models.modelfile import read_metadata
 
 __all__ = ["Decision", "activate", "active", "promote", "read_metadata", "rollback", "state"]
@@ -104,11 +105,8 @@ def rollback(models_dir: Path) -> str:
     return str(previous)
 
 
-def _accuracy(meta: dict[str, Any]) -> float:
-    try:
-        return float(meta["metrics"]["int8_accuracy"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise JobError("model metadata has no int8 accuracy") from exc
+def _accuracy(meta: ModelMeta) -> float:
+    return meta.int8_accuracy
 
 
 def _write(models_dir: Path, data: dict[str, Any]) -> None:

@@ -136,7 +136,7 @@ def test_export_reloads_in_a_fresh_process_and_agrees(trained: Trained, tmp_path
         "agree": len(expected),
     }
     reloaded, meta = load_int8(tmp_path / "model")
-    again = predict(reloaded, trained.held_out, meta["normalisation"]).argmax(1)
+    again = predict(reloaded, trained.held_out, meta.normalisation).argmax(1)
     assert np.array_equal(again, expected)
 
 
@@ -261,7 +261,7 @@ def test_a_model_trained_for_one_engine_runs_under_the_other(
             monkeypatch.setattr("pipeline.training.quantize.backend", lambda e=runs_on: e)
             reloaded, meta = load_int8(tmp_path / trained_for)
             assert torch.backends.quantized.engine == runs_on
-            got = predict(reloaded, model.held_out, meta["normalisation"]).argmax(1)
+            got = predict(reloaded, model.held_out, meta.normalisation).argmax(1)
             assert (got == expected).mean() >= 0.95, (trained_for, runs_on)
     finally:
         torch.backends.quantized.engine = backend()
@@ -271,7 +271,7 @@ def test_fine_tuning_starts_from_the_saved_model(trained: Trained, tmp_path: Pat
     save(tmp_path / "model", trained, sources=["test"])
     start, meta, spec = load_for_finetune(tmp_path / "model")
     assert spec == trained.spec
-    x = normalise(trained.held_out, meta["normalisation"])
+    x = normalise(trained.held_out, meta.normalisation)
     assert torch.allclose(run(start.eval(), x), run(trained.qat.eval(), x), atol=0.05)
 
 

@@ -1,0 +1,93 @@
+"""model.json, typed: what a model file says about itself. One writer (modelfile.save) and
+one reader (modelfile.read_metadata); everything else uses the fields.
+
+Reading checks each field's type and names the first one that is wrong. Keys this version
+does not know are kept, untouched, in `extra` (a model made by a newer edgehook).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from core.errors import JobError
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    format: int
+    spec: dict[str, Any]  # training.model.ModelSpec, checked by ModelSpec.from_dict on load
+    classes: list[str]
+    normalisation: dict[str, list[float]]
+    engine: str  # the quantized engine it was trained for (x86, qnnpack, ...)
+    metrics: dict[str, Any]  # int8_accuracy, qat_accuracy, confusion, epochs, ...
+    weights_sha256: str
+    train_config: dict[str, Any] = field(default_factory=dict)
+    sources: list[str] = field(default_factory=list)  # artifact versions it was made from
+    torch: str = ""
+    created_at: float = 0.0
+    device: str = ""  # the device that trained it
+    latency: dict[str, float] = field(default_factory=dict)
+    job_id: int | None = None
+    dataset_layout: str | None = None
+    origin: str | None = None  # "from scratch" or "fine-tuned from ..."
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def int8_accuracy(self) -> float:
+        value = self.metrics.get("int8_accuracy")
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise JobError("model metadata has no int8 accuracy")
+        return float(value)
+
+    def to_json(self) -> str:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        return json.dumps({**values, **self.extra}, indent=2)
+
+    @classmethod
+    def from_json(cls, data: Any) -> ModelMeta:
+        if not isinstance(data, dict):
+            raise JobError("model.json is not a JSON object")
+        known = {f.name: f for f in fields(cls) if f.name != "extra"}
+        values: dict[str, Any] = {}
+        for name in known:
+            if name in data:
+                values[name] = _checked(name, data[name])
+        missing = [n for n, f in known.items() if n not in values and _required(f)]
+        if missing:
+            raise JobError(f"model.json lacks {', '.join(missing)}")
+        extra = {k: v for k, v in data.items() if k not in known}
+        return cls(**values, extra=extra)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "format": (int,),
+    "spec": (dict,),
+    "classes": (list,),
+    "normalisation": (dict,),
+    "engine": (str,),
+    "metrics": (dict,),
+    "weights_sha256": (str,),
+    "train_config": (dict,),
+    "sources": (list,),
+    "torch": (str,),
+    "created_at": (int, float),
+    "device": (str, type(None)),
+    "latency": (dict,),
+    "job_id": (int, type(None)),
+    "dataset_layout": (str, type(None)),
+    "origin": (str, type(None)),
+}
+
+
+def _checked(name: str, value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, _TYPES[name]):
+        raise JobError(f"model.json: {name} has the wrong type")
+    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+        raise JobError(f"model.json: {name} must list strings")
+    return value
+
+
+def _required(f: Any) -> bool:
+    return bool(f.default is MISSING and f.default_factory is MISSING)
