@@ -86,6 +86,8 @@ def setup(
 
     # The SDK's default GraphQL retries take minutes to give up: a CLI should fail fast.
     os.environ.setdefault("WANDB__GRAPHQL_RETRY_MAX", "3")
+    # ... and its waits between them grow with jitter past a minute each unless capped.
+    os.environ.setdefault("WANDB__GRAPHQL_RETRY_WAIT_MAX_SECONDS", "2")
     try:
         # wandb-core retries a failing server until this timeout: keep it short for a CLI.
         api = wandb.Api(api_key=api_key, timeout=10)
