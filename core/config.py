@@ -15,6 +15,7 @@ EDGEHOOK_MODEL_SIGNING_KEY_FILE (the other secrets: see credentials.py).
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import sys
 from collections.abc import Callable, Mapping
@@ -35,6 +36,7 @@ from core.sections import (
     ModelsConfig,
     SecretFiles,
     ServerConfig,
+    TrainingConfig,
     TunnelConfig,
     WorkerConfig,
 )
@@ -56,6 +58,7 @@ __all__ = [
     "ModelsConfig",
     "SecretFiles",
     "ServerConfig",
+    "TrainingConfig",
     "TunnelConfig",
     "WorkerConfig",
     "find_config",
@@ -82,6 +85,7 @@ class Config:
     device_id: str = ""  # General.device_id, or the hostname
     models: ModelsConfig = field(default_factory=ModelsConfig)
     tunnel: TunnelConfig = field(default_factory=TunnelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
     rules: tuple[Rule, ...] = ()
 
     @property
@@ -225,6 +229,39 @@ def _models(models: ModelsConfig, t: Table, _env: Mapping[str, str]) -> ModelsCo
     return models
 
 
+def is_artifact_name(text: str) -> bool:
+    """entity/project/name:alias (a W&B artifact), as opposed to a file path."""
+    return re.fullmatch(r"[^/:]+/[^/:]+/[^/:]+:[^/:]+", text) is not None
+
+
+def _training(training: TrainingConfig, t: Table, _env: Mapping[str, str]) -> TrainingConfig:
+    pin = training.pretrained_sha256
+    if pin is not None and re.fullmatch(r"[0-9a-f]{64}", pin) is None:
+        raise ConfigError(
+            t.key("pretrained_sha256"),
+            "is not a SHA-256 in hex",
+            "use the 64 lowercase hex digits `sha256sum FILE` prints",
+        )
+    path, artifact = training.pretrained_file, training.pretrained_artifact
+    if path is not None and artifact is not None:
+        raise ConfigError(
+            t.key("pretrained_artifact"), "is set as well as pretrained_file", "keep one of them"
+        )
+    if path is not None and (not path.is_file() or path.suffix != ".safetensors"):
+        raise ConfigError(
+            t.key("pretrained_file"),
+            f"{path} is not a .safetensors file",
+            "give a file `edgehook model import-weights` wrote",
+        )
+    if artifact is not None and not is_artifact_name(artifact):
+        raise ConfigError(
+            t.key("pretrained_artifact"),
+            f"'{artifact[:80]}' is not an artifact name",
+            "use entity/project/name:alias",
+        )
+    return training
+
+
 def _secrets(secrets: SecretFiles, _t: Table, env: Mapping[str, str]) -> SecretFiles:
     # The other secrets' *_FILE variables are read in credentials.py; this one is a path the
     # worker hands to pipeline.models.signing, so the override lives here (systemd: %d/...).
@@ -239,6 +276,7 @@ _checks: dict[str, _Check] = {
     "artifacts": _artifacts,
     "models": _models,
     "secrets": _secrets,
+    "training": _training,
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from core.errors import ConfigError, Rejection
 from core.event import EVENT_TYPES, Event, canonical_event_type
 from core.names import text_problem
+from core.sections import ARCHS
 from core.tables import Table
 
 ACTIONS = ("download", "retrain", "deploy", "command")
@@ -176,10 +177,15 @@ def match(rules: tuple[Rule, ...], event: Event) -> Rule | None:
 
 
 TRAINING_ARGS = (
-    ArgSpec("epochs", "int", default=3, minimum=1, maximum=50),
-    ArgSpec("lr", "float", default=0.01, minimum=1e-5, maximum=1.0),
+    ArgSpec("epochs", "int", minimum=1, maximum=100),  # none given: from the dataset's size
+    ArgSpec("lr", "float", default=0.003, minimum=1e-5, maximum=1.0),
     ArgSpec("batch_size", "int", default=64, minimum=1, maximum=512),
     ArgSpec("seed", "int", default=0, minimum=0, maximum=2**31 - 1),
+    # these override the config's [training] table when given
+    ArgSpec("arch", "str", choices=ARCHS),
+    ArgSpec("input_size", "int", minimum=8, maximum=512),
+    ArgSpec("hflip", "bool"),
+    ArgSpec("time_budget", "int", minimum=10, maximum=604800),
 )
 
 # What the original demo did: an alias `download` or `retrain` on an artifact retrains.

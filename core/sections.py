@@ -12,6 +12,16 @@ from typing import Any
 from core.settings import setting
 
 CLIENT_IP_HEADERS = ("x-forwarded-for", "cf-connecting-ip")
+# The model families edgehook builds (pipeline/training/model.py): declared here because
+# the config and the rules' `arch` argument check them without importing torch.
+ARCHS = (
+    "edgehook-cnn",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "resnet18",
+    "shufflenet_v2_x0_5",
+    "shufflenet_v2_x1_0",
+)
 MiB = 1024 * 1024
 
 
@@ -220,6 +230,49 @@ class ModelsConfig:
     )
 
 
+@dataclass(frozen=True)
+class TrainingConfig:
+    arch: str = setting(
+        "edgehook-cnn", "the model family; a rule arg `arch` overrides it", choices=ARCHS
+    )
+    input_size: int = setting(
+        0,
+        "the model's input side in pixels; `0`: the images' median short side (at most 64; "
+        "128 for the torchvision families)",
+        minimum=0,
+        maximum=512,
+    )
+    channels: str = setting(
+        "auto",
+        "`grey`, `rgb`, or `auto` (grey when every image is)",
+        choices=("auto", "grey", "rgb"),
+    )
+    augment: bool = setting(True, "random crops, small rotations, colour jitter while training")
+    hflip: bool = setting(
+        False, "also mirror training images (only where a mirror image keeps its label)"
+    )
+    time_budget_s: int = setting(
+        0, "stop training within this many seconds (`0`: no budget)", minimum=0, maximum=604800
+    )
+    max_unreadable_share: float = setting(
+        0.05,
+        "unreadable images are skipped; more than this share of them fails the job",
+        minimum=0.0,
+        maximum=1.0,
+    )
+    pretrained_file: Path | None = setting(
+        None, "start from these weights: a safetensors file (`edgehook model import-weights`)"
+    )
+    pretrained_artifact: str | None = setting(
+        None, "or from a W&B artifact `entity/project/name:alias` holding one"
+    )
+    pretrained_sha256: str | None = setting(
+        None,
+        "pin the weights file by its SHA-256; without a pin an artifact must be signed by a "
+        "trusted key",
+    )
+
+
 # The config's tables, in README's order: (TOML table, its settings).
 SECTIONS: list[tuple[str, type[Any]]] = [
     ("", General),
@@ -230,6 +283,7 @@ SECTIONS: list[tuple[str, type[Any]]] = [
     ("secrets", SecretFiles),
     ("worker", WorkerConfig),
     ("models", ModelsConfig),
+    ("training", TrainingConfig),
     ("tunnel", TunnelConfig),
     ("artifacts", ArtifactsConfig),
 ]

@@ -16,11 +16,12 @@ COPY edgehook/ edgehook/
 COPY core/ core/
 COPY receiver/ receiver/
 COPY pipeline/ pipeline/
-# --system-site-packages: the venv sees the base image's torch; the constraint pins it.
+# --system-site-packages: the venv sees the base image's torch and torchvision; the
+# constraint pins both.
 RUN python3 -m venv --system-site-packages /opt/edgehook \
- && /opt/edgehook/bin/python -c "import torch; print(f'torch=={torch.__version__}')" > /tmp/torch.txt \
+ && /opt/edgehook/bin/python -c "import torch, torchvision; print(f'torch=={torch.__version__}'); print(f'torchvision=={torchvision.__version__}')" > /tmp/torch.txt \
  && /opt/edgehook/bin/pip install --constraint /tmp/torch.txt ".[pipeline]" \
- && /opt/edgehook/bin/python -c "import pipeline.training.quantize, pipeline.worker, wandb" \
+ && /opt/edgehook/bin/python -c "import pipeline.training.quantize, pipeline.worker, torchvision, wandb" \
  && rm -rf /src /tmp/torch.txt
 RUN groupadd --system --gid ${UID} edgehook \
  && useradd --system --uid ${UID} --gid edgehook --home-dir /nonexistent --shell /usr/sbin/nologin \

@@ -6,7 +6,8 @@
 ARG PYTHON=python:3.11-slim-bookworm
 
 FROM ${PYTHON} AS build
-ARG TORCH=torch==2.13.0
+# torch and torchvision from the same CPU index, as a pair that imports together
+ARG TORCH="torch==2.9.1 torchvision==0.24.1"
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
@@ -16,9 +17,9 @@ COPY core/ core/
 COPY receiver/ receiver/
 COPY pipeline/ pipeline/
 RUN python -m venv /opt/edgehook \
- && /opt/edgehook/bin/pip install --index-url ${TORCH_INDEX} "${TORCH}" \
+ && /opt/edgehook/bin/pip install --index-url ${TORCH_INDEX} ${TORCH} \
  && /opt/edgehook/bin/pip install ".[pipeline]" \
- && /opt/edgehook/bin/python -c "import pipeline.training.quantize, pipeline.worker, wandb"
+ && /opt/edgehook/bin/python -c "import pipeline.training.quantize, pipeline.worker, torchvision, wandb"
 
 FROM ${PYTHON}
 ARG UID=10001

@@ -52,6 +52,7 @@ class JobSpec:
     artifacts: ArtifactSource
     trusted_keys: list[str] = field(default_factory=list)
     allow_unsigned: bool = False
+    training: dict[str, Any] = field(default_factory=dict)  # the config's [training] table
 
     def write(self, job_dir: Path) -> Path:
         path = job_dir / SPEC
@@ -135,6 +136,9 @@ def prepare(
         # public keys only, never the private one.
         trusted_keys=trusted_keys() if rule.action in ("deploy", "retrain") else [],
         allow_unsigned=config.models.allow_unsigned,
+        training={
+            k: str(v) if isinstance(v, Path) else v for k, v in asdict(config.training).items()
+        },
     )
     spec.write(job_dir)
     return [sys.executable, "-m", "pipeline.runjob", SPEC], extra

@@ -48,10 +48,11 @@ def retrain(spec: JobSpec, job_dir: Path) -> JobResult:
     """Fetch the dataset, train with QAT, export, and check the export in a fresh process.
     When the event is about a model artifact, fine-tune that model (only if a trusted key
     signed it) on the dataset its metadata names. The worker signs and promotes."""
+    from dataclasses import replace
+
     from pipeline.models.inference import check_in_fresh_process, predict, speed
     from pipeline.models.modelfile import METADATA, save
-    from pipeline.training.datasets import read_dataset
-    from pipeline.training.train import TrainConfig, train
+    from pipeline.training.train import configure, load_data, train
 
     got = fetch(spec, job_dir)
     previous, sources, origin = None, [got.version_string], "from scratch"
@@ -61,12 +62,22 @@ def retrain(spec: JobSpec, job_dir: Path) -> JobResult:
         data = _fetch(spec, dataset_version, job_dir / "dataset")
         data_root, sources = data.root, [data.version_string, got.version_string]
         origin = f"fine-tuned from {got.version_string}"
-    dataset = read_dataset(data_root)
-    args = spec.args
-    config = TrainConfig(
-        **{k: args[k] for k in ("epochs", "lr", "batch_size", "seed") if k in args}
+    training = dict(spec.training)
+    config = configure(training, spec.args)
+    pretrained = None
+    if previous is not None:  # the previous model decides the architecture and input
+        config = replace(config, arch=previous.spec.arch, input_size=previous.spec.height)
+        training["channels"] = "grey" if previous.spec.in_channels == 1 else "rgb"
+    else:
+        pretrained = _pretrained(spec, job_dir, config.arch)
+    dataset = load_data(data_root, config, training, job_dir)
+    trained = train(
+        dataset,
+        config,
+        log=lambda line: print(line, flush=True),
+        start_from=previous,
+        pretrained=pretrained,
     )
-    trained = train(dataset, config, log=lambda line: print(line, flush=True), start_from=previous)
     model_dir = job_dir / "model"
     timing = speed(trained.int8, trained.spec.to_dict(), repeats=30)
     print(
@@ -97,6 +108,27 @@ def retrain(spec: JobSpec, job_dir: Path) -> JobResult:
         f"QAT {metrics['qat_accuracy']:.3f}",
         model=str(model_dir),
     )
+
+
+def _pretrained(spec: JobSpec, job_dir: Path, arch: str) -> Any:
+    """The configured pretrained weights (a file, or an artifact holding one), checked
+    (pinned or signed by a trusted key) before a tensor is read; None when none is set."""
+    from pipeline.training.pretrained import load_pretrained
+
+    training = spec.training
+    artifact, file = training.get("pretrained_artifact"), training.get("pretrained_file")
+    if artifact:
+        got = _fetch(spec, str(artifact), job_dir / "pretrained")
+        files = sorted(got.root.rglob("*.safetensors"))
+        if len(files) != 1:
+            raise JobError(f"{artifact} must hold exactly one .safetensors file")
+        path = files[0]
+    elif file:
+        path = Path(str(file))
+    else:
+        return None
+    print(f"starting from pretrained weights {path.name}", flush=True)
+    return load_pretrained(path, arch, training.get("pretrained_sha256"), spec.trusted_keys)
 
 
 def _previous_model(spec: JobSpec, root: Path) -> tuple[Any, str]:

@@ -38,10 +38,16 @@ stamp="$VENV/.edgehook-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp")" != "$EXTRAS" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
   if [[ ",$EXTRAS," == *",train,"* || ",$EXTRAS," == *",pipeline,"* ]]; then
-    # The CPU build, pinned: an unpinned torch pulls a multi-GB CUDA build. On a Jetson,
-    # install NVIDIA's wheel for JetPack first; the project accepts torch>=2.3.
-    "$VENV/bin/python" -c 'import torch' 2>/dev/null \
-      || "$VENV/bin/python" -m pip install -q --disable-pip-version-check torch==2.13.0
+    # torch and torchvision, pinned as a pair that imports together (torchvision's quantizable
+    # families): PyPI's torchvision links the CUDA build of torch, so on x86_64 that pair
+    # (it runs on the CPU); on aarch64 a CPU pair. On a Jetson, install NVIDIA's wheels for
+    # JetPack first; the project accepts torch>=2.3, torchvision>=0.18.
+    case "$(uname -m)" in
+      aarch64|arm64) pair=(torch==2.9.1 torchvision==0.24.1) ;;
+      *) pair=(torch==2.14.1 torchvision==0.29.1) ;;
+    esac
+    "$VENV/bin/python" -c 'import torch, torchvision' 2>/dev/null \
+      || "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${pair[@]}"
   fi
   pins=()
   # The fake W&B server in tests/fakes is written against this SDK release.

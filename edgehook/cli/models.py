@@ -6,6 +6,7 @@ numpy, torch and the pipeline's training code are imported inside the commands: 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import EdgehookError, JobError
+from core.sections import ARCHS
 from edgehook.cli.common import Subparsers, add_command, config
 from pipeline.models import registry
 
@@ -32,12 +34,24 @@ def register(sub: Subparsers) -> None:
         help="an image-folder tree, CIFAR-10 python batches, or a .npz",
     )
     p.add_argument("--out", type=Path, required=True, help="where to write the model")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument(
+        "--arch", choices=ARCHS, help="the model family (default: training.arch, edgehook-cnn)"
+    )
+    p.add_argument("--input-size", type=int, help="input side in pixels (default: from the images)")
+    p.add_argument("--epochs", type=int, help="default: chosen from the dataset's size")
+    p.add_argument("--lr", type=float, help="AdamW's peak learning rate (default 0.003)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--hflip", action="store_true", default=None, help="mirror images while training"
+    )
+    p.add_argument("--time-budget", type=int, help="finish within this many seconds")
+    p.add_argument(
+        "--pretrained", type=Path, help="start from these weights (import-weights made them)"
+    )
+    p.add_argument("--pretrained-sha256", help="their SHA-256 (else they must be signed)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--dry-run", action="store_true", help="one batch of one epoch")
+    p.add_argument("--dry-run", action="store_true", help="one batch of each phase")
     p.set_defaults(func=run_train)
 
     p = add_command(
@@ -79,6 +93,16 @@ def register(sub: Subparsers) -> None:
         "edgehook model verify team/proj/shapes-int8:v3",
     )
     verify.add_argument("path", type=Path)
+    imported = add_command(
+        model_sub,
+        "import-weights",
+        "convert torchvision's published weights (.pth) to safetensors, on a trusted machine",
+        "edgehook model import-weights resnet18-f37072fd.pth --arch resnet18 "
+        "--out resnet18.safetensors",
+    )
+    imported.add_argument("source", type=Path, help="the .pth file torchvision publishes")
+    imported.add_argument("--arch", required=True, choices=ARCHS[1:])
+    imported.add_argument("--out", type=Path, required=True)
     model.set_defaults(func=run_model)
 
     keys = add_command(
@@ -94,19 +118,34 @@ def run_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     loaded = config(args, env)
     from pipeline.models.inference import check_in_fresh_process, predict
     from pipeline.models.modelfile import save
-    from pipeline.training.datasets import read_dataset
-    from pipeline.training.train import TrainConfig, train
+    from pipeline.training.train import configure, load_data, train
 
-    dataset = read_dataset(args.data)
-    train_config = TrainConfig(
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=args.device,
-        dry_run=args.dry_run,
-    )
-    trained = train(dataset, train_config)
+    training = dataclasses.asdict(loaded.training)
+    flags = {
+        "arch": args.arch,
+        "input_size": args.input_size,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "hflip": args.hflip,
+        "time_budget": args.time_budget,
+    }
+    train_config = configure(training, flags, device=args.device, dry_run=args.dry_run)
+    pretrained = None
+    weights = args.pretrained or loaded.training.pretrained_file
+    if weights is not None:
+        from pipeline.models import signing
+        from pipeline.training.pretrained import load_pretrained
+
+        trusted = signing.trusted_keys(
+            loaded.secrets.model_signing_key_file, loaded.models.trusted_keys
+        )
+        pin = args.pretrained_sha256 or loaded.training.pretrained_sha256
+        pretrained = load_pretrained(Path(weights), train_config.arch, pin, trusted)
+    with tempfile.TemporaryDirectory(prefix="edgehook-train-") as workdir:
+        dataset = load_data(args.data, train_config, training, Path(workdir))
+        trained = train(dataset, train_config, pretrained=pretrained)
     meta = save(
         args.out, trained, sources=[str(args.data)], extra={"dataset_layout": dataset.layout}
     )
@@ -189,18 +228,13 @@ def _benchmark(model_dir: Path, as_json: bool) -> int:
 
 
 def _read(path: Path, spec: dict[str, int]) -> Any:
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from pipeline.training.images import decode
 
     try:
-        with Image.open(path) as image:
-            pixels = image.convert("L" if spec["in_channels"] == 1 else "RGB")
-    except (UnidentifiedImageError, OSError) as exc:
+        pixels = decode(path.read_bytes(), spec["height"], spec["in_channels"])
+    except (OSError, ValueError) as exc:
         raise JobError(f"{path} is not a readable image") from exc
-    if pixels.size != (spec["width"], spec["height"]):
-        pixels = pixels.resize((spec["width"], spec["height"]))
-    array = np.asarray(pixels, dtype=np.float32) / 255.0
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return pixels.astype("float32") / 255.0
 
 
 def run_keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -254,6 +288,18 @@ def run_model(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             print(f"NOT VERIFIED: {exc}")
             return 1
         print(f"verified: signed by trusted key {signer.key_id}")
+        return 0
+    if args.model_command == "import-weights":
+        from pipeline.models import signing
+        from pipeline.training.pretrained import import_weights
+
+        digest = import_weights(args.source, args.arch, args.out)
+        print(f"wrote {args.out} ({args.arch}); pin it in the config:")
+        print(f'  [training]\n  pretrained_file = "{args.out}"\n  pretrained_sha256 = "{digest}"')
+        if loaded.secrets.model_signing_key_file is not None:
+            key = signing.load_private(loaded.secrets.model_signing_key_file)
+            signer = signing.sign_file(args.out, key)
+            print(f"or ship it with {args.out.name}.sig (signed by {signer.key_id})")
         return 0
     if args.model_command == "rollback":
         name = registry.rollback(loaded.models_dir)

@@ -49,9 +49,9 @@ def speed(int8: Any, spec: dict[str, int], repeats: int = 50) -> dict[str, float
     model is the same architecture with fresh weights (speed does not depend on them)."""
     import torch
 
-    from pipeline.training.model import ModelSpec, SmallCNN
+    from pipeline.training.model import ModelSpec, build
 
-    fp32 = SmallCNN(ModelSpec.from_dict(spec)).eval()
+    fp32 = build(ModelSpec.from_dict(spec)).eval()
     one = torch.rand(1, spec["in_channels"], spec["height"], spec["width"])
     batch = one.repeat(64, 1, 1, 1)
     figures = {

@@ -3,8 +3,9 @@
 safetensors holds no quantized dtypes, and a pickle or a TorchScript archive from the
 internet runs code when loaded, so the export is written by hand: per layer its int8 weight,
 the weight's scales and zero points (one per output channel, or one) and its float bias; per
-quantized-output layer also its output's scale and zero point (the weight-only head has
-none). Loading checks every tensor's name, shape and dtype against the architecture.
+module with a quantized output (the input quantizer, convs, linears, quantized adds and
+activations) its output's scale and zero point (the weight-only head has none). Loading
+checks every tensor's name, shape and dtype against the architecture, for every family.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.ao.quantization import FakeQuantizeBase
 
 from core.errors import JobError
 from pipeline.training.quantize import (
@@ -39,13 +41,19 @@ def _layers(model: nn.Module) -> Iterator[tuple[str, Any]]:
             yield name, module
 
 
+def _quantized_outputs(model: nn.Module) -> Iterator[tuple[str, Any]]:
+    """The modules whose output is quantized with a scale and zero point of their own."""
+    for name, module in model.named_modules():
+        if hasattr(module, "scale") and hasattr(module, "zero_point"):
+            yield name, module
+
+
 def int8_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """Every number the int8 model computes with, as plain (int8, int64, float) tensors."""
-    quant: Any = model.get_submodule("quant")
-    out = {
-        "quant.scale": quant.scale.detach().float().reshape(1),
-        "quant.zero_point": quant.zero_point.detach().long().reshape(1),
-    }
+    out = {}
+    for name, module in _quantized_outputs(model):
+        out[f"{name}.scale"] = torch.tensor([float(module.scale)], dtype=torch.float64)
+        out[f"{name}.zero_point"] = torch.tensor([int(module.zero_point)], dtype=torch.int64)
     for name, layer in _layers(model):
         weight = layer.weight()
         if weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
@@ -68,15 +76,25 @@ def int8_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
                 .contiguous(),
             }
         )
-        if not isinstance(layer, WeightOnlyLinear):
-            out[f"{name}.scale"] = torch.tensor([float(layer.scale)], dtype=torch.float64)
-            out[f"{name}.zero_point"] = torch.tensor([int(layer.zero_point)], dtype=torch.int64)
     return out
 
 
 def _skeleton(model: nn.Module, engine: str) -> nn.Module:
     """The converted int8 structure of a fresh model; its numbers are placeholders."""
     return to_int8(fold_bn(prepare_qat(model, engine)), engine)
+
+
+def _set_output(module: Any, tensors: dict[str, torch.Tensor], name: str) -> None:
+    """A module's output scale and zero point from the file (checked: positive, finite)."""
+    scale = float(_expect(tensors, f"{name}.scale", (1,)))
+    zero_point = int(_expect(tensors, f"{name}.zero_point", (1,)))
+    if not (scale > 0 and scale < float("inf")):
+        raise JobError(f"the int8 weights' {name}.scale is not a positive finite number")
+    if isinstance(module.scale, torch.Tensor):  # the input quantizer keeps them as buffers
+        module.scale.fill_(scale)
+        module.zero_point.fill_(zero_point)
+    else:
+        module.scale, module.zero_point = scale, zero_point
 
 
 def _expect(tensors: dict[str, torch.Tensor], key: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -116,11 +134,11 @@ def _bias(tensors: dict[str, torch.Tensor], name: str, size: int) -> torch.Tenso
 def int8_from_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], engine: str) -> nn.Module:
     """The int8 model: `model`'s converted structure with every number from `tensors`."""
     int8 = _skeleton(model, engine)
-    expected = {"quant.scale", "quant.zero_point"}
+    expected: set[str] = set()
     with quiet():
-        quant: Any = int8.get_submodule("quant")
-        quant.scale.copy_(_expect(tensors, "quant.scale", (1,)))
-        quant.zero_point.copy_(_expect(tensors, "quant.zero_point", (1,)))
+        for name, module in list(_quantized_outputs(int8)):
+            _set_output(module, tensors, name)
+            expected |= {f"{name}.{k}" for k in _OUTPUT_KEYS}
         for name, layer in _layers(int8):
             placeholder = layer.weight()
             weight = quantize_on_grid(
@@ -134,9 +152,6 @@ def int8_from_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], engine
                 int8.set_submodule(name, WeightOnlyLinear(weight, bias))
                 continue
             layer.set_weight_bias(weight, bias)
-            layer.scale = float(_expect(tensors, f"{name}.scale", (1,)))
-            layer.zero_point = int(_expect(tensors, f"{name}.zero_point", (1,)))
-            expected |= {f"{name}.{k}" for k in _OUTPUT_KEYS}
     unknown = sorted(set(tensors) - expected)
     if unknown:
         raise JobError(f"the int8 weights hold tensors this model has no place for: {unknown}")
@@ -161,6 +176,8 @@ def qat_from_tensors(
                 layer.weight.copy_(_weight(tensors, name, layer.weight.shape).float())
                 layer.bias.copy_(_bias(tensors, name, layer.weight.shape[0]))
                 observe_afresh(layer.weight_fake_quant, layer.weight)
+            if isinstance(layer, FakeQuantizeBase):
+                continue  # the fake quantizers themselves: their owner is set above
             if hasattr(layer, "activation_post_process") and f"{name}.scale" in tensors:
                 scale = float(_expect(tensors, f"{name}.scale", (1,)))
                 zero_point = int(_expect(tensors, f"{name}.zero_point", (1,)))

@@ -26,7 +26,7 @@ WEIGHTS = "model.safetensors"
 METADATA = "model.json"
 SIGNATURE = "model.sig"
 ALLOWED = frozenset({WEIGHTS, METADATA, SIGNATURE})
-FORMAT = 2  # 1 (float QAT weights) was never released
+FORMAT = 3  # 3: any architecture (model.ARCHS); 2 held edgehook's first CNN only
 MAX_METADATA_BYTES = 1 << 20
 
 
@@ -105,7 +105,7 @@ def _load(directory: Path) -> tuple[ModelMeta, Any, Any, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from pipeline.training.model import ModelSpec, SmallCNN
+    from pipeline.training.model import ModelSpec, build
 
     meta = read_metadata(directory)
     spec = ModelSpec.from_dict(meta.spec)
@@ -120,7 +120,7 @@ def _load(directory: Path) -> tuple[ModelMeta, Any, Any, Any]:
         tensors = load_file(str(directory / WEIGHTS))
     except (SafetensorError, OSError) as exc:
         raise JobError(f"{WEIGHTS} is not a safetensors file ({exc})") from exc
-    return meta, SmallCNN(spec), spec, tensors
+    return meta, build(spec), spec, tensors
 
 
 def load_int8(directory: Path) -> tuple[Any, ModelMeta]:

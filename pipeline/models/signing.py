@@ -113,6 +113,52 @@ def verify(model_dir: Path, trusted: Iterable[str]) -> Verified:
     return Verified(signer, trusted_ids[signer])
 
 
+FILE_DOMAIN = b"edgehook-weights-signature-v1\n"
+
+
+def sign_file(path: Path, private: Ed25519PrivateKey) -> Verified:
+    """Write PATH.sig: a detached signature of one file (pretrained weights)."""
+    public = public_text(private.public_key())
+    digest = sha256(path)
+    record = {
+        "algorithm": "ed25519",
+        "key_id": key_id(public),
+        "public_key": public,
+        "sha256": digest,
+        "signature": base64.b64encode(private.sign(FILE_DOMAIN + digest.encode())).decode(),
+    }
+    sidecar = path.with_name(path.name + ".sig")
+    sidecar.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return Verified(record["key_id"], public)
+
+
+def verify_file(path: Path, trusted: Iterable[str]) -> Verified:
+    """The signer, if one of `trusted` signed exactly this file (PATH.sig); else JobError."""
+    sidecar = path.with_name(path.name + ".sig")
+    if not sidecar.exists():
+        raise JobError(
+            f"{path.name} is neither pinned (training.pretrained_sha256) "
+            f"nor signed ({sidecar.name})"
+        )
+    try:
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+        public = str(record["public_key"])
+        signature = base64.b64decode(record["signature"], validate=True)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise JobError(f"{sidecar.name} is malformed") from exc
+    trusted_ids = {key_id(key): key for key in trusted}
+    signer = key_id(public)
+    if signer not in trusted_ids:
+        raise JobError(f"{path.name} is signed by key {signer}, which is not trusted")
+    try:
+        Ed25519PublicKey.from_public_bytes(_raw_public(trusted_ids[signer])).verify(
+            signature, FILE_DOMAIN + sha256(path).encode()
+        )
+    except InvalidSignature as exc:
+        raise JobError(f"the signature by key {signer} does not match {path.name}") from exc
+    return Verified(signer, trusted_ids[signer])
+
+
 def trusted_keys(own_key_file: Path | None, configured: Iterable[str]) -> list[str]:
     """This device's own public key (trusted by default) and the configured ones."""
     own = [] if own_key_file is None else [public_text(load_private(own_key_file).public_key())]

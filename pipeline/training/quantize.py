@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 import torch.ao.nn.intrinsic.qat as nniqat
+import torch.ao.nn.qat as nnqat
 from torch import nn
 from torch.ao.quantization import FakeQuantizeBase
 
-from pipeline.training.model import FUSE, WEIGHT_ONLY
+from pipeline.training.model import head_name
 
 # The deprecation notices torch emits for the eager API; silenced here and only here.
 _KNOWN_WARNINGS = (
@@ -56,54 +57,68 @@ def backend() -> str:
 
 
 def prepare_qat(model: nn.Module, engine: str) -> nn.Module:
-    """Fuse conv+bn+relu and insert fake quantization for training."""
+    """Fuse conv+bn(+relu) (the model's own fuse_model: edgehook's or torchvision's) and
+    insert fake quantization for training, in place. The head gets fake-quantized weights
+    and float output."""
     with quiet():
         torch.backends.quantized.engine = engine
         model.train()
-        fused = torch.ao.quantization.fuse_modules_qat(model, FUSE)
-        fused.qconfig = torch.ao.quantization.get_default_qat_qconfig(engine)
-        for name in WEIGHT_ONLY:  # fake-quantized weights, float output
-            fused.get_submodule(name).qconfig = torch.ao.quantization.QConfig(
-                activation=nn.Identity, weight=fused.qconfig.weight
-            )
-        return torch.ao.quantization.prepare_qat(fused)
+        fuse: Any = model.fuse_model
+        fuse(is_qat=True)
+        qconfig: Any = torch.ao.quantization.get_default_qat_qconfig(engine)
+        model.qconfig = qconfig
+        model.get_submodule(head_name(model)).qconfig = torch.ao.quantization.QConfig(
+            activation=nn.Identity, weight=qconfig.weight
+        )
+        return torch.ao.quantization.prepare_qat(model, inplace=True)
 
 
 def fold_bn(model: nn.Module) -> nn.Module:
-    """Freeze batch-norm statistics by folding each ConvBnReLU2d into a ConvReLU2d (in place).
+    """Freeze batch-norm statistics by folding each ConvBn(ReLU)2d into a Conv(ReLU)2d (in
+    place), wherever it sits in the model.
 
     With statistics frozen, conv -> bn is conv(x, w * g) + beta + (b - mean) * g where
     g = gamma / sqrt(var + eps): one conv. The fake quantizers move over; the weight
     quantizer's range is measured afresh on the folded weights. freeze_bn measures the
     statistics first; on its own this folds the running averages as they are.
     """
-    for name, module in list(model.named_children()):
-        if not isinstance(module, nniqat.ConvBnReLU2d):
-            continue
-        bn: Any = module.bn  # running statistics are typed optional; fused ones always track
-        factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        bias = module.bias if module.bias is not None else torch.zeros_like(bn.running_mean)
-        folded: Any = nniqat.ConvReLU2d(
-            module.in_channels,
-            module.out_channels,
-            module.kernel_size,
-            stride=module.stride,
-            padding=module.padding,
-            dilation=module.dilation,
-            groups=module.groups,
-            bias=True,
-            padding_mode=module.padding_mode,
-            qconfig=module.qconfig,
-        ).to(module.weight.device)
-        with torch.no_grad():
-            folded.weight.copy_(module.weight * factor.reshape(-1, 1, 1, 1))
-            folded.bias.copy_(bn.bias + (bias - bn.running_mean) * factor)
-        folded.weight_fake_quant = module.weight_fake_quant
-        folded.activation_post_process = module.activation_post_process
-        observe_afresh(folded.weight_fake_quant, folded.weight)
-        folded.train(module.training)
-        setattr(model, name, folded)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, nniqat.ConvBnReLU2d):
+            model.set_submodule(name, _folded(module, nniqat.ConvReLU2d))
+        elif isinstance(module, nniqat.ConvBn2d):
+            model.set_submodule(name, _folded(module, nnqat.Conv2d))
     return model
+
+
+def _folded(module: Any, kind: Any) -> nn.Module:
+    """One fused conv + batch norm as a `kind` conv with the folded weights and bias."""
+    bn: Any = module.bn  # running statistics are typed optional; fused ones always track
+    factor = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    bias = module.bias if module.bias is not None else torch.zeros_like(bn.running_mean)
+    folded: Any = kind(
+        module.in_channels,
+        module.out_channels,
+        module.kernel_size,
+        stride=module.stride,
+        padding=module.padding,
+        dilation=module.dilation,
+        groups=module.groups,
+        bias=True,
+        padding_mode=module.padding_mode,
+        qconfig=module.qconfig,
+    ).to(module.weight.device)
+    with torch.no_grad():
+        folded.weight.copy_(module.weight * factor.reshape(-1, 1, 1, 1))
+        folded.bias.copy_(bn.bias + (bias - bn.running_mean) * factor)
+    folded.weight_fake_quant = module.weight_fake_quant
+    folded.activation_post_process = module.activation_post_process
+    # prepare_qat fake-quantizes a module's output through a forward hook it registered on
+    # that module: without the hook the folded conv's output would go unquantized in QAT.
+    for hook in module._forward_hooks.values():
+        folded.register_forward_hook(hook)
+    observe_afresh(folded.weight_fake_quant, folded.weight)
+    folded.train(module.training)
+    return folded
 
 
 class WeightOnlyLinear(nn.Module):
@@ -217,8 +232,8 @@ def to_int8(model: nn.Module, engine: str) -> nn.Module:
     with quiet():
         torch.backends.quantized.engine = engine
         model = model.to("cpu").eval()
-        for name in WEIGHT_ONLY:
-            model.set_submodule(name, WeightOnlyLinear.from_qat(model.get_submodule(name)))
+        name = head_name(model)
+        model.set_submodule(name, WeightOnlyLinear.from_qat(model.get_submodule(name)))
         return torch.ao.quantization.convert(model, inplace=True)
 
 
@@ -234,6 +249,20 @@ def observers_off(model: nn.Module) -> Iterator[None]:
     finally:
         for fq, enabled in zip(fake_quants, observing, strict=True):
             fq.observer_enabled.copy_(enabled)
+
+
+@contextlib.contextmanager
+def fake_quant_off(model: nn.Module) -> Iterator[None]:
+    """Fake quantizers pass values through unchanged (then as they were)."""
+    fake_quants: list[Any] = [m for m in model.modules() if isinstance(m, FakeQuantizeBase)]
+    enabled = [fq.fake_quant_enabled.clone() for fq in fake_quants]
+    try:
+        for fq in fake_quants:
+            fq.disable_fake_quant()
+        yield
+    finally:
+        for fq, was in zip(fake_quants, enabled, strict=True):
+            fq.fake_quant_enabled.copy_(was)
 
 
 def run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -1,17 +1,25 @@
-"""Quantization-aware training, read top to bottom: train_one_epoch, evaluate, train.
+"""Training, read top to bottom: batches, train_one_epoch, evaluate, then train(): fp32 first,
+quantization-aware fine-tuning for the last part, int8 conversion on the CPU.
 
-One flat TrainConfig, captured once and stored with the model. CUDA when available (Jetson),
-else CPU; the int8 conversion always happens on the CPU. One line per epoch in job logs; a
-live progress line when stderr is a terminal.
+The recipe follows torchvision's classification references: AdamW with weight decay, label
+smoothing, a linear warm-up then a cosine learning rate, augmentation (augment.py); fp32
+(mixed precision on CUDA) for most epochs, keeping the best epoch by held-out accuracy and
+stopping early when it no longer improves or the time budget runs short; then QAT from that
+model: batch-norm statistics measured exactly and folded into the convs, fake quantization,
+a small cosine learning rate, observers frozen for the last QAT epoch; the best QAT epoch is
+the one converted to int8. With pretrained weights the head trains alone first.
+One flat TrainConfig, captured once and stored with the model.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,21 +27,40 @@ import torch
 from torch import nn
 
 from core.errors import JobError
-from pipeline.training.datasets import Dataset, split
-from pipeline.training.model import ModelSpec, SmallCNN
-from pipeline.training.quantize import backend, freeze_bn, prepare_qat, run, to_int8
+from pipeline.training.augment import Augment
+from pipeline.training.datasets import Dataset, read_dataset, split
+from pipeline.training.model import EDGEHOOK_CNN, ModelSpec, build, head_name
+from pipeline.training.quantize import (
+    backend,
+    fake_quant_off,
+    freeze_bn,
+    prepare_qat,
+    run,
+    to_int8,
+)
+
+AUGMENT_MIN_SIZE = 16
+IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 3
-    lr: float = 0.01
+    arch: str = EDGEHOOK_CNN
+    input_size: int = 0  # 0: the images' median short side (model.AUTO_MAX_SIZE caps it)
+    epochs: int = 0  # 0: chosen from the dataset's size (auto_epochs)
+    lr: float = 0.003  # AdamW's peak learning rate
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
     batch_size: int = 64
     seed: int = 0
     holdout: float = 0.2
-    channels: int = 32
+    channels: int = 32  # edgehook-cnn's first stage
+    augment: bool = True
+    hflip: bool = False  # only where a mirrored image keeps its label
+    time_budget_s: float = 0.0  # 0: no budget
+    patience: int = 0  # fp32 epochs without improvement before stopping; 0: auto
     device: str = "auto"  # auto | cpu | cuda
-    dry_run: bool = False  # one batch of one epoch: check the plumbing
+    dry_run: bool = False  # one batch of each phase: check the plumbing
 
 
 @dataclass
@@ -46,74 +73,7 @@ class Trained:
     engine: str
     config: TrainConfig
     metrics: dict[str, Any]
-    held_out: np.ndarray = field(repr=False)  # un-normalised held-out images, for checks
-
-
-def normalise(images: np.ndarray, normalisation: dict[str, list[float]]) -> torch.Tensor:
-    mean = np.asarray(normalisation["mean"], dtype=np.float32)[None, :, None, None]
-    std = np.asarray(normalisation["std"], dtype=np.float32)[None, :, None, None]
-    return torch.from_numpy(np.ascontiguousarray((images - mean) / std))
-
-
-def train_one_epoch(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    optimiser: torch.optim.Optimizer,
-    batch_size: int,
-    generator: torch.Generator,
-    device: torch.device,
-    *,
-    dry_run: bool,
-    progress: Callable[[int], None],
-) -> tuple[float, float]:
-    model.train()
-    order = torch.randperm(len(x), generator=generator)
-    total_loss, correct, seen = 0.0, 0, 0
-    for start in range(0, len(x), batch_size):
-        index = order[start : start + batch_size]
-        inputs, targets = x[index].to(device), y[index].to(device)
-        optimiser.zero_grad()
-        logits = model(inputs)
-        loss = nn.functional.cross_entropy(logits, targets)
-        loss.backward()
-        optimiser.step()
-        total_loss += loss.item() * len(index)
-        correct += int((logits.argmax(1) == targets).sum())
-        seen += len(index)
-        progress(seen)
-        if dry_run:
-            break
-    return total_loss / seen, correct / seen
-
-
-def evaluate(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    num_classes: int,
-    device: torch.device,
-    batch_size: int = 256,
-) -> tuple[float, list[list[int]]]:
-    """Accuracy and the confusion matrix (rows: true class, columns: predicted)."""
-    model.eval()
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    for start in range(0, len(x), batch_size):
-        logits = run(model, x[start : start + batch_size].to(device))
-        predicted = logits.argmax(1).cpu().numpy()
-        np.add.at(confusion, (y[start : start + batch_size].numpy(), predicted), 1)
-    return float(np.trace(confusion) / max(1, confusion.sum())), confusion.tolist()
-
-
-# Batch norm's statistics are measured on at most this many training images, drawn at
-# random: plenty of positions per channel, and a measuring pass far shorter than an epoch.
-FREEZE_SAMPLE = 1024
-
-
-def bn_epochs(epochs: int) -> int:
-    """Epochs in which batch norm learns its statistics: the first half (at least one); they
-    are frozen (folded into the convs) for the rest, as torch's QAT recipe does."""
-    return max(1, epochs // 2)
+    held_out: np.ndarray = field(repr=False)  # up to 256 held-out images in [0, 1], for checks
 
 
 @dataclass(frozen=True)
@@ -126,50 +86,419 @@ class Previous:
     normalisation: dict[str, list[float]]
 
 
-@dataclass(frozen=True)
-class _Split:
-    """The training and held-out images, normalised, with their labels."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_held: torch.Tensor
-    y_held: torch.Tensor
-    held_images: np.ndarray
-    normalisation: dict[str, list[float]]
+def auto_epochs(train_images: int) -> int:
+    """About 16,000 images seen (250 steps of 64), between 4 and 30 epochs: measured on the
+    digits to match a strong fp32 reference (benchmarks/README.md)."""
+    return min(30, max(4, math.ceil(16_000 / max(1, train_images))))
 
 
-def _split(dataset: Dataset, config: TrainConfig, start_from: Previous | None) -> _Split:
-    """Hold out `config.holdout` of the images; normalise with the training images' mean
-    and spread (or, when fine-tuning, with the previous model's)."""
-    train_idx, held_idx = split(len(dataset.labels), config.holdout, config.seed)
-    train_images = dataset.images[train_idx]
-    flat = train_images.transpose(1, 0, 2, 3).reshape(train_images.shape[1], -1)
+def qat_epochs(epochs: int) -> int:
+    """The last quarter of the epochs (at least one) is quantization-aware."""
+    return max(1, round(epochs / 4)) if epochs > 1 else 1
+
+
+def normalise(images: np.ndarray, normalisation: dict[str, list[float]]) -> torch.Tensor:
+    """float (N, C, H, W) in [0, 1] -> the model's input."""
+    mean = np.asarray(normalisation["mean"], dtype=np.float32)[None, :, None, None]
+    std = np.asarray(normalisation["std"], dtype=np.float32)[None, :, None, None]
+    return torch.from_numpy(np.ascontiguousarray((images - mean) / std))
+
+
+class _Images(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """The cached images at `index` with their labels; a batch is one read of the cache."""
+
+    def __init__(self, dataset: Dataset, index: np.ndarray) -> None:
+        self.dataset, self.index = dataset, index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.__getitems__([i])
+        return x[0], y[0]
+
+    def __getitems__(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        picked = self.index[rows]
+        labels = torch.from_numpy(self.dataset.labels[picked])
+        return torch.from_numpy(self.dataset.read(picked)), labels
+
+
+def batches(
+    dataset: Dataset,
+    index: np.ndarray,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+) -> torch.utils.data.DataLoader[Any]:
+    """uint8 image batches and labels; shuffled when a generator is given."""
+    return torch.utils.data.DataLoader(
+        _Images(dataset, index),
+        batch_size=batch_size,
+        shuffle=generator is not None,
+        generator=generator,
+        collate_fn=lambda batch: batch,
+    )
+
+
+class _Inputs:
+    """uint8 batches -> normalised float model input on the device, augmented if asked."""
+
+    def __init__(
+        self, norm: dict[str, list[float]], device: torch.device, augment: Augment | None
+    ) -> None:
+        self.mean = torch.tensor(norm["mean"], device=device).reshape(1, -1, 1, 1)
+        self.std = torch.tensor(norm["std"], device=device).reshape(1, -1, 1, 1)
+        self.device, self.augment = device, augment
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True).float().div_(255.0)
+        if self.augment is not None:
+            x = self.augment(x, generator)
+        return (x - self.mean) / self.std
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    inputs: _Inputs,
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    generator: torch.Generator,
+    *,
+    dry_run: bool,
+    progress: Callable[[int], None],
+) -> tuple[float, float]:
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for images, labels in loader:
+        targets = labels.to(inputs.device)
+        logits = step(inputs(images, generator), targets)
+        total_loss += float(nn.functional.cross_entropy(logits.detach().float(), targets)) * len(
+            labels
+        )
+        correct += int((logits.argmax(1) == targets).sum())
+        seen += len(labels)
+        progress(seen)
+        if dry_run:
+            break
+    return total_loss / max(1, seen), correct / max(1, seen)
+
+
+def evaluate(
+    model: nn.Module,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    inputs: _Inputs,
+    num_classes: int,
+) -> tuple[float, list[list[int]]]:
+    """Accuracy and the confusion matrix (rows: true class, columns: predicted); never moves
+    a QAT model's ranges (quantize.run)."""
+    model.eval()
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    nothing = torch.Generator()
+    for images, labels in loader:
+        predicted = run(model, inputs(images, nothing)).argmax(1).cpu().numpy()
+        np.add.at(confusion, (labels.numpy(), predicted), 1)
+    return float(np.trace(confusion) / max(1, confusion.sum())), confusion.tolist()
+
+
+def per_class(confusion: list[list[int]], classes: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Precision, recall, F1 and support per class, from the confusion matrix."""
+    matrix = np.asarray(confusion, dtype=np.float64)
+    rows = []
+    for i, name in enumerate(classes):
+        hits, truth, said = matrix[i, i], matrix[i].sum(), matrix[:, i].sum()
+        precision = hits / said if said else 0.0
+        recall = hits / truth if truth else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        rows.append(
+            {
+                "class": name,
+                "precision": round(precision, 4),
+                "recall": round(recall, 4),
+                "f1": round(f1, 4),
+                "support": int(truth),
+            }
+        )
+    return rows
+
+
+class _Stepper:
+    """One optimiser step with a warm-up-then-cosine learning rate whose length can shrink
+    (the time budget) and, on CUDA, mixed precision."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        lr: float,
+        total_steps: int,
+        device: torch.device,
+        warmup: float,
+        mixed: bool,
+    ) -> None:
+        self.model, self.total, self.warmup = model, max(1, total_steps), warmup
+        self.optimiser = torch.optim.AdamW(
+            model.parameters(), lr=lr, weight_decay=config.weight_decay
+        )
+        self.loss = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimiser, self._factor)
+        self.mixed = mixed and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.mixed)
+        self.device = device
+
+    def _factor(self, step: int) -> float:
+        warm = max(1, int(self.total * self.warmup))
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, self.total - warm))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.optimiser.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.mixed):
+            logits = self.model(x)
+            loss = self.loss(logits.float(), y)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimiser)
+        self.scaler.update()
+        self.scheduler.step()
+        return logits
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimiser.param_groups[0]["lr"])
+
+
+@dataclass
+class _Run:
+    """What one training run shares between its phases."""
+
+    dataset: Dataset
+    config: TrainConfig
+    spec: ModelSpec
+    device: torch.device
+    generator: torch.Generator
+    train_idx: np.ndarray
+    held_idx: np.ndarray
+    norm: dict[str, list[float]]
+    log: Callable[[str], None]
+    started: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def loader(self) -> Any:
+        return batches(self.dataset, self.train_idx, self.config.batch_size, self.generator)
+
+    def inputs(self, augment: bool) -> _Inputs:
+        # Below 16 px a crop or a rotation destroys too much of an image: 8 px digits
+        # lost 0.3 to 1.1 points with it (benchmarks/README.md).
+        on = augment and self.config.augment and self.spec.height >= AUGMENT_MIN_SIZE
+        wanted = Augment(hflip=self.config.hflip) if on else None
+        return _Inputs(self.norm, self.device, wanted)
+
+    def validate(self, model: nn.Module, device: torch.device | None = None) -> tuple[float, Any]:
+        where = device or self.device
+        loader = batches(self.dataset, self.held_idx, 256)
+        return evaluate(model, loader, _Inputs(self.norm, where, None), self.spec.num_classes)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def epoch(
+        self, model: nn.Module, stepper: _Stepper, phase: str, number: int, of: int
+    ) -> tuple[float, float]:
+        """One epoch of training then validation, logged; (held-out accuracy, seconds)."""
+        began = time.perf_counter()
+        loss, train_acc = train_one_epoch(
+            model,
+            self.loader(),
+            self.inputs(True),
+            stepper,
+            self.generator,
+            dry_run=self.config.dry_run,
+            progress=_progress(phase, number, of, len(self.train_idx)),
+        )
+        seconds = time.perf_counter() - began
+        val_acc, _ = self.validate(model)
+        images = self.config.batch_size if self.config.dry_run else len(self.train_idx)
+        self.history.append(
+            {
+                "epoch": len(self.history) + 1,
+                "phase": phase,
+                "loss": round(loss, 4),
+                "train_acc": round(train_acc, 4),
+                "val_acc": round(val_acc, 4),
+                "lr": round(stepper.lr, 6),
+                "seconds": round(seconds, 3),
+                "images_per_s": round(images / max(seconds, 1e-9), 1),
+            }
+        )
+        self.log(
+            f"{phase} epoch {number}/{of}  loss {loss:.4f}  train_acc {train_acc:.3f}  "
+            f"val_acc {val_acc:.3f}  {seconds:.1f}s  {images / max(seconds, 1e-9):.0f} img/s"
+        )
+        return val_acc, seconds
+
+
+def train(
+    dataset: Dataset,
+    config: TrainConfig,
+    log: Callable[[str], None] = print,
+    start_from: Previous | None = None,
+    pretrained: dict[str, torch.Tensor] | None = None,
+) -> Trained:
+    """Train `config.arch` on `dataset` from scratch (or from `pretrained` weights), or
+    fine-tune `start_from`; returns the QAT and int8 models with their held-out metrics."""
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    device = _device(config.device)
+    engine = backend()
+    train_idx, held_idx = split(len(dataset), config.holdout, config.seed)
     norm = (
         start_from.normalisation
         if start_from is not None
-        else {
-            "mean": flat.mean(axis=1).tolist(),
-            "std": np.maximum(flat.std(axis=1), 1e-6).tolist(),
-        }
+        else IMAGENET
+        if pretrained is not None and dataset.shape[0] == 3
+        else {"mean": dataset.mean, "std": dataset.std}
     )
-    return _Split(
-        normalise(train_images, norm),
-        torch.from_numpy(dataset.labels[train_idx]),
-        normalise(dataset.images[held_idx], norm),
-        torch.from_numpy(dataset.labels[held_idx]),
-        dataset.images[held_idx],
+    spec, model = _start_model(dataset, config, start_from, pretrained)
+    state = _Run(dataset, config, spec, device, generator, train_idx, held_idx, norm, log, started)
+    epochs = 1 if config.dry_run else config.epochs or auto_epochs(len(train_idx))
+    quantised = epochs if start_from is not None else qat_epochs(epochs)
+    log(
+        f"training {spec.arch} ({'x'.join(map(str, dataset.shape))}, {spec.num_classes} "
+        f"classes) on {device.type}: {len(train_idx)} images, {len(held_idx)} held out, "
+        + (
+            f"fine-tuning with QAT for {epochs} epoch(s)"
+            if start_from is not None
+            else f"{epochs} epochs: fp32 then QAT ({engine}) for the last {quantised}"
+        )
+        + (", from pretrained weights" if pretrained is not None else "")
+    )
+    log(dataset.balance())
+    if dataset.skipped:
+        log(f"skipped {len(dataset.skipped)} unreadable image(s); the first: {dataset.skipped[0]}")
+    model = model.to(device)
+    fp32_acc = None
+    if start_from is None:
+        model, fp32_acc = _fp32_phase(
+            state, model, epochs - quantised if epochs > 1 else 1, quantised, pretrained
+        )
+        model = _freeze(prepare_qat(model, engine), state)
+    model, qat_acc = _qat_phase(state, model, quantised, fine_tune=start_from is not None)
+    model = model.cpu()
+    int8 = to_int8(copy.deepcopy(model), engine)
+    int8_acc, confusion = state.validate(int8, torch.device("cpu"))
+    gap = (qat_acc - int8_acc) * 100
+    log(
+        f"int8: held-out accuracy {int8_acc:.3f} (QAT {qat_acc:.3f}"
+        + (f", fp32 {fp32_acc:.3f}" if fp32_acc is not None else "")
+        + f"); {state.elapsed():.1f}s in all"
+        + (f"; WARNING: int8 is {gap:.1f} points below QAT" if gap > 1 else "")
+    )
+    metrics = {
+        "int8_accuracy": round(int8_acc, 4),
+        "qat_accuracy": round(qat_acc, 4),
+        "fp32_accuracy": None if fp32_acc is None else round(fp32_acc, 4),
+        "confusion": confusion,
+        "per_class": per_class(confusion, dataset.classes),
+        "epochs": state.history,
+        "held_out": len(held_idx),
+        "trained": len(train_idx),
+        "skipped_images": len(dataset.skipped),
+        "device": device.type,
+        "seconds": round(state.elapsed(), 2),
+    }
+    return Trained(
+        model,
+        int8,
+        spec,
+        dataset.classes,
         norm,
+        engine,
+        config,
+        metrics,
+        dataset.floats(held_idx[:256]),
     )
+
+
+def _fp32_phase(
+    state: _Run,
+    model: nn.Module,
+    planned: int,
+    quantised: int,
+    pretrained: dict[str, torch.Tensor] | None,
+) -> tuple[nn.Module, float]:
+    """fp32 epochs; returns the best epoch's model and its held-out accuracy."""
+    config = state.config
+    steps = math.ceil(len(state.train_idx) / config.batch_size)
+    stepper = _Stepper(
+        model, config, config.lr, planned * steps, state.device, warmup=0.1, mixed=True
+    )
+    head_epochs = max(1, planned // 5) if pretrained is not None and planned > 1 else 0
+    patience = config.patience or max(3, planned // 3)
+    best, best_state, best_epoch = -1.0, copy.deepcopy(model.state_dict()), 0
+    epoch = 0
+    while epoch < planned:
+        epoch += 1
+        _head_only(model, epoch <= head_epochs)
+        accuracy, seconds = state.epoch(model, stepper, "fp32", epoch, planned)
+        if accuracy >= best:
+            best, best_state, best_epoch = accuracy, copy.deepcopy(model.state_dict()), epoch
+        if config.time_budget_s and epoch == 1:
+            # Fit the rest to the budget: the QAT epochs cost about one fp32 epoch each.
+            room = config.time_budget_s - state.elapsed() - quantised * seconds * 1.2
+            planned = max(1, min(planned, epoch + int(room // seconds)))
+            stepper.total = planned * steps
+        if epoch - best_epoch >= patience:
+            state.log(f"fp32: no better for {patience} epochs; stopping early")
+            break
+    _head_only(model, False)
+    model.load_state_dict(best_state)
+    state.log(f"fp32: the best epoch is {best_epoch} (held-out accuracy {best:.3f})")
+    return model, best
+
+
+def _qat_phase(
+    state: _Run, model: nn.Module, epochs: int, *, fine_tune: bool
+) -> tuple[nn.Module, float]:
+    """Quantization-aware epochs at a small learning rate, observers frozen for the last
+    one; returns the best epoch's model and its held-out accuracy."""
+    config = state.config
+    steps = math.ceil(len(state.train_idx) / config.batch_size)
+    lr = config.lr / (10 if fine_tune else 20)
+    stepper = _Stepper(model, config, lr, epochs * steps, state.device, warmup=0.0, mixed=False)
+    best, best_model = -1.0, model
+    for epoch in range(1, epochs + 1):
+        if epoch == epochs and epochs > 1:
+            model.apply(torch.ao.quantization.disable_observer)
+        accuracy, seconds = state.epoch(model, stepper, "qat", epoch, epochs)
+        if accuracy >= best:
+            best, best_model = accuracy, copy.deepcopy(model)
+        budget = config.time_budget_s
+        if budget and epoch < epochs and state.elapsed() + seconds > budget:
+            state.log("qat: the time budget is spent; stopping")
+            break
+    return best_model, best
+
+
+def _head_only(model: nn.Module, only: bool) -> None:
+    """Train only the head (pretrained weights: the new head first), or everything."""
+    head = head_name(model)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(not only or name.startswith(head + "."))
 
 
 def _start_model(
-    dataset: Dataset, config: TrainConfig, start_from: Previous | None, engine: str
+    dataset: Dataset,
+    config: TrainConfig,
+    start_from: Previous | None,
+    pretrained: dict[str, torch.Tensor] | None,
 ) -> tuple[ModelSpec, nn.Module]:
-    """A fresh QAT model sized from the data, or the previous model if it fits the data."""
+    """A fresh float model sized from the data (from pretrained weights if given), or the
+    previous QAT model if it fits the data."""
     channels, height, width = dataset.shape
-    spec = ModelSpec(channels, height, width, len(dataset.classes), config.channels)
+    spec = ModelSpec(config.arch, channels, height, width, len(dataset.classes), config.channels)
     if start_from is None:
-        return spec, prepare_qat(SmallCNN(spec), engine)
+        return spec, build(spec, weights=pretrained)
     previous = start_from.spec
     shape = (previous.in_channels, previous.height, previous.width, previous.num_classes)
     if shape != (channels, height, width, spec.num_classes):
@@ -181,86 +510,27 @@ def _start_model(
     return previous, start_from.model
 
 
-def train(
-    dataset: Dataset,
-    config: TrainConfig,
-    log: Callable[[str], None] = print,
-    start_from: Previous | None = None,
-) -> Trained:
-    """QAT from scratch, or fine-tuning `start_from` on `dataset`."""
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    device = _device(config.device)
-    data = _split(dataset, config, start_from)
-    engine = backend()
-    spec, model = _start_model(dataset, config, start_from, engine)
-    model = model.to(device)
-    epochs = 1 if config.dry_run else config.epochs
-    learning_bn = 0 if start_from is not None else bn_epochs(epochs)
-    optimiser = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
-    log(
-        f"training {spec.family} ({'x'.join(map(str, dataset.shape))}, {spec.num_classes} "
-        f"classes) on {device.type}: {len(data.x_train)} images, {len(data.x_held)} held out, "
-        f"QAT backend {engine}, "
-        + (
-            f"batch norm learning for {learning_bn} epoch(s), then frozen"
-            if learning_bn
-            else "batch norm frozen (fine-tuning)"
-        )
-    )
-    history = []
-    for epoch in range(1, epochs + 1):
-        started = time.perf_counter()
-        loss, train_acc = train_one_epoch(
-            model,
-            data.x_train,
-            data.y_train,
-            optimiser,
-            config.batch_size,
-            generator,
-            device,
-            dry_run=config.dry_run,
-            progress=_progress(epoch, epochs, len(data.x_train)),
-        )
-        seconds = time.perf_counter() - started
-        val_acc, _ = evaluate(model, data.x_held, data.y_held, spec.num_classes, device)
-        images = config.batch_size if config.dry_run else len(data.x_train)
-        history.append(_epoch_record(epoch, loss, train_acc, val_acc, seconds, images))
-        log(
-            f"epoch {epoch}/{epochs}  loss {loss:.4f}  train_acc {train_acc:.3f}  "
-            f"val_acc {val_acc:.3f}  {seconds:.1f}s  {images / seconds:.0f} img/s"
-        )
-        if epoch == learning_bn:
-            model = _freeze(model, data.x_train, config, generator, device)
-            optimiser = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9)
-    qat_acc, _ = evaluate(model, data.x_held, data.y_held, spec.num_classes, device)
-    model = model.cpu()
-    int8 = to_int8(copy.deepcopy(model), engine)
-    int8_acc, confusion = evaluate(
-        int8, data.x_held, data.y_held, spec.num_classes, torch.device("cpu")
-    )
-    log(f"int8: held-out accuracy {int8_acc:.3f} (QAT model {qat_acc:.3f})")
-    metrics = {
-        "qat_accuracy": round(qat_acc, 4),
-        "int8_accuracy": round(int8_acc, 4),
-        "confusion": confusion,
-        "epochs": history,
-        "bn_epochs": learning_bn,
-        "held_out": len(data.x_held),
-        "trained": len(data.x_train),
-        "device": device.type,
-    }
-    return Trained(
-        model,
-        int8,
-        spec,
-        dataset.classes,
-        data.normalisation,
-        engine,
-        config,
-        metrics,
-        data.held_images,
-    )
+# Batch norm's statistics are measured on at most this many training images, drawn at
+# random: plenty of positions per channel, and a measuring pass far shorter than an epoch.
+FREEZE_SAMPLE = 1024
+
+
+def _freeze(model: nn.Module, state: _Run) -> nn.Module:
+    """Measure batch norm on a random sample of the training images and fold it."""
+    limit = state.config.batch_size if state.config.dry_run else FREEZE_SAMPLE
+    order = torch.randperm(len(state.train_idx), generator=state.generator)[:limit].numpy()
+    sample = np.sort(state.train_idx[order])
+    inputs = state.inputs(False)
+    nothing = torch.Generator()
+
+    def measured() -> Iterator[torch.Tensor]:
+        for images, _ in batches(state.dataset, sample, state.config.batch_size):
+            yield inputs(images, nothing)
+
+    # Just prepared, the activation quantizers have seen nothing (scale 1): measure the
+    # statistics of the float function the fp32 epochs trained, not of that.
+    with fake_quant_off(model):
+        return freeze_bn(model, measured())
 
 
 def _device(wanted: str) -> torch.device:
@@ -269,52 +539,60 @@ def _device(wanted: str) -> torch.device:
     return torch.device("cuda" if use_cuda else "cpu")
 
 
-def _epoch_record(
-    epoch: int, loss: float, train_acc: float, val_acc: float, seconds: float, images: int
-) -> dict[str, float]:
-    return {
-        "epoch": epoch,
-        "loss": round(loss, 4),
-        "train_acc": round(train_acc, 4),
-        "val_acc": round(val_acc, 4),
-        "seconds": round(seconds, 3),
-        "images_per_s": round(images / seconds, 1),
-    }
-
-
-def _freeze(
-    model: nn.Module,
-    x_train: torch.Tensor,
-    config: TrainConfig,
-    generator: torch.Generator,
-    device: torch.device,
-) -> nn.Module:
-    """Measure batch norm on a random sample of the training images and fold it (new
-    parameters: the caller makes a new optimiser)."""
-    limit = config.batch_size if config.dry_run else FREEZE_SAMPLE
-    sample = torch.randperm(len(x_train), generator=generator)[:limit]
-    batches = (
-        x_train[sample[start : start + config.batch_size]].to(device)
-        for start in range(0, len(sample), config.batch_size)
-    )
-    return freeze_bn(model, batches)
-
-
 def config_dict(config: TrainConfig) -> dict[str, Any]:
     return asdict(config)
 
 
-def _progress(epoch: int, epochs: int, total: int) -> Callable[[int], None]:
+def _progress(phase: str, epoch: int, epochs: int, total: int) -> Callable[[int], None]:
     if not sys.stderr.isatty():
         return lambda _seen: None
 
     def show(seen: int) -> None:
         filled = int(30 * seen / total)
         sys.stderr.write(
-            f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (30 - filled)}] {seen}/{total}"
+            f"\r{phase} {epoch}/{epochs} [{'#' * filled}{'.' * (30 - filled)}] {seen}/{total}"
         )
         if seen >= total:
             sys.stderr.write("\r" + " " * 70 + "\r")
         sys.stderr.flush()
 
     return show
+
+
+CHANNELS = {"auto": 0, "grey": 1, "rgb": 3}
+
+
+def configure(training: Mapping[str, Any], args: Mapping[str, Any], **extra: Any) -> TrainConfig:
+    """A TrainConfig from the config's [training] table and a job's args (or the CLI's
+    flags, by the same names); an arg given wins over the table."""
+
+    def given(name: str) -> Any:
+        return args.get(name) if args.get(name) is not None else None
+
+    hflip = given("hflip")
+    return TrainConfig(
+        arch=str(given("arch") or training.get("arch") or EDGEHOOK_CNN),
+        input_size=int(given("input_size") or training.get("input_size") or 0),
+        epochs=int(given("epochs") or 0),
+        lr=float(given("lr") or TrainConfig.lr),
+        batch_size=int(given("batch_size") or TrainConfig.batch_size),
+        seed=int(given("seed") or 0),
+        augment=bool(training.get("augment", True)),
+        hflip=bool(hflip if hflip is not None else training.get("hflip", False)),
+        time_budget_s=float(given("time_budget") or training.get("time_budget_s") or 0),
+        **extra,
+    )
+
+
+def load_data(
+    root: Path, config: TrainConfig, training: Mapping[str, Any], workdir: Path | None
+) -> Dataset:
+    """The dataset under `root`, decoded for `config`'s architecture and input size."""
+    return read_dataset(
+        root,
+        arch=config.arch,
+        size=config.input_size,
+        channels=CHANNELS[str(training.get("channels", "auto"))],
+        max_unreadable_share=float(training.get("max_unreadable_share", 0.05)),
+        workdir=workdir,
+    )

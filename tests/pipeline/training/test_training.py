@@ -23,9 +23,9 @@ from pipeline.models.inference import check_in_fresh_process, predict
 from pipeline.models.modelfile import WEIGHTS, load_for_finetune, load_int8, read_metadata, save
 from pipeline.training import synthetic
 from pipeline.training.datasets import read_dataset, split
-from pipeline.training.model import SmallCNN
+from pipeline.training.model import build
 from pipeline.training.quantize import backend, fold_bn, freeze_bn, prepare_qat, run
-from pipeline.training.train import TrainConfig, Trained, evaluate, normalise, train
+from pipeline.training.train import TrainConfig, Trained, _Inputs, evaluate, normalise, train
 
 WRITERS = {
     "image-folder": synthetic.write_image_folder,
@@ -45,7 +45,7 @@ def trained(
 ) -> Trained:
     root = tmp_path_factory.mktemp("train")
     synthetic.write_npz(root, *data)
-    return train(read_dataset(root), TrainConfig(epochs=4, lr=0.05, seed=1), log=lambda _: None)
+    return train(read_dataset(root), TrainConfig(epochs=4, seed=1), log=lambda _: None)
 
 
 @pytest.mark.parametrize("layout", WRITERS)
@@ -55,9 +55,13 @@ def test_each_layout_loads(
     WRITERS[layout](tmp_path, *data)
     dataset = read_dataset(tmp_path)
     assert dataset.layout == layout
-    assert len(dataset.labels) == 150 and len(dataset.classes) == 3
-    assert dataset.images.dtype == np.float32 and dataset.images.min() >= 0.0
-    assert dataset.images.max() <= 1.0
+    assert len(dataset) == 150 and len(dataset.classes) == 3
+    # the synthetic images are grey, 16 px; CIFAR's batches are always RGB, 32 px
+    shape = (3, 32, 32) if layout == "cifar" else (1, 16, 16)
+    assert dataset.shape == shape
+    images = dataset.read(np.arange(150))
+    assert images.dtype == np.uint8 and images.shape == (150, *shape)
+    assert np.bincount(dataset.labels).tolist() == [50, 50, 50]
 
 
 def test_unknown_layout_names_what_was_expected(tmp_path: Path) -> None:
@@ -66,13 +70,72 @@ def test_unknown_layout_names_what_was_expected(tmp_path: Path) -> None:
         read_dataset(tmp_path)
 
 
-def test_images_of_different_sizes_are_refused(tmp_path: Path) -> None:
-    x, y, classes = synthetic.make(per_class=2, size=16)
+def test_images_of_any_size_and_mode_are_fitted_to_one_input(tmp_path: Path) -> None:
+    from PIL import Image
+
+    sizes = {"a": [(16, 16), (40, 30), (20, 50)], "b": [(24, 24), (30, 40), (64, 32)]}
+    for name, shapes in sizes.items():
+        (tmp_path / name).mkdir()
+        for i, (w, h) in enumerate(shapes):
+            mode = "L" if i % 2 else "RGB"
+            Image.new(mode, (w, h), 200 if name == "a" else 30).save(tmp_path / name / f"{i}.png")
+    dataset = read_dataset(tmp_path)
+    assert dataset.shape == (3, 27, 27)  # median short side of 16,30,20,24,30,32; RGB seen
+    assert dataset.read([0, 5]).shape == (2, 3, 27, 27)
+    assert read_dataset(tmp_path, size=12).shape == (3, 12, 12)
+    assert read_dataset(tmp_path, channels=1).shape[0] == 1
+    grey = tmp_path / "grey"
+    for name in ("x", "y"):
+        (grey / name).mkdir(parents=True)
+        Image.new("L", (10, 8), 9).save(grey / name / "0.png")
+    assert read_dataset(grey).shape == (1, 8, 8)
+
+
+def test_unreadable_images_are_skipped_counted_and_named(tmp_path: Path) -> None:
+    x, y, classes = synthetic.make(per_class=10, size=16)
     synthetic.write_image_folder(tmp_path, x, y, classes)
-    x2, y2, _ = synthetic.make(per_class=1, size=20)
-    synthetic.write_image_folder(tmp_path, x2, y2, classes)
-    with pytest.raises(JobError, match="resize them to match"):
-        read_dataset(tmp_path)
+    first = sorted((tmp_path / classes[0]).iterdir())[0]
+    first.write_bytes(b"\x89PNG\r\n\x1a\n not really")  # the header lies
+    second = sorted((tmp_path / classes[1]).iterdir())[0]
+    second.write_bytes(b"")
+    dataset = read_dataset(tmp_path, max_unreadable_share=0.1)
+    assert len(dataset) == 28
+    assert dataset.skipped == [f"{classes[0]}/{first.name}", f"{classes[1]}/{second.name}"]
+    with pytest.raises(JobError) as refused:
+        read_dataset(tmp_path, max_unreadable_share=0.05)
+    assert str(refused.value) == (
+        "2 of 30 images are unreadable (6.7%, above training.max_unreadable_share 0.05); "
+        f"the first: {classes[0]}/{first.name}"
+    )
+
+
+def test_decoding_memory_does_not_grow_with_the_number_of_images(tmp_path: Path) -> None:
+    import tracemalloc
+
+    """Pixels are never held for more than one image at a time: what grows with the count
+    is a path and a label per image, far less than one decoded 64x64 image (4 KB)."""
+    peaks = []
+    for per_class in (20, 80):
+        folder = tmp_path / str(per_class)
+        synthetic.write_image_folder(folder, *synthetic.make(per_class=per_class, size=64))
+        tracemalloc.start()
+        dataset = read_dataset(folder)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert len(dataset) == 3 * per_class
+    per_added_image = (peaks[1] - peaks[0]) / (3 * 60)
+    assert per_added_image < 1024, peaks
+
+
+def test_the_class_balance_line(
+    data: tuple[np.ndarray, np.ndarray, tuple[str, ...]], tmp_path: Path
+) -> None:
+    x, y, classes = data
+    keep = np.concatenate([np.arange(0, 50), np.arange(50, 60), np.arange(100, 130)])
+    synthetic.write_npz(tmp_path, x[keep], y[keep], classes)
+    assert read_dataset(tmp_path).balance() == (
+        f"class balance: {classes[0]} 50, {classes[1]} 10, {classes[2]} 30 (min 10, max 50)"
+    )
 
 
 def test_a_malicious_cifar_pickle_never_runs(tmp_path: Path) -> None:
@@ -109,7 +172,25 @@ def test_training_beats_chance_by_a_wide_margin(trained: Trained) -> None:
     assert abs(metrics["int8_accuracy"] - metrics["qat_accuracy"]) <= 0.05
     confusion = np.asarray(metrics["confusion"])
     assert confusion.shape == (3, 3) and confusion.sum() == metrics["held_out"]
-    assert len(metrics["epochs"]) == 4
+    assert [e["phase"] for e in metrics["epochs"]] == ["fp32", "fp32", "fp32", "qat"]
+    assert [row["class"] for row in metrics["per_class"]] == list(trained.classes)
+    assert sum(row["support"] for row in metrics["per_class"]) == metrics["held_out"]
+
+
+def test_real_digits_reach_the_reference_on_images_never_seen(tmp_path: Path) -> None:
+    """scikit-learn's 1,797 real 8x8 scans: the default recipe's int8 model against a held
+    back fifth (the reference fp32 recipe reaches 99%: benchmarks/bench_accuracy.py)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = (digits.images * (255 / 16)).round().astype(np.uint8)
+    order = np.random.default_rng(0).permutation(len(x))
+    train_part, test_part = order[:1400], order[1400:]
+    np.savez(tmp_path / "d.npz", x=x[train_part], y=digits.target[train_part])
+    trained = train(read_dataset(tmp_path), TrainConfig(), log=lambda _: None)
+    test = x[test_part][:, None].astype(np.float32) / 255.0
+    predicted = predict(trained.int8, test, trained.normalisation).argmax(1)
+    assert (predicted == digits.target[test_part]).mean() >= 0.97
 
 
 def test_dry_run_trains_one_batch(
@@ -120,8 +201,9 @@ def test_dry_run_trains_one_batch(
     result = train(
         read_dataset(tmp_path), TrainConfig(epochs=5, batch_size=8, dry_run=True), log=lines.append
     )
-    assert len(result.metrics["epochs"]) == 1
-    assert any(line.startswith("epoch 1/1") for line in lines)
+    assert [e["phase"] for e in result.metrics["epochs"]] == ["fp32", "qat"]
+    assert any(line.startswith("fp32 epoch 1/1") for line in lines)
+    assert any(line.startswith("qat epoch 1/1") for line in lines)
 
 
 def test_export_reloads_in_a_fresh_process_and_agrees(trained: Trained, tmp_path: Path) -> None:
@@ -169,11 +251,13 @@ def test_tampered_weights_or_metadata_are_refused(trained: Trained, tmp_path: Pa
     meta = json.loads((model / "model.json").read_text())
     meta["spec"]["channels"] = 16  # an architecture the weights do not fit
     (model / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(JobError, match=r"conv1\.weight is \(32, 1, 3, 3\), expected \(16"):
+    with pytest.raises(
+        JobError, match=r"features\.0\.0\.weight is \(32, 1, 3, 3\), expected \(16, 1, 3, 3\)"
+    ):
         load_int8(model)
-    meta["spec"]["family"] = "someone-elses-net"
+    meta["spec"]["arch"] = "someone-elses-net"
     (model / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(JobError, match="builds no other"):
+    with pytest.raises(JobError, match="'someone-elses-net' is not one edgehook builds"):
         load_int8(model)
 
 
@@ -214,9 +298,10 @@ def _rewrite_weights(model: Path, change: Callable[[dict[str, torch.Tensor]], ob
 def test_the_model_file_is_int8_and_under_a_third_of_fp32(trained: Trained, tmp_path: Path) -> None:
     save(tmp_path / "model", trained, sources=["test"])
     tensors = load_file(str(tmp_path / "model" / WEIGHTS))
-    assert {tensors[f"{n}.weight"].dtype for n in ("conv1", "conv2", "fc")} == {torch.int8}
+    layers = ("features.0.0", "features.2.0", "features.4.0", "fc")
+    assert {tensors[f"{n}.weight"].dtype for n in layers} == {torch.int8}
     assert "fc.scale" not in tensors  # the head's logits stay float (WeightOnlyLinear)
-    fp32 = {k: v.contiguous() for k, v in SmallCNN(trained.spec).state_dict().items()}
+    fp32 = {k: v.contiguous() for k, v in build(trained.spec).state_dict().items()}
     save_file(fp32, str(tmp_path / "fp32.safetensors"))
     ratio = (tmp_path / "model" / WEIGHTS).stat().st_size / (
         tmp_path / "fp32.safetensors"
@@ -234,8 +319,8 @@ def test_weights_the_model_has_no_place_for_are_refused(trained: Trained, tmp_pa
     with pytest.raises(JobError, match=r"lack fc\.bias"):
         load_int8(model)
     save(model, trained, sources=["test"])
-    _rewrite_weights(model, lambda t: t["conv2.weight_scales"].mul_(-1))
-    with pytest.raises(JobError, match=r"conv2\.weight is malformed"):
+    _rewrite_weights(model, lambda t: t["features.2.0.weight_scales"].mul_(-1))
+    with pytest.raises(JobError, match=r"features\.2\.0\.weight is malformed"):
         load_int8(model)
 
 
@@ -253,7 +338,7 @@ def test_a_model_trained_for_one_engine_runs_under_the_other(
     try:
         for trained_for, runs_on in (("x86", "qnnpack"), ("qnnpack", "x86")):
             monkeypatch.setattr("pipeline.training.train.backend", lambda e=trained_for: e)
-            model = train(dataset, TrainConfig(epochs=4, lr=0.05, seed=1), log=lambda _: None)
+            model = train(dataset, TrainConfig(epochs=4, seed=1), log=lambda _: None)
             assert model.engine == trained_for
             save(tmp_path / trained_for, model, sources=["test"])
             torch.backends.quantized.engine = trained_for
@@ -276,10 +361,9 @@ def test_fine_tuning_starts_from_the_saved_model(trained: Trained, tmp_path: Pat
 
 
 def test_batch_norm_is_folded_without_changing_the_function(trained: Trained) -> None:
-    assert trained.metrics["bn_epochs"] == 2  # of 4
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in trained.qat.modules())
     torch.manual_seed(0)
-    model = prepare_qat(SmallCNN(trained.spec), trained.engine)
+    model = prepare_qat(build(trained.spec), trained.engine)
     x = normalise(trained.held_out, trained.normalisation)
     model(x)  # train mode: batch norm and the observers learn something
     before = run(model.eval(), x)
@@ -287,10 +371,15 @@ def test_batch_norm_is_folded_without_changing_the_function(trained: Trained) ->
 
 
 def test_evaluating_on_held_out_data_changes_nothing(trained: Trained) -> None:
-    x = normalise(trained.held_out, trained.normalisation)
-    y = torch.from_numpy(np.zeros(len(x), dtype=np.int64))
+    images = torch.from_numpy((trained.held_out * 255).round().astype(np.uint8))
+    y = torch.from_numpy(np.zeros(len(images), dtype=np.int64))
     state = {k: v.clone() for k, v in trained.qat.state_dict().items()}
-    evaluate(trained.qat, x * 10, y, trained.spec.num_classes, torch.device("cpu"))
+    channels = trained.spec.in_channels
+    extreme = _Inputs(
+        {"mean": [0.0] * channels, "std": [0.01] * channels}, torch.device("cpu"), None
+    )
+    _, confusion = evaluate(trained.qat, [(images, y)], extreme, trained.spec.num_classes)
+    assert sum(map(sum, confusion)) == len(images)
     after = trained.qat.state_dict()
     assert all(torch.equal(state[k], after[k]) for k in state)
 
@@ -302,7 +391,7 @@ def test_int8_keeps_the_qat_accuracy_on_a_hard_set(tmp_path: Path) -> None:
         *synthetic.make(per_class=300, size=32, channels=3, classes=4, contrast=40, noise=45),
     )
     metrics = train(
-        read_dataset(tmp_path), TrainConfig(epochs=6, lr=0.01, seed=0), log=lambda _: None
+        read_dataset(tmp_path), TrainConfig(epochs=6, seed=0), log=lambda _: None
     ).metrics
     assert metrics["qat_accuracy"] >= 0.85  # learnable, not trivial: chance is 0.25
     assert abs(metrics["qat_accuracy"] - metrics["int8_accuracy"]) <= 0.01
@@ -310,13 +399,11 @@ def test_int8_keeps_the_qat_accuracy_on_a_hard_set(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_demo_sized_set_trains_well_on_every_seed(seed: int, tmp_path: Path) -> None:
-    """120 images, 2 batches an epoch: batch norm is frozen after 4 steps, so the fold must
-    use measured statistics and re-measured weight ranges (without either, seeds 0-2 end
-    between 0.25 and 0.88; with both, 1.0)."""
+    """120 images, 2 batches an epoch, the default recipe: the fold must use statistics
+    measured on the float model (measured through fresh fake quantizers, seeds ended at
+    0.33-0.5 before QAT could recover) and re-measured weight ranges."""
     synthetic.write_image_folder(tmp_path, *synthetic.make(per_class=40, size=16, classes=3))
-    config = TrainConfig(epochs=4, seed=seed)
-    metrics = train(read_dataset(tmp_path), config, log=lambda _: None).metrics
-    assert metrics["bn_epochs"] == 2
+    metrics = train(read_dataset(tmp_path), TrainConfig(seed=seed), log=lambda _: None).metrics
     assert metrics["int8_accuracy"] >= 0.9
 
 
@@ -325,7 +412,7 @@ def test_freezing_measures_batch_norm_statistics_exactly(trained: Trained) -> No
     images (every position weighing the same: no trailing average), merged across batches."""
     torch.manual_seed(0)
     x = normalise(trained.held_out, trained.normalisation)
-    model = prepare_qat(SmallCNN(trained.spec), trained.engine)
+    model = prepare_qat(build(trained.spec), trained.engine)
     model(x[:16])  # batch norm and observers learn something
     batches = [x[start : start + 7] for start in range(0, len(x), 7)]
     reference = copy.deepcopy(model)
@@ -342,7 +429,7 @@ def test_freezing_measures_batch_norm_statistics_exactly(trained: Trained) -> No
     frozen = copy.deepcopy(model)
     norms: list[Any] = [m for m in frozen.modules() if isinstance(m, BatchNorm2d)]
     freeze_bn(frozen, iter(batches))
-    assert len(norms) == len(seen) == 2
+    assert len(norms) == len(seen) == 3
     for index, norm in enumerate(norms):
         inputs = torch.cat(seen[index]).double()
         var, mean = torch.var_mean(inputs, dim=(0, 2, 3))
