@@ -133,7 +133,9 @@ def child_edgehook(data: Path, test: Path, epochs: int) -> dict[str, Any]:
     }
 
 
-def child_reference(data: Path, test: Path, size: int, channels: int) -> dict[str, Any]:
+def child_reference(
+    data: Path, test: Path, size: int, channels: int, epochs: int = 10
+) -> dict[str, Any]:
     """The 20-line fp32 script, on the same training images fitted to the same size."""
     import torch
     from torch import nn
@@ -154,7 +156,7 @@ def child_reference(data: Path, test: Path, size: int, channels: int) -> dict[st
         block(channels, 32), nn.MaxPool2d(2), block(32, 64), nn.MaxPool2d(2), block(64, 128),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10),
     )  # fmt: skip
-    epochs, n = 10, len(x)
+    n = len(x)
     optimiser = torch.optim.AdamW(model.parameters(), 3e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimiser, 3e-3, total_steps=epochs * -(-n // 64)
@@ -204,7 +206,7 @@ def main() -> int:
         if kind == "edgehook":
             result = child_edgehook(Path(data), Path(test), int(rest[0]))
         else:
-            result = child_reference(Path(data), Path(test), int(rest[0]), int(rest[1]))
+            result = child_reference(Path(data), Path(test), *map(int, rest))
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps({**result, "peak_rss_mb": round(peak_mb, 1)}))
         return 0
@@ -213,8 +215,15 @@ def main() -> int:
         sets = write_sets(Path(tmp), args.smoke)
         for name in ("digits", "photos"):
             data, test = sets[name]
-            ours = spawn("edgehook", str(data), str(test), "0")
-            ref = spawn("reference", str(data), str(test), str(ours["size"]), str(ours["channels"]))
+            ours = spawn("edgehook", str(data), str(test), "3" if args.smoke else "0")
+            ref = spawn(
+                "reference",
+                str(data),
+                str(test),
+                str(ours["size"]),
+                str(ours["channels"]),
+                "3" if args.smoke else "10",
+            )
             figures[name] = {
                 "edgehook": ours,
                 "reference": ref,

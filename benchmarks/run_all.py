@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("receiver", "queue", "training")
+BENCHMARKS = ("receiver", "queue", "training", "accuracy")
 
 
 def machine() -> dict[str, Any]:
@@ -185,6 +185,20 @@ def headline(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         "<= 1",
         t["hard_gap_points"] <= 1,
     )
+    accuracy = results["accuracy"]["figures"]
+    for name, floor in (("digits", 0.98), ("photos", 0.95)):
+        f = accuracy[name]
+        ours = f["edgehook"]["test_accuracy_int8"]
+        row(f"{name}: int8 test accuracy (real digits)", ours, f">= {floor}", ours >= floor)
+        row(
+            f"{name}: points below the fp32 reference",
+            f["gap_points"],
+            "<= 1",
+            f["gap_points"] <= 1,
+        )
+        row(f"{name}: wall time / reference", f["time_ratio"], "<= 2", f["time_ratio"] <= 2)
+    ratio = accuracy["memory"]["ratio"]
+    row("training peak RSS at 4x the images", ratio, "<= 1.2x", ratio <= 1.2)
     return rows
 
 

@@ -265,8 +265,15 @@ def _log_metrics(run: Any, meta: ModelMeta) -> None:
             for j, n in enumerate(row)
         ],
     )
-    run.log({"confusion": table})
-    run.summary.update({k: meta.metrics[k] for k in ("int8_accuracy", "qat_accuracy")})
+    rows = meta.metrics.get("per_class", [])
+    per_class = wandb.Table(
+        columns=["class", "precision", "recall", "f1", "support"],
+        data=[[r["class"], r["precision"], r["recall"], r["f1"], r["support"]] for r in rows],
+    )
+    run.log({"confusion": table, "per_class": per_class})
+    run.summary.update(
+        {k: meta.metrics[k] for k in ("int8_accuracy", "qat_accuracy", "fp32_accuracy")}
+    )
     run.summary.update(meta.latency)
 
 

@@ -66,10 +66,9 @@ def prepare_qat(model: nn.Module, engine: str) -> nn.Module:
         fuse: Any = model.fuse_model
         fuse(is_qat=True)
         qconfig: Any = torch.ao.quantization.get_default_qat_qconfig(engine)
+        head: Any = model.get_submodule(head_name(model))
         model.qconfig = qconfig
-        model.get_submodule(head_name(model)).qconfig = torch.ao.quantization.QConfig(
-            activation=nn.Identity, weight=qconfig.weight
-        )
+        head.qconfig = torch.ao.quantization.QConfig(activation=nn.Identity, weight=qconfig.weight)
         return torch.ao.quantization.prepare_qat(model, inplace=True)
 
 

@@ -55,7 +55,9 @@ def test_args_strings_from_wandb_are_typed_and_defaults_filled() -> None:
 @pytest.mark.parametrize(
     ("given", "reason", "name"),
     [
-        ({"epochs": "51"}, "bad_arg", "epochs"),
+        ({"epochs": "101"}, "bad_arg", "epochs"),
+        ({"arch": "vgg16"}, "bad_arg", "arch"),
+        ({"input_size": "4"}, "bad_arg", "input_size"),
         ({"epochs": "0"}, "bad_arg", "epochs"),
         ({"epochs": "3.5"}, "bad_arg", "epochs"),
         ({"epochs": True}, "bad_arg", "epochs"),

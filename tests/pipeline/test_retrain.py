@@ -47,7 +47,8 @@ def test_retrain_job_trains_exports_checks_and_promotes(
     assert row["state"] == "succeeded", (row, log_text(config, first))
     assert "int8 accuracy" in str(row["summary"]) and "promoted job" in str(row["summary"])
     log = log_text(config, first)
-    assert "epoch 4/4" in log and "inference check: 24/24 predictions agree" in log
+    assert "fp32 epoch 3/3" in log and "qat epoch 1/1" in log
+    assert "inference check: 24/24 predictions agree" in log
     assert "int8 latency" in log
     active = config.models_dir / f"job{first}-attempt1"
     assert json.loads((config.models_dir / "registry.json").read_text())["active"] == active.name
@@ -135,6 +136,8 @@ def test_retrain_then_publish_logs_the_run_and_the_signed_model_offline(
     logged = summarise(run_file)
     assert [json.loads(h["epoch"]) for h in logged["history"] if "epoch" in h] == [1, 2, 3]
     assert float(logged["summary"]["int8_accuracy"]) >= 0.9
+    tables = {key.split("/")[0] for row in logged["history"] for key in row}
+    assert {"confusion", "per_class"} <= tables, tables
     model = next(a for a in logged["artifacts"] if a["type"] == "model")
     assert model["name"] == "shapes-int8"
     assert {"candidate", "production"} <= set(model["aliases"])

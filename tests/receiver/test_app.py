@@ -37,7 +37,7 @@ def test_signed_delivery_is_committed_then_202(app_client: Client, workspace: Wo
     assert reply.json() == {"status": "accepted", "job_id": 1}
     assert reply.headers["x-request-id"]
     assert jobs(services) == [
-        (1, "retrain", '{"batch_size": 64, "epochs": 3, "lr": 0.01, "seed": 0}')
+        (1, "retrain", '{"batch_size": 64, "lr": 0.003, "seed": 0}')
     ]
     line = audit_lines(services)[-1]
     assert line["decision"] == "accepted" and line["job_id"] == 1
@@ -75,7 +75,7 @@ def test_bad_arg_is_422_and_nothing_is_queued(app_client: Client, workspace: Wor
     body = json.dumps({**json.loads(sample_body()), "args": {"epochs": "500"}}).encode()
     reply = client.post(URL, content=body, headers=signed(workspace, body))
     assert reply.status_code == 422
-    assert reply.json() == {"error": "bad_arg", "detail": "argument 'epochs' must be <= 50"}
+    assert reply.json() == {"error": "bad_arg", "detail": "argument 'epochs' must be <= 100"}
     body = json.dumps({**json.loads(sample_body()), "args": {"cmd": "id"}}).encode()
     assert client.post(URL, content=body, headers=signed(workspace, body)).status_code == 422
     assert jobs(services) == []
