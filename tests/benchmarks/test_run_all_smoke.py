@@ -38,7 +38,7 @@ def test_all_benchmarks_in_smoke_mode_write_one_report(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "report-smoke.json").read_text())
     assert report["smoke"] is True
     assert {"cpu", "cores", "python", "torch", "peer"} <= set(report["machine"])
-    assert len(report["headline"]) == 20
+    assert len(report["headline"]) == 27  # 20, plus accuracy: 3 rows a set, and memory
     assert all(isinstance(r["value"], (int, float)) for r in report["headline"])
 
     ours = [r for r in report["receiver"]["results"] if r["server"] == "edgehook"]
