@@ -94,23 +94,7 @@ def verify(model_dir: Path, trusted: Iterable[str]) -> Verified:
     path = model_dir / SIGNATURE
     if not path.exists():
         raise JobError("the model is not signed")
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-        public = str(record["public_key"])
-        signature = base64.b64decode(record["signature"], validate=True)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise JobError(f"{SIGNATURE} is malformed") from exc
-    trusted_ids = {key_id(key): key for key in trusted}
-    signer = key_id(public)
-    if signer not in trusted_ids:
-        raise JobError(f"the model is signed by key {signer}, which is not trusted")
-    try:
-        Ed25519PublicKey.from_public_bytes(_raw_public(trusted_ids[signer])).verify(
-            signature, _message(model_dir)
-        )
-    except InvalidSignature as exc:
-        raise JobError(f"the signature by key {signer} does not match the model's files") from exc
-    return Verified(signer, trusted_ids[signer])
+    return _check(path, "the model", "the model's files", trusted, _message(model_dir))
 
 
 FILE_DOMAIN = b"edgehook-weights-signature-v1\n"
@@ -140,22 +124,30 @@ def verify_file(path: Path, trusted: Iterable[str]) -> Verified:
             f"{path.name} is neither pinned (training.pretrained_sha256) "
             f"nor signed ({sidecar.name})"
         )
+    return _check(sidecar, path.name, path.name, trusted, FILE_DOMAIN + sha256(path).encode())
+
+
+def _check(
+    record_path: Path, what: str, files: str, trusted: Iterable[str], message: bytes
+) -> Verified:
+    """The signer named by the signature record at `record_path`, if it is trusted and
+    signed exactly `message`; otherwise JobError naming `what` or `files`."""
     try:
-        record = json.loads(sidecar.read_text(encoding="utf-8"))
+        record = json.loads(record_path.read_text(encoding="utf-8"))
         public = str(record["public_key"])
         signature = base64.b64decode(record["signature"], validate=True)
     except (ValueError, KeyError, TypeError) as exc:
-        raise JobError(f"{sidecar.name} is malformed") from exc
+        raise JobError(f"{record_path.name} is malformed") from exc
     trusted_ids = {key_id(key): key for key in trusted}
     signer = key_id(public)
     if signer not in trusted_ids:
-        raise JobError(f"{path.name} is signed by key {signer}, which is not trusted")
+        raise JobError(f"{what} is signed by key {signer}, which is not trusted")
     try:
         Ed25519PublicKey.from_public_bytes(_raw_public(trusted_ids[signer])).verify(
-            signature, FILE_DOMAIN + sha256(path).encode()
+            signature, message
         )
     except InvalidSignature as exc:
-        raise JobError(f"the signature by key {signer} does not match {path.name}") from exc
+        raise JobError(f"the signature by key {signer} does not match {files}") from exc
     return Verified(signer, trusted_ids[signer])
 
 

@@ -436,19 +436,22 @@ def _fp32_phase(
     head_epochs = max(1, planned // 5) if pretrained is not None and planned > 1 else 0
     patience = config.patience or max(3, planned // 3)
     best, best_state, best_epoch = -1.0, copy.deepcopy(model.state_dict()), 0
+    improved = 0  # the last epoch that beat the best strictly: a plateau counts as no better
     epoch = 0
     while epoch < planned:
         epoch += 1
         _head_only(model, epoch <= head_epochs)
         accuracy, seconds = state.epoch(model, stepper, "fp32", epoch, planned)
-        if accuracy >= best:
+        if accuracy > best:
+            improved = epoch
+        if accuracy >= best:  # a tie keeps the later epoch: it has seen more, at a lower rate
             best, best_state, best_epoch = accuracy, copy.deepcopy(model.state_dict()), epoch
         if config.time_budget_s and epoch == 1:
             # Fit the rest to the budget: the QAT epochs cost about one fp32 epoch each.
             room = config.time_budget_s - state.elapsed() - quantised * seconds * 1.2
             planned = max(1, min(planned, epoch + int(room // seconds)))
             stepper.total = planned * steps
-        if epoch - best_epoch >= patience:
+        if epoch - improved >= patience:
             state.log(f"fp32: no better for {patience} epochs; stopping early")
             break
     _head_only(model, False)

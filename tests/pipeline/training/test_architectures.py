@@ -150,3 +150,30 @@ def test_the_config_table_and_job_args_make_one_train_config() -> None:
     assert configure(table, args) == TrainConfig(
         arch="mobilenet_v2", input_size=96, epochs=7, lr=0.01, hflip=False, time_budget_s=60.0
     )
+
+
+def test_pretrained_weights_from_an_artifact_are_checked_like_a_file(tmp_path: Path) -> None:
+    """training.pretrained_artifact: the job fetches the artifact (digests verified), takes
+    its one .safetensors file and accepts it only under the pin."""
+    from pipeline.artifacts import write_local_version
+    from pipeline.jobs import ArtifactSource, JobSpec
+    from pipeline.runjob import _pretrained
+
+    state = _published("mobilenet_v2", tmp_path / "m.pth")
+    out = tmp_path / "mnv2.safetensors"
+    digest = import_weights(tmp_path / "m.pth", "mobilenet_v2", out)
+    root = tmp_path / "artifacts"
+    write_local_version(root, "me/proj/weights:v0", {"mnv2.safetensors": out.read_bytes()})
+    write_local_version(root, "me/proj/weights:v1", {"a.safetensors": b"", "b.safetensors": b""})
+
+    def spec(version: str, pin: str) -> JobSpec:
+        training = {"pretrained_artifact": version, "pretrained_sha256": pin}
+        source = ArtifactSource(source="local", local_root=str(root), download_timeout_s=60)
+        return JobSpec(1, 1, "retrain", {}, {}, "dev", source, training=training)
+
+    tensors = _pretrained(spec("me/proj/weights:v0", digest), tmp_path / "job1", "mobilenet_v2")
+    assert torch.equal(tensors["features.0.0.weight"], state["features.0.0.weight"])
+    with pytest.raises(JobError, match=r"do not match training\.pretrained_sha256"):
+        _pretrained(spec("me/proj/weights:v0", "0" * 64), tmp_path / "job2", "mobilenet_v2")
+    with pytest.raises(JobError, match=r"me/proj/weights:v1 must hold exactly one \.safetensors"):
+        _pretrained(spec("me/proj/weights:v1", digest), tmp_path / "job3", "mobilenet_v2")

@@ -193,6 +193,22 @@ def test_real_digits_reach_the_reference_on_images_never_seen(tmp_path: Path) ->
     assert (predicted == digits.target[test_part]).mean() >= 0.97
 
 
+def test_a_plateau_stops_training_early(
+    data: tuple[np.ndarray, np.ndarray, tuple[str, ...]], tmp_path: Path
+) -> None:
+    """Held-out accuracy that stays at its best (a tie is not an improvement) runs out the
+    patience: before, every tie restarted it and a plateau trained all its epochs."""
+    synthetic.write_npz(tmp_path, *data)
+    lines: list[str] = []
+    metrics = train(
+        read_dataset(tmp_path), TrainConfig(epochs=16, patience=2, seed=0), log=lines.append
+    ).metrics
+    fp32 = [e for e in metrics["epochs"] if e["phase"] == "fp32"]
+    assert "fp32: no better for 2 epochs; stopping early" in lines
+    assert len(fp32) < 12  # 12 planned: 16 less the last quarter for QAT
+    assert metrics["fp32_accuracy"] == max(e["val_acc"] for e in fp32)
+
+
 def test_dry_run_trains_one_batch(
     data: tuple[np.ndarray, np.ndarray, tuple[str, ...]], tmp_path: Path
 ) -> None:
