@@ -19,6 +19,7 @@ written as periodic `summary` lines, so a flood of forged requests cannot fill t
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -95,6 +96,25 @@ def parse_line(raw: str, key: bytes) -> dict[str, Any] | None:
 
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def append(directory: Path, key: bytes, config: AuditConfig, kind: str, **fields: Any) -> None:
+    """One line in a chain that several processes may write now and then (operator
+    commands, predictors): each writer takes the chain's lock, continues it from its last
+    line and closes it again, so the chain keeps one writer at a time."""
+    import time
+
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        log = AuditLog(directory, key, config, clock=time.time)
+        try:
+            log.record(kind, **fields)
+        finally:
+            log.close()
+    finally:
+        os.close(fd)
 
 
 class AuditLog:

@@ -213,7 +213,12 @@ def is_lost(record: dict[str, Any]) -> bool:
 
 # The receiver, the worker and operator commands each write a chain of their own (an audit
 # chain has exactly one writer at a time).
-CHAINS = (("receiver", ""), ("worker", "worker"), ("operator", "operator"))
+CHAINS = (
+    ("receiver", ""),
+    ("worker", "worker"),
+    ("operator", "operator"),
+    ("predictor", "predictor"),
+)
 
 
 def chains(audit_dir: Path) -> list[tuple[str, Path]]:

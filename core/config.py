@@ -34,6 +34,7 @@ from core.sections import (
     General,
     Limits,
     ModelsConfig,
+    PredictorConfig,
     SecretFiles,
     ServerConfig,
     TrainingConfig,
@@ -56,6 +57,7 @@ __all__ = [
     "DedupeConfig",
     "Limits",
     "ModelsConfig",
+    "PredictorConfig",
     "SecretFiles",
     "ServerConfig",
     "TrainingConfig",
@@ -86,6 +88,7 @@ class Config:
     models: ModelsConfig = field(default_factory=ModelsConfig)
     tunnel: TunnelConfig = field(default_factory=TunnelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
     rules: tuple[Rule, ...] = ()
 
     @property

@@ -273,6 +273,39 @@ class TrainingConfig:
     )
 
 
+@dataclass(frozen=True)
+class PredictorConfig:
+    host: str = setting(
+        "127.0.0.1",
+        "`edgehook predictor --host`; a non-loopback host needs `--allow-public-bind`",
+    )
+    port: int = setting(8091, "`edgehook predictor --port`", minimum=1, maximum=65535)
+    allow_public_bind: bool = setting(
+        False, "allow a non-loopback `host` (anyone who reaches it may classify images)"
+    )
+    max_body_bytes: int = setting(
+        8 * MiB, "413 above this (an image, or a JSON batch)", minimum=1024, maximum=256 * MiB
+    )
+    max_batch: int = setting(
+        64, "images in one JSON batch; 413 above this", minimum=1, maximum=1024
+    )
+    max_pixels: int = setting(
+        40_000_000,
+        "400 for an image with more pixels (decompression bombs)",
+        minimum=1024,
+        maximum=400_000_000,
+    )
+    follow_interval_s: float = setting(
+        0.5, "how often the active model is checked for a promotion", minimum=0.05, maximum=60.0
+    )
+    engine: str = setting(
+        "auto",
+        "`auto` (the fastest this device has, measured at load), `torch-int8`, `onnxruntime`, "
+        "`cuda-fp16`, `cuda-fp32`",
+        choices=("auto", "torch-int8", "onnxruntime", "cuda-fp16", "cuda-fp32"),
+    )
+
+
 # The config's tables, in README's order: (TOML table, its settings).
 SECTIONS: list[tuple[str, type[Any]]] = [
     ("", General),
@@ -284,6 +317,7 @@ SECTIONS: list[tuple[str, type[Any]]] = [
     ("worker", WorkerConfig),
     ("models", ModelsConfig),
     ("training", TrainingConfig),
+    ("predictor", PredictorConfig),
     ("tunnel", TunnelConfig),
     ("artifacts", ArtifactsConfig),
 ]

@@ -52,6 +52,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ "$(cat "$stamp")" !
   pins=()
   # The fake W&B server in tests/fakes is written against this SDK release.
   [[ ",$EXTRAS," == *",pipeline,"* ]] && pins+=("wandb==0.31.0")
+  # onnx and onnxruntime, as the ONNX agreement tests were written against them.
+  [[ ",$EXTRAS," == *",dev,"* ]] && pins+=("onnx==1.23.2" "onnxruntime==1.32.0")
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$EXTRAS]" "${pins[@]}"
   echo "$EXTRAS" > "$stamp"
 fi

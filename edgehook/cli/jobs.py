@@ -8,7 +8,6 @@ two commands at once cannot interleave it.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import sys
@@ -18,7 +17,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
-from core.audit import AuditLog
+from core import audit
 from core.config import Config
 from core.credentials import load_audit_key
 from core.errors import EdgehookError
@@ -131,10 +130,10 @@ def _cancel(
 ) -> int:
     state = queue.request_cancel(row.id, time.time())
     if state == JobState.CANCELLED:
-        _operator_audit(loaded, env, job_id=row.id, transition="cancelled")
+        operator_audit(loaded, env, job_id=row.id, transition="cancelled")
         print(f"job {row.id}: cancelled")
     elif state == JobState.RUNNING:
-        _operator_audit(loaded, env, job_id=row.id, transition="cancel_requested")
+        operator_audit(loaded, env, job_id=row.id, transition="cancel_requested")
         print(f"job {row.id}: running; its worker will kill it and record 'cancelled'")
     else:
         raise EdgehookError(
@@ -155,7 +154,7 @@ def _retry(
         raise EdgehookError(
             f"job {row.id} is {row.state}; only failed, cancelled or superseded jobs can be retried"
         )
-    _operator_audit(loaded, env, job_id=row.id, transition="retried")
+    operator_audit(loaded, env, job_id=row.id, transition="retried")
     print(f"job {row.id}: queued again")
     return 0
 
@@ -228,17 +227,16 @@ def _logs(
     return 0
 
 
-def _operator_audit(loaded: Config, env: Mapping[str, str], **fields: Any) -> None:
-    directory = loaded.audit_dir / "operator"
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        audit = AuditLog(directory, load_audit_key(loaded, env), loaded.audit, clock=time.time)
-        audit.record("operator", user=_user(), **fields)
-        audit.close()
-    finally:
-        os.close(fd)
+def operator_audit(loaded: Config, env: Mapping[str, str], **fields: Any) -> None:
+    """A line in the operator chain (audit/operator/): who did what, by hand."""
+    audit.append(
+        loaded.audit_dir / "operator",
+        load_audit_key(loaded, env),
+        loaded.audit,
+        "operator",
+        user=_user(),
+        **fields,
+    )
 
 
 def _user() -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from core.errors import EdgehookError, JobError
 from core.sections import ARCHS
 from edgehook.cli.common import Subparsers, add_command, config
+from edgehook.cli.jobs import operator_audit
 from pipeline.models import registry
 
 
@@ -76,7 +77,7 @@ def register(sub: Subparsers) -> None:
     model = add_command(
         sub,
         "model",
-        "the device's models: list them, roll back the active one",
+        "the device's models: list, install, export, verify, roll back",
         "edgehook model list",
         "edgehook model rollback",
     )
@@ -99,6 +100,29 @@ def register(sub: Subparsers) -> None:
         "convert torchvision's published weights (.pth) to safetensors, on a trusted machine",
         "edgehook model import-weights resnet18-f37072fd.pth --arch resnet18 "
         "--out resnet18.safetensors",
+    )
+    install = add_command(
+        model_sub,
+        "install",
+        "register a signed model directory and make it active (the predictor follows)",
+        "edgehook model install ./model",
+        "edgehook model install ./model --no-activate",
+    )
+    install.add_argument("path", type=Path, help="a model directory (model.safetensors, ...)")
+    install.add_argument(
+        "--no-activate", action="store_true", help="register it only; the active model stays"
+    )
+    export = add_command(
+        model_sub,
+        "export",
+        "write a model as ONNX (int8 QDQ; --fp32 for TensorRT), signed when this device signs",
+        "edgehook model export edgehook-data/models/job3-attempt1 --format onnx --out m.onnx",
+    )
+    export.add_argument("path", type=Path, help="a model directory")
+    export.add_argument("--format", choices=["onnx"], required=True)
+    export.add_argument("--out", type=Path, required=True)
+    export.add_argument(
+        "--fp32", action="store_true", help="the float network, no QDQ (see README: TensorRT)"
     )
     imported.add_argument("source", type=Path, help="the .pth file torchvision publishes")
     imported.add_argument("--arch", required=True, choices=ARCHS[1:])
@@ -301,8 +325,13 @@ def run_model(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             signer = signing.sign_file(args.out, key)
             print(f"or ship it with {args.out.name}.sig (signed by {signer.key_id})")
         return 0
+    if args.model_command == "install":
+        return _install(loaded, env, args.path, activate=not args.no_activate)
+    if args.model_command == "export":
+        return _export(loaded, args.path, args.out, args.fp32)
     if args.model_command == "rollback":
         name = registry.rollback(loaded.models_dir)
+        operator_audit(loaded, env, action="model_rollback", model=name)
         print(f"active model: {name}")
         return 0
     current = registry.state(loaded.models_dir)
@@ -316,4 +345,49 @@ def run_model(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             f"{marker} {name}  int8 accuracy {meta.int8_accuracy:.3f}  "
             f"from {', '.join(meta.sources)}"
         )
+    return 0
+
+
+def _install(loaded: Any, env: Mapping[str, str], path: Path, activate: bool) -> int:
+    """Verify (the trusted keys, as deploy does), register, and activate unless told not to;
+    audited in the operator chain. A model already registered under the same weights is
+    activated where it is."""
+    from pipeline.models import signing
+
+    if loaded.models.allow_unsigned:
+        meta = registry.read_metadata(path)
+        signer = "unchecked (models.allow_unsigned = true)"
+    else:
+        trusted = signing.trusted_keys(
+            loaded.secrets.model_signing_key_file, loaded.models.trusted_keys
+        )
+        signer = signing.verify(path, trusted).key_id
+        meta = registry.read_metadata(path)
+    name = f"installed-{meta.weights_sha256[:12]}"
+    decision = registry.install(loaded.models_dir, path, name, activate=activate)
+    operator_audit(
+        loaded,
+        env,
+        action="model_install",
+        model=name,
+        source=str(path),
+        signer=signer,
+        activated=activate,
+    )
+    print(f"{decision.reason}: {name}, signed by {signer}")
+    return 0
+
+
+def _export(loaded: Any, path: Path, out: Path, fp32: bool) -> int:
+    from pipeline.models import signing
+    from pipeline.models.onnxexport import export
+
+    props = export(path, out, fp32=fp32)
+    line = f"wrote {out}: {props['edgehook.quantization']}"
+    if loaded.secrets.model_signing_key_file is not None:
+        key = signing.load_private(loaded.secrets.model_signing_key_file)
+        line += f"; signed by {signing.sign_file(out, key).key_id} ({out.name}.sig)"
+    else:
+        line += "; unsigned (no secrets.model_signing_key_file configured)"
+    print(line)
     return 0

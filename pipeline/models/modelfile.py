@@ -99,7 +99,7 @@ def read_metadata(directory: Path) -> ModelMeta:
     return meta
 
 
-def _load(directory: Path) -> tuple[ModelMeta, Any, Any, Any]:
+def load_parts(directory: Path) -> tuple[ModelMeta, Any, Any, Any]:
     """Validated metadata, the fresh model it describes, its spec and the weights file's
     tensors (safetensors: no pickle)."""
     from safetensors import SafetensorError
@@ -130,7 +130,7 @@ def load_int8(directory: Path) -> tuple[Any, ModelMeta]:
     from pipeline.models.int8 import int8_from_tensors
     from pipeline.training.quantize import backend
 
-    meta, model, _, tensors = _load(directory)
+    meta, model, _, tensors = load_parts(directory)
     return int8_from_tensors(model, tensors, backend()), meta
 
 
@@ -140,7 +140,7 @@ def load_for_finetune(directory: Path) -> tuple[Any, ModelMeta, Any]:
     from pipeline.models.int8 import qat_from_tensors
     from pipeline.training.quantize import backend
 
-    meta, model, spec, tensors = _load(directory)
+    meta, model, spec, tensors = load_parts(directory)
     return qat_from_tensors(model, tensors, backend(), meta.engine), meta, spec
 
 

@@ -18,7 +18,16 @@ from core.errors import JobError
 from pipeline.models.metadata import ModelMeta
 from pipeline.models.modelfile import read_metadata
 
-__all__ = ["Decision", "activate", "active", "promote", "read_metadata", "rollback", "state"]
+__all__ = [
+    "Decision",
+    "activate",
+    "active",
+    "install",
+    "promote",
+    "read_metadata",
+    "rollback",
+    "state",
+]
 
 REGISTRY = "registry.json"
 
@@ -85,6 +94,30 @@ def activate(models_dir: Path, candidate: Path, name: str) -> Decision:
     history = [*current["history"], current["active"]] if current["active"] else current["history"]
     _write(models_dir, {"active": name, "history": history})
     return Decision(True, name, "deployed")
+
+
+def install(models_dir: Path, candidate: Path, name: str, *, activate: bool) -> Decision:
+    """Register a verified model under `name` and make it active if `activate`. The same
+    model (same weights) registered before under that name is not copied again."""
+    meta = read_metadata(candidate)
+    target = models_dir / name
+    if target.exists():
+        if read_metadata(target).weights_sha256 != meta.weights_sha256:
+            raise JobError(f"a different model named {name} is already registered")
+        reason = "already registered"
+    else:
+        models_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.copytree(candidate, target)
+        read_metadata(target)
+        reason = "registered"
+    current = state(models_dir)
+    if not activate or current["active"] == name:
+        return Decision(False, name, reason + (", already active" if activate else ""))
+    history = [h for h in current["history"] if h != name]
+    if current["active"]:
+        history.append(current["active"])
+    _write(models_dir, {"active": name, "history": history})
+    return Decision(True, name, reason + " and made active")
 
 
 def rollback(models_dir: Path) -> str:

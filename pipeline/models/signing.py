@@ -55,7 +55,15 @@ def generate(path: Path) -> str:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
-    return public_text(private.public_key())
+    public = public_text(private.public_key())
+    # The public half beside it, readable: what a predictor or application trusts without
+    # being able to read the private key.
+    public_path(path).write_text(public + "\n", encoding="utf-8")
+    return public
+
+
+def public_path(private_path: Path) -> Path:
+    return private_path.with_name(private_path.name + ".pub")
 
 
 def load_private(path: Path) -> Ed25519PrivateKey:
@@ -152,9 +160,17 @@ def _check(
 
 
 def trusted_keys(own_key_file: Path | None, configured: Iterable[str]) -> list[str]:
-    """This device's own public key (trusted by default) and the configured ones."""
-    own = [] if own_key_file is None else [public_text(load_private(own_key_file).public_key())]
-    return [*own, *configured]
+    """This device's own public key (trusted by default; from KEY.pub where `keys init`
+    wrote one, else from the private key) and the configured ones."""
+    if own_key_file is None:
+        return list(configured)
+    pub = public_path(own_key_file)
+    if pub.is_file():
+        own = pub.read_text(encoding="utf-8").strip()
+        _raw_public(own)
+    else:
+        own = public_text(load_private(own_key_file).public_key())
+    return [own, *configured]
 
 
 def _message(model_dir: Path) -> bytes:

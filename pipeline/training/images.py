@@ -35,15 +35,29 @@ def fit(image: Any, size: int, channels: int) -> np.ndarray:
     return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
-def decode(data: bytes, size: int, channels: int) -> np.ndarray:
-    """An encoded image (PNG, JPEG, netpbm, BMP) fitted as above; ValueError when the bytes
-    are not a readable image."""
+# The formats edgehook decodes: Pillow's other plugins (EPS runs Ghostscript) stay unused.
+FORMATS = ("PNG", "JPEG", "PPM", "BMP")
+
+
+def decode(
+    data: bytes,
+    size: int,
+    channels: int,
+    formats: tuple[str, ...] = FORMATS,
+    max_pixels: int | None = None,
+) -> np.ndarray:
+    """An encoded image (PNG, JPEG, netpbm, BMP, or only `formats`) fitted as above;
+    ValueError when the bytes are not a readable image of those formats, or have more than
+    `max_pixels` pixels (checked from the header, before decoding)."""
     import io
 
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=formats) as image:
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ValueError(f"{width}x{height} is more than {max_pixels} pixels")
             image.load()
             return fit(image, size, channels)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:

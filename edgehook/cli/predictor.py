@@ -1,0 +1,93 @@
+"""`edgehook predictor`: serve the active model to the device's applications, on loopback."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from typing import Any
+
+from edgehook.cli.common import Subparsers, add_command, config, port
+
+
+def register(sub: Subparsers) -> None:
+    p = add_command(
+        sub,
+        "predictor",
+        "serve the active model over HTTP (loopback :8091), following every promotion",
+        "edgehook predictor",
+        "edgehook predictor --port 9091",
+        "curl --data-binary @door.jpg -H 'Content-Type: image/jpeg' "
+        "'http://127.0.0.1:8091/predict?top_k=3'",
+    )
+    p.add_argument("--host", help="address to listen on (default: predictor.host, 127.0.0.1)")
+    p.add_argument("--port", type=port, help="port to listen on (default: predictor.port, 8091)")
+    p.add_argument(
+        "--allow-public-bind",
+        action="store_true",
+        help="allow a non-loopback --host or predictor.host (anyone who reaches it may call it)",
+    )
+    p.set_defaults(func=run_predictor)
+
+
+def run_predictor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    import structlog
+    import uvicorn
+
+    from core import audit
+    from core.credentials import load_audit_key
+    from pipeline.models import signing
+    from pipeline.models.predictor import Measured, Metrics, build_app
+    from pipeline.models.serving import ActiveModel
+    from receiver.server import check_bind
+
+    loaded = config(args, env)
+    settings = loaded.predictor
+    host = settings.host if args.host is None else args.host
+    bind_port = settings.port if args.port is None else args.port
+    check_bind(
+        host,
+        args.allow_public_bind or settings.allow_public_bind,
+        "predictor.host" if args.host is None else "--host",
+    )
+    key = load_audit_key(loaded, env)
+    metrics = Metrics()
+
+    def report(kind: str, **fields: Any) -> None:
+        metrics.report(kind, **fields)
+        audit.append(loaded.audit_dir / "predictor", key, loaded.audit, kind, **fields)
+
+    active = ActiveModel(
+        loaded.models_dir,
+        signing.trusted_keys(loaded.secrets.model_signing_key_file, loaded.models.trusted_keys),
+        allow_unsigned=loaded.models.allow_unsigned,
+        engine=settings.engine,
+        interval_s=settings.follow_interval_s,
+        report=report,
+    )
+    active.refresh()
+    active.start()
+    log = structlog.get_logger("edgehook.predictor")
+    current = active.current
+    log.info(
+        "predicting",
+        url=f"http://{host}:{bind_port}/predict",
+        model=current.name if current else None,
+        engine=current.engine.name if current else None,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            Measured(build_app(active, settings, metrics), metrics),
+            host=host,
+            port=bind_port,
+            server_header=False,
+            access_log=False,  # /metrics counts requests; bodies are never logged
+            log_config=None,
+            lifespan="off",
+            timeout_keep_alive=5,
+        )
+    )
+    try:
+        server.run()
+    finally:
+        active.close()
+    return 0

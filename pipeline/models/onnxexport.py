@@ -1,0 +1,198 @@
+"""`edgehook model export --format onnx`: the trained network as an ONNX file that needs
+nothing else: input [0, 1] pixels (N, C, H, W), normalisation and softmax inside the graph,
+classes and input size in its metadata.
+
+int8 as QDQ: the model's numbers from its int8 file put into plain FakeQuantize modules
+(torch's legacy exporter turns those into QuantizeLinear/DequantizeLinear; the fused QAT
+fake quantizer does not export), so onnxruntime computes what edgehook's int8 model does:
+uint8 activations with each layer's own scale and zero point, int8 per-channel weights.
+`fp32=True` (or a QDQ export that fails) writes the float network instead, and says why in
+the metadata.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.ao.quantization import (
+    FakeQuantize,
+    FakeQuantizeBase,
+    FixedQParamsFakeQuantize,
+    MovingAverageMinMaxObserver,
+    MovingAveragePerChannelMinMaxObserver,
+)
+
+from core.errors import JobError
+from pipeline.models.metadata import ModelMeta
+
+OPSET = 17
+INPUT, OUTPUT = "image", "probabilities"
+
+
+class _Serving(nn.Module):
+    """[0, 1] pixels in, probabilities out: what a consumer of the file feeds and reads."""
+
+    def __init__(self, model: nn.Module, normalisation: dict[str, list[float]]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(normalisation["mean"]).reshape(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(normalisation["std"]).reshape(1, -1, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        mean, std = self.get_buffer("mean"), self.get_buffer("std")
+        return torch.softmax(self.model((image - mean) / std), dim=1)
+
+
+def _plain(tensors: dict[str, torch.Tensor], owner: str, role: str, current: Any) -> FakeQuantize:
+    """A FakeQuantize holding exactly the int8 file's scale and zero point for `owner`'s
+    weight (int8, per channel where the file has one scale per channel) or output (uint8).
+    An output the file has no numbers for is one torch quantizes with fixed ones (the
+    hardsigmoid of mobilenet_v3's squeeze-excitation: 1/256): `current` holds them."""
+    if role == "weight_fake_quant":
+        scales = tensors[f"{owner}.weight_scales"].float()
+        zero_points = tensors[f"{owner}.weight_zero_points"].int()
+        per_channel = scales.numel() > 1
+        fake_quant = FakeQuantize(
+            observer=MovingAveragePerChannelMinMaxObserver
+            if per_channel
+            else MovingAverageMinMaxObserver,
+            quant_min=-128,
+            quant_max=127,
+            dtype=torch.qint8,
+            qscheme=torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric,
+            **({"ch_axis": 0} if per_channel else {}),
+        )
+    else:
+        fixed = isinstance(current, FixedQParamsFakeQuantize)
+        if f"{owner}.scale" not in tensors and not fixed:
+            raise JobError(f"the int8 file has no output scale for {owner}")
+        scales = current.scale if fixed else tensors[f"{owner}.scale"].float()
+        zero_points = current.zero_point if fixed else tensors[f"{owner}.zero_point"].int()
+        fake_quant = FakeQuantize(
+            observer=MovingAverageMinMaxObserver,
+            quant_min=0,
+            quant_max=255,
+            dtype=torch.quint8,
+            qscheme=torch.per_tensor_affine,
+        )
+    fake_quant.scale = scales.clone()
+    fake_quant.zero_point = zero_points.clone()
+    fake_quant.disable_observer()
+    fake_quant.enable_fake_quant()
+    return fake_quant
+
+
+def network(directory: Path, fp32: bool) -> tuple[nn.Module, ModelMeta, str]:
+    """The serving network for export: int8 QDQ, or fp32; and a line saying which."""
+    from pipeline.models.int8 import qat_from_tensors
+    from pipeline.models.modelfile import load_parts
+    from pipeline.training.quantize import backend, quiet
+
+    meta, model, _, tensors = load_parts(directory)
+    with quiet():
+        qat = qat_from_tensors(model, tensors, backend(), meta.engine).eval()
+        for name, module in list(qat.named_modules()):
+            if isinstance(module, FakeQuantizeBase):
+                owner, _, role = name.rpartition(".")
+                qat.set_submodule(
+                    name, nn.Identity() if fp32 else _plain(tensors, owner, role, module)
+                )
+    what = (
+        "fp32 (dequantized int8 weights, no QDQ)"
+        if fp32
+        else "int8 QDQ (uint8 activations, int8 per-channel weights)"
+    )
+    return _Serving(qat, meta.normalisation).eval(), meta, what
+
+
+def to_onnx_bytes(directory: Path, fp32: bool = False) -> tuple[bytes, dict[str, str]]:
+    """The ONNX file's bytes and its edgehook metadata. QDQ unless `fp32`; a QDQ export the
+    exporter refuses falls back to fp32, with the reason in the metadata."""
+    from pipeline.training.quantize import quiet
+
+    try:
+        serving, meta, what = network(directory, fp32)
+        data = _export(serving, meta)
+    except (RuntimeError, torch.onnx.errors.OnnxExporterError) as exc:
+        if fp32:
+            raise JobError(f"the ONNX export failed: {str(exc).splitlines()[0]}") from exc
+        serving, meta, what = network(directory, fp32=True)
+        what += f"; the QDQ export failed: {str(exc).splitlines()[0][:200]}"
+        with quiet():
+            data = _export(serving, meta)
+    props = _properties(directory, meta, what)
+    return _with_metadata(data, props), props
+
+
+def export(directory: Path, out: Path, fp32: bool = False) -> dict[str, str]:
+    """Write the ONNX file; returns its edgehook metadata."""
+    data, props = to_onnx_bytes(directory, fp32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    return props
+
+
+def _export(serving: nn.Module, meta: ModelMeta) -> bytes:
+    import warnings
+
+    from pipeline.training.quantize import quiet
+
+    spec = meta.spec
+    dummy = torch.rand(1, spec["in_channels"], spec["height"], spec["width"])
+    buffer = io.BytesIO()
+    with quiet(), warnings.catch_warnings(), torch.no_grad():
+        # The legacy exporter's deprecation notice (it is the one that exports QDQ) and its
+        # tracer's notes on the fake quantizers' flags (constants here: observers are off).
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            serving,
+            (dummy,),
+            buffer,  # type: ignore[arg-type]  # a file object works; the stub says paths only
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT],
+            output_names=[OUTPUT],
+            dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}},
+        )
+    return buffer.getvalue()
+
+
+def _properties(directory: Path, meta: ModelMeta, what: str) -> dict[str, str]:
+    spec = meta.spec
+    return {
+        "edgehook.model": directory.name,
+        "edgehook.arch": str(spec["arch"]),
+        "edgehook.classes": json.dumps(meta.classes),
+        "edgehook.input": json.dumps(
+            {
+                "name": INPUT,
+                "layout": "NCHW",
+                "channels": spec["in_channels"],
+                "height": spec["height"],
+                "width": spec["width"],
+                "colour": "grey" if spec["in_channels"] == 1 else "rgb",
+                "range": [0.0, 1.0],
+                "resize": "centre crop to a square, then bilinear resize",
+            }
+        ),
+        "edgehook.normalisation": json.dumps({**meta.normalisation, "in_graph": True}),
+        "edgehook.output": json.dumps({"name": OUTPUT, "softmax": "in_graph"}),
+        "edgehook.quantization": what,
+        "edgehook.weights_sha256": meta.weights_sha256,
+        "edgehook.int8_accuracy": str(meta.int8_accuracy),
+    }
+
+
+def _with_metadata(data: bytes, props: dict[str, str]) -> bytes:
+    import onnx
+
+    model: Any = onnx.load_from_string(data)
+    model.producer_name = "edgehook"
+    onnx.helper.set_model_props(model, props)
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
