@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("receiver", "queue", "training", "accuracy")
+BENCHMARKS = ("receiver", "queue", "training", "accuracy", "predictor")
 
 
 def machine() -> dict[str, Any]:
@@ -199,6 +199,20 @@ def headline(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         row(f"{name}: wall time / reference", f["time_ratio"], "<= 2", f["time_ratio"] <= 2)
     ratio = accuracy["memory"]["ratio"]
     row("training peak RSS at 4x the images", ratio, "<= 1.2x", ratio <= 1.2)
+    predictor = results["predictor"]["figures"]
+    overhead = predictor["overhead_p50_ms"]
+    row("predictor HTTP overhead at p50, batch 1 (ms)", overhead, "<= 1", overhead <= 1)
+    swaps = predictor["swaps"]
+    row(
+        f"predictor requests failed during {swaps['swaps']} swaps under load",
+        swaps["failed"],
+        "0",
+        swaps["failed"] == 0,
+    )
+    slowest = swaps["install_to_serving_ms"]["max_ms"]
+    row(
+        "predictor: install -> serving the new model, max (ms)", slowest, "<= 2000", slowest <= 2000
+    )
     return rows
 
 

@@ -47,6 +47,7 @@ def test_the_packaging_files_exist() -> None:
         "edgehook-receiver.service",
         "edgehook-worker.service",
         "edgehook-tunnel.service",
+        "edgehook-predictor.service",
     }
 
 
@@ -109,9 +110,18 @@ def test_compose_publishes_no_port_and_the_tunnel_shares_the_receivers_network(
     compose: dict[str, object],
 ) -> None:
     svc = services(compose)
-    assert set(svc) == {"receiver", "worker", "tunnel"}
+    assert set(svc) == {"receiver", "worker", "predictor", "tunnel"}
     for name, service in svc.items():
-        assert "ports" not in service, name
+        if name == "predictor":  # the device's applications reach it on the host's loopback
+            published = service["ports"]
+            assert isinstance(published, list) and len(published) == 1
+            port = published[0]  # compose v1 keeps the short form; v2 writes the long one
+            if isinstance(port, str):
+                assert port.removesuffix("/tcp") == "127.0.0.1:8091:8091", port
+            else:
+                assert (port["host_ip"], str(port["published"])) == ("127.0.0.1", "8091"), port
+        else:
+            assert "ports" not in service, name
         assert service.get("network_mode") != "host", name
     assert svc["tunnel"]["network_mode"] == "service:receiver"
     image = str(svc["tunnel"]["image"])
@@ -143,8 +153,11 @@ def test_compose_services_are_non_root_read_only_and_get_secrets_only_as_files(
 
 
 def test_compose_jetson_override_uses_the_cuda_image_and_nvidia_runtime() -> None:
-    worker = services(compose_config("compose.yaml", "compose.jetson.yaml"))["worker"]
+    merged = services(compose_config("compose.yaml", "compose.jetson.yaml"))
+    worker = merged["worker"]
     assert worker["runtime"] == "nvidia"
+    assert merged["predictor"]["runtime"] == "nvidia"
+    assert merged["predictor"]["image"] == "edgehook-worker:0.1.0-jetson"
     build = worker["build"]
     assert isinstance(build, dict) and build["dockerfile"] == "deploy/worker-jetson.Dockerfile"
 
@@ -217,7 +230,7 @@ def test_systemd_exec_start_is_a_real_edgehook_command(unit: Path) -> None:
     argv = dict(unit_lines(unit))["ExecStart"].split()
     assert argv[0] == "/opt/edgehook/venv/bin/edgehook"
     args = build_parser().parse_args(argv[1:])
-    assert args.command in {"serve", "worker", "tunnel"}
+    assert args.command in {"serve", "worker", "tunnel", "predictor"}
     assert args.config == "/etc/edgehook/edgehook.toml"
 
 

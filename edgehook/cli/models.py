@@ -89,8 +89,10 @@ def register(sub: Subparsers) -> None:
     verify = add_command(
         model_sub,
         "verify",
-        "check a model's signature: a directory, or an artifact name (configured source)",
+        "check a model's signature: a directory, a signed file (FILE.sig beside it), or an "
+        "artifact name (configured source)",
         "edgehook model verify ./model",
+        "edgehook model verify model.onnx",
         "edgehook model verify team/proj/shapes-int8:v3",
     )
     verify.add_argument("path", type=Path)
@@ -293,7 +295,9 @@ def run_model(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             loaded.secrets.model_signing_key_file, loaded.models.trusted_keys
         )
         try:
-            if args.path.exists():
+            if args.path.is_file():  # an exported file (ONNX) or weights, with FILE.sig
+                signer = signing.verify_file(args.path, trusted)
+            elif args.path.exists():
                 signer = signing.verify(args.path, trusted)
             else:
                 # Not a directory here: an artifact name (entity/project/name:version).

@@ -38,7 +38,8 @@ def test_all_benchmarks_in_smoke_mode_write_one_report(tmp_path: Path) -> None:
     report = json.loads((tmp_path / "report-smoke.json").read_text())
     assert report["smoke"] is True
     assert {"cpu", "cores", "python", "torch", "peer"} <= set(report["machine"])
-    assert len(report["headline"]) == 27  # 20, plus accuracy: 3 rows a set, and memory
+    # 20, plus accuracy (3 rows a set, and memory), plus the predictor's 3
+    assert len(report["headline"]) == 30
     assert all(isinstance(r["value"], (int, float)) for r in report["headline"])
 
     ours = [r for r in report["receiver"]["results"] if r["server"] == "edgehook"]
@@ -53,9 +54,13 @@ def test_all_benchmarks_in_smoke_mode_write_one_report(tmp_path: Path) -> None:
         assert genuine["accepted"] == genuine["committed"] == genuine["sent"] > 0, genuine
     assert report["queue"]["throughput"]["committed_jobs"] > 0
     assert report["queue"]["latency"]["samples"] == 5
+    # The predictor: no request failed while the model was swapped under load.
+    swaps = report["predictor"]["swaps"]
+    assert swaps["failed"] == 0 and swaps["requests"] > 0
+    assert swaps["served_by"] == ["model-0", "model-1"]
 
     text = (tmp_path / "report-smoke.md").read_text()
     assert text.startswith("# edgehook benchmarks") and "SMOKE" in text
-    for section in ("## Machine", "## Headline figures", "## receiver", "## queue", "## training"):
+    for section in ("## Machine", "## Headline figures", "## receiver", "## queue", "## predictor"):
         assert section in text
     assert "adnanh/webhook" in text  # the peer's figures from the same run

@@ -356,6 +356,19 @@ def test_onnx_export_agrees_with_the_int8_model(device: Device, digits: Digits) 
         f"signed by {key_id} (a.onnx.sig)"
     )
     assert signing.verify_file(out, [signing.public_text(device.key.public_key())]).key_id == key_id
+    verified = run_edgehook(
+        "model", "verify", str(out), config=device.workspace.config_path, cwd=device.workspace.dir
+    )
+    assert verified.stdout.strip() == f"verified: signed by trusted key {key_id}"
+    out.write_bytes(out.read_bytes() + b"\0")
+    refused = run_edgehook(
+        "model", "verify", str(out), config=device.workspace.config_path, cwd=device.workspace.dir
+    )
+    assert (refused.returncode, refused.stdout.strip()) == (
+        1,
+        f"NOT VERIFIED: the signature by key {key_id} does not match a.onnx",
+    )
+    out.write_bytes(out.read_bytes()[:-1])
     model = onnx.load(str(out))
     props = {p.key: p.value for p in model.metadata_props}
     assert json.loads(props["edgehook.classes"]) == [str(i) for i in range(10)]
@@ -469,3 +482,27 @@ def test_swaps_under_concurrent_load_fail_no_request(device: Device, digits: Dig
     assert shown.count("[model_swapped]") == 6 and shown.count("[model_loaded]") == 1
     verified = run_edgehook("audit", "verify", config=ws.config_path, cwd=ws.dir)
     assert verified.returncode == 0 and "predictor: ok: 7 lines" in verified.stdout
+
+
+def test_the_example_classifies_a_folder(device: Device, digits: Digits, tmp_path: Path) -> None:
+    from tests.conftest import ROOT
+
+    registry.install(device.config.models_dir, device.signed["a"], "a", activate=True)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        (folder / f"{i}.png").write_bytes(png(digits.images[i]))
+    (folder / "notes.txt").write_text("not an image")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "classify_folder.py"), str(folder), "--once",
+         "--config", str(device.workspace.config_path)],
+        capture_output=True, text=True, timeout=120, cwd=device.workspace.dir,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["0.png", "1.png", "2.png"]
+    assert all(line.endswith("[a]") for line in lines)
+    expected = [p.label for p in load_active(device.config, follow=False).predict(
+        list(digits.images[:3]))]  # fmt: skip
+    assert [line.split(": ")[1].split()[0] for line in lines] == expected
