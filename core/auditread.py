@@ -218,6 +218,7 @@ CHAINS = (
     ("worker", "worker"),
     ("operator", "operator"),
     ("predictor", "predictor"),
+    ("watch", "watch"),
 )
 
 

@@ -39,6 +39,7 @@ from core.sections import (
     ServerConfig,
     TrainingConfig,
     TunnelConfig,
+    WatchConfig,
     WorkerConfig,
 )
 from core.settings import markdown_table, read_section, resolve
@@ -62,6 +63,7 @@ __all__ = [
     "ServerConfig",
     "TrainingConfig",
     "TunnelConfig",
+    "WatchConfig",
     "WorkerConfig",
     "find_config",
     "is_loopback",
@@ -89,6 +91,7 @@ class Config:
     tunnel: TunnelConfig = field(default_factory=TunnelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
     rules: tuple[Rule, ...] = ()
 
     @property
@@ -265,6 +268,19 @@ def _training(training: TrainingConfig, t: Table, _env: Mapping[str, str]) -> Tr
     return training
 
 
+def _watch(watch: WatchConfig, t: Table, _env: Mapping[str, str]) -> WatchConfig:
+    for name in watch.artifacts:
+        if not is_artifact_name(name):
+            raise ConfigError(
+                t.key("artifacts"),
+                f"'{name[:80]}' is not an artifact alias",
+                "use entity/project/name:alias, as in W&B's artifact page",
+            )
+    if len(set(watch.artifacts)) != len(watch.artifacts):
+        raise ConfigError(t.key("artifacts"), "names an artifact twice", "list each once")
+    return watch
+
+
 def _secrets(secrets: SecretFiles, _t: Table, env: Mapping[str, str]) -> SecretFiles:
     # The other secrets' *_FILE variables are read in credentials.py; this one is a path the
     # worker hands to pipeline.models.signing, so the override lives here (systemd: %d/...).
@@ -280,6 +296,7 @@ _checks: dict[str, _Check] = {
     "models": _models,
     "secrets": _secrets,
     "training": _training,
+    "watch": _watch,
 }
 
 

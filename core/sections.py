@@ -306,6 +306,38 @@ class PredictorConfig:
     )
 
 
+@dataclass(frozen=True)
+class WatchConfig:
+    artifacts: tuple[str, ...] = setting(
+        (),
+        "aliases `edgehook watch` polls: `entity/project/name:alias`, each matched against the "
+        "rules as an `ADD_ARTIFACT_ALIAS` event",
+    )
+    interval_s: float = setting(
+        60.0,
+        "seconds between polls (each waits 0-10% longer: jitter)",
+        minimum=10.0,
+        maximum=86400.0,
+    )
+    on_first_sight: str = setting(
+        "act",
+        "the first version seen: `act` (queue it: a fresh device converges) or `record`",
+        choices=("act", "record"),
+    )
+    backoff_max_s: float = setting(
+        900.0,
+        "after failed polls the interval doubles, up to this",
+        minimum=10.0,
+        maximum=86400.0,
+    )
+    summary_interval_s: float = setting(
+        3600.0,
+        "polls that change nothing are counted into one audit line this often",
+        minimum=60.0,
+        maximum=86400.0,
+    )
+
+
 # The config's tables, in README's order: (TOML table, its settings).
 SECTIONS: list[tuple[str, type[Any]]] = [
     ("", General),
@@ -318,6 +350,7 @@ SECTIONS: list[tuple[str, type[Any]]] = [
     ("models", ModelsConfig),
     ("training", TrainingConfig),
     ("predictor", PredictorConfig),
+    ("watch", WatchConfig),
     ("tunnel", TunnelConfig),
     ("artifacts", ArtifactsConfig),
 ]

@@ -86,7 +86,27 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE events ADD COLUMN canonical_sha256 TEXT;
     CREATE INDEX events_by_canonical ON events (canonical_sha256, received_at);
     """,
+    # 4: pull mode. The same artifact version and alias reached by a webhook and by the
+    # watcher is one event (dedupe_key); `watched` is what the watcher saw and acted on.
+    """
+    ALTER TABLE events ADD COLUMN dedupe_key TEXT;
+    CREATE INDEX events_by_dedupe_key ON events (dedupe_key, received_at);
+    CREATE TABLE watched (
+        artifact TEXT PRIMARY KEY,
+        artifact_id TEXT,
+        version_string TEXT,
+        acted_at REAL,
+        job_id INTEGER,
+        outcome TEXT,
+        last_poll_at REAL,
+        last_ok_at REAL,
+        last_error TEXT,
+        last_error_at REAL,
+        failures INTEGER NOT NULL DEFAULT 0
+    );
+    """,
 )
+WATCH_CLIENT = "watch"  # the `client` of events the watcher commits
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -157,6 +177,9 @@ class Delivery:
     coalesce_key: str | None = None
     max_attempts: int = 4
     canonical_sha256: str | None = None  # None: only byte-identical bodies are duplicates
+    # rule, event type, artifact id and alias: a webhook and the watcher reaching the same
+    # version are one event (None when the event names no artifact id)
+    dedupe_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -187,12 +210,15 @@ def commit_deliveries(
             if row is None and d.canonical_sha256 is not None:
                 canonical = (d.canonical_sha256, earlier)
                 row = conn.execute(CANONICAL_DUPLICATE_QUERY, canonical).fetchone()
+            if row is None and d.dedupe_key is not None:
+                row = conn.execute(*_across_sources(d, earlier)).fetchone()
             if row is not None:
                 results.append(Committed(job_id=int(row[0]), duplicate=True))
                 continue
             event_id = conn.execute(
                 "INSERT INTO events (received_at, request_id, client, body_sha256, event_type, "
-                "version_string, event_json, canonical_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "version_string, event_json, canonical_sha256, dedupe_key) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     d.received_at,
                     d.request_id,
@@ -202,6 +228,7 @@ def commit_deliveries(
                     d.version_string,
                     d.event_json,
                     d.canonical_sha256,
+                    d.dedupe_key,
                 ),
             ).lastrowid
             job_id = conn.execute(
@@ -230,6 +257,19 @@ DUPLICATE_QUERY = (
     "AND received_at >= ? ORDER BY id LIMIT 1) ORDER BY id LIMIT 1"
 )
 CANONICAL_DUPLICATE_QUERY = DUPLICATE_QUERY.replace("body_sha256", "canonical_sha256")
+
+
+def _across_sources(d: Delivery, earlier: float) -> tuple[str, tuple[object, ...]]:
+    """The job of the same version and alias reached the other way: for the watcher, any
+    event ever (the device acted on that version); for a webhook, what the watcher queued
+    within the duplicate window (webhooks among themselves keep their byte rules)."""
+    if d.client == WATCH_CLIENT:
+        query = DUPLICATE_QUERY.replace("body_sha256 = ? AND received_at >= ?", "dedupe_key = ?")
+        return query, (d.dedupe_key,)
+    query = DUPLICATE_QUERY.replace(
+        "body_sha256 = ? AND received_at >= ?", "dedupe_key = ? AND received_at >= ? AND client = ?"
+    )
+    return query, (d.dedupe_key, earlier, WATCH_CLIENT)
 PRODUCED_QUERY = "SELECT 1 FROM produced WHERE version_string = ? OR artifact_id = ? LIMIT 1"
 
 

@@ -41,6 +41,7 @@ def diagnose(config: Config, env: Mapping[str, str], *, online: bool = False) ->
         lambda: _store(config),
         lambda: _audit(config, env),
         lambda: _tunnel(config),
+        lambda: _watch(config),
         _torch,
         lambda: _wandb(config, env, online),
     ]
@@ -150,6 +151,43 @@ def _store(config: Config) -> Iterator[Finding]:
             f"schema version {version} is newer than this edgehook "
             f"({SCHEMA_VERSION}): upgrade edgehook",
         )
+
+
+def _watch(config: Config) -> Iterator[Finding]:
+    """Per watched alias: the version acted on, the last good poll, the last error."""
+    if not config.watch.artifacts:
+        return
+    from datetime import datetime, timezone
+
+    def when(ts: object) -> str:
+        if not isinstance(ts, (int, float)):
+            return "never"
+        return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    rows: dict[str, dict[str, object]] = {}
+    if config.store_path.exists():
+        with sqlite3.connect(f"file:{config.store_path}?mode=ro", uri=True) as conn:
+            conn.row_factory = sqlite3.Row
+            try:
+                rows = {r["artifact"]: dict(r) for r in conn.execute("SELECT * FROM watched")}
+            except sqlite3.OperationalError:  # a store from before pull mode: no table yet
+                rows = {}
+    for name in config.watch.artifacts:
+        row = rows.get(name)
+        if row is None:
+            yield Finding(WARN, "watch", f"{name}: never polled (edgehook watch)")
+            continue
+        acted = f"acted on {row['version_string']}" if row["version_string"] else "nothing acted on"
+        line = f"{name}: {acted}; last good poll {when(row['last_ok_at'])}"
+        if row["last_error"]:
+            yield Finding(
+                WARN,
+                "watch",
+                f"{line}; last error {when(row['last_error_at'])}: {row['last_error']} "
+                f"({row['failures']} in a row)",
+            )
+        else:
+            yield Finding(PASS, "watch", line)
 
 
 def _audit(config: Config, env: Mapping[str, str]) -> Iterator[Finding]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,10 +25,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from core.deliveries import delivery as make_delivery
 from core.errors import Rejection, StoreUnavailable
-from core.event import Event
-from core.rules import ARTIFACT_ACTIONS, ArgValue, Rule, match
-from core.store import Delivery
+from core.rules import ARTIFACT_ACTIONS, match
 from receiver.answers import answer, refusal
 from receiver.bodies import read_capped
 from receiver.gate import INTERNAL_ERROR, Gate
@@ -112,7 +110,16 @@ async def _webhook(svc: Services, request: Request) -> Response:
                 f"rule '{rule.name}' needs "
                 "artifact_version_string (or entity, project, collection and alias)",
             )
-        delivery = _delivery(record, digest, event, rule, args, canonical_digest(data))
+        delivery = make_delivery(
+            event,
+            rule,
+            args,
+            received_at=record["received_at"],
+            request_id=record["request_id"],
+            client=record["client"],
+            body_sha256=digest,
+            canonical_sha256=canonical_digest(data),
+        )
         committed = await svc.committer.commit(delivery)
     except Rejection as exc:
         return refusal(record, exc)
@@ -138,36 +145,6 @@ async def _webhook(svc: Services, request: Request) -> Response:
         )
     return answer(
         record, 202, "accepted", "queued", {"status": "accepted", "job_id": committed.job_id}
-    )
-
-
-def _delivery(
-    record: dict[str, Any],
-    digest: str,
-    event: Event,
-    rule: Rule,
-    args: dict[str, ArgValue],
-    canonical: str,
-) -> Delivery:
-    """What the committer stores for an accepted event: the event, its job, the digests."""
-    coalesce_key = None
-    if rule.coalesce and event.collection is not None:
-        coalesce_key = f"{rule.name}:{event.entity}/{event.project}/{event.collection}"
-    return Delivery(
-        received_at=record["received_at"],
-        request_id=record["request_id"],
-        client=record["client"],
-        body_sha256=digest,
-        event_type=event.event_type,
-        version_string=event.version_string,
-        event_json=json.dumps({**event.as_dict(), "args": args}, sort_keys=True),
-        rule=rule.name,
-        action=rule.action,
-        args_json=json.dumps(args, sort_keys=True),
-        artifact_id=event.artifact_id,
-        coalesce_key=coalesce_key,
-        max_attempts=rule.max_retries + 1,
-        canonical_sha256=canonical,
     )
 
 

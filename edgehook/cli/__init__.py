@@ -1,6 +1,6 @@
 """The `edgehook` command: one entry point, a module per command group, one-line errors.
 
-Each group (setup, serve, jobs, models, predictor, audit) registers its subcommands with
+Each group (setup, serve, watch, jobs, models, predictor, audit) registers its subcommands with
 `set_defaults(func=...)`; `main` runs the chosen one and is the one place that turns an
 error into a line on stderr and an exit code.
 """
@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 from core.errors import ConfigError, EdgehookError
 from edgehook import __version__
-from edgehook.cli import audit, jobs, models, predictor, serve, setup
+from edgehook.cli import audit, jobs, models, predictor, serve, setup, watch
 from edgehook.cli.common import add_global_options, examples
 
-GROUPS = (setup, serve, jobs, models, predictor, audit)
+GROUPS = (setup, serve, watch, jobs, models, predictor, audit)
 EXIT_CONFIG, EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 70, 130
 
 

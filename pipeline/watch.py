@@ -1,0 +1,343 @@
+"""Pull mode: `edgehook watch` polls W&B for where each watched alias points and commits
+an event when it moves, through the same rules, argument defaults, loop guard, dedupe and
+coalescing as a webhook delivery (core/deliveries.py). For plans without webhooks, and
+devices without a tunnel; a fleet of devices watching one alias converges on it.
+
+Each poll resolves `entity/project/name:alias` with the real wandb SDK
+(`Api().artifact(...)`, one GraphQL request an alias), compares the version with the one
+this device last acted on (the store's `watched` table) and, for a new one, commits an
+`ADD_ARTIFACT_ALIAS` event naming the exact version (`name:v3`), so the job downloads what
+the watcher saw even if the alias moves again. A version a webhook already queued is not
+queued again, and the reverse (the store's dedupe key: rule, artifact id, alias).
+
+Failures (W&B unreachable, 5xx, 429, auth) back off exponentially up to
+`watch.backoff_max_s`; each change of an alias's state is logged and audited once, and
+polls that change nothing are counted into a summary line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from core.config import Config
+from core.deliveries import delivery
+from core.errors import Rejection
+from core.event import Event
+from core.rules import match
+from core.store import WATCH_CLIENT, commit_deliveries, open_store, transaction
+
+log = structlog.get_logger("edgehook.watch")
+Audit = Callable[..., None]  # (kind, **fields): a line in the watcher's audit chain
+JITTER = 0.1  # each wait is up to 10% longer, so a fleet's polls spread out
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Where a watched alias points now."""
+
+    version: str  # "v3"
+    artifact_id: str  # W&B's id of that version
+    produced_by: str | None  # metadata `edgehook_device`: an edgehook device made it
+
+
+class WatchError(Exception):
+    """A poll that did not resolve an alias; `kind` is what the backoff and the state
+    line say: unreachable, server, rate_limited, auth, not_found."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+Resolver = Callable[[str], Resolved]
+
+
+def classify(exc: BaseException) -> WatchError:
+    """The wandb SDK's errors, by what the operator should do about them."""
+    text = str(exc)
+    lowered = text.lower()
+    if "connection refused" in lowered or "dial tcp" in lowered or "timeout" in lowered:
+        kind = "unreachable"
+    elif "http 429" in lowered:
+        kind = "rate_limited"
+    elif (
+        "http 401" in lowered or "http 403" in lowered or "authenticationerror" in repr(exc).lower()
+    ):
+        kind = "auth"
+    elif "not found" in lowered or "http 404" in lowered:
+        kind = "not_found"
+    elif "http 5" in lowered:
+        kind = "server"
+    else:
+        kind = "unreachable"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return WatchError(kind, first[:300])
+
+
+def wandb_resolver(api_key: str | None, timeout_s: int = 20) -> Resolver:
+    """Resolve aliases with the wandb SDK (WANDB_BASE_URL honoured, as the SDK reads it)."""
+    import os
+
+    # The SDK's own retries would hold a poll for minutes; the watcher backs off instead.
+    os.environ.setdefault("WANDB__GRAPHQL_RETRY_MAX", "1")
+    os.environ.setdefault("WANDB__GRAPHQL_RETRY_WAIT_MAX_SECONDS", "2")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    api: list[Any] = []
+
+    def resolve(name: str) -> Resolved:
+        import wandb
+
+        try:
+            if not api:
+                api.append(wandb.Api(api_key=api_key, timeout=timeout_s))
+            artifact = api[0].artifact(name)
+            metadata = artifact.metadata if isinstance(artifact.metadata, dict) else {}
+            device = metadata.get("edgehook_device")
+            return Resolved(
+                str(artifact.version),
+                str(artifact.id),
+                device if isinstance(device, str) else None,
+            )
+        except Exception as exc:  # the SDK raises many kinds; each becomes a WatchError
+            api.clear()  # a fresh client next time (credentials, connections)
+            raise classify(exc) from exc
+
+    return resolve
+
+
+@dataclass(frozen=True)
+class Outcome:
+    artifact: str
+    outcome: str  # queued, duplicate, recorded, ignored, unchanged, error
+    detail: str = ""
+    version: str | None = None
+    job_id: int | None = None
+
+
+class Watcher:
+    def __init__(
+        self,
+        config: Config,
+        resolve: Resolver,
+        audit: Audit,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.resolve = resolve
+        self.audit = audit
+        self.clock = clock
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not a secret
+        self.failed_polls = 0  # consecutive polls in which every alias failed
+        self._unchanged = 0
+        self._errors = 0
+        self._polls = 0
+        self._summary_at = clock()
+
+    # -- one poll -------------------------------------------------------------------------
+
+    def poll(self) -> list[Outcome]:
+        """Resolve every watched alias once; returns what became of each."""
+        conn = open_store(self.config.store_path)
+        try:
+            outcomes = [self._one(conn, name) for name in self.config.watch.artifacts]
+        finally:
+            conn.close()
+        self._polls += 1
+        failed = [o for o in outcomes if o.outcome == "error"]
+        self.failed_polls = (
+            self.failed_polls + 1 if outcomes and len(failed) == len(outcomes) else 0
+        )
+        self._unchanged += sum(o.outcome == "unchanged" for o in outcomes)
+        self._errors += len(failed)
+        now = self.clock()
+        if now - self._summary_at >= self.config.watch.summary_interval_s:
+            self.flush_summary(now)
+        return outcomes
+
+    def flush_summary(self, now: float | None = None) -> None:
+        """One audit line for the polls since the last: how many, how many unchanged."""
+        if self._polls:
+            self.audit(
+                "watch_summary",
+                source="watch",
+                polls=self._polls,
+                unchanged=self._unchanged,
+                errors=self._errors,
+            )
+        self._polls = self._unchanged = self._errors = 0
+        self._summary_at = self.clock() if now is None else now
+
+    def _one(self, conn: sqlite3.Connection, name: str) -> Outcome:
+        now = self.clock()
+        row = _row(conn, name)
+        try:
+            found = self.resolve(name)
+        except WatchError as exc:
+            _failed(conn, name, exc, now)
+            previous = row.get("last_error") if row else None
+            if previous is None or not str(previous).startswith(exc.kind + ":"):
+                log.warning("watch_failed", artifact=name, error=exc.kind, detail=str(exc))
+                self.audit("watch_error", source="watch", artifact=name, error=exc.kind,
+                           detail=str(exc))  # fmt: skip
+            return Outcome(name, "error", f"{exc.kind}: {exc}")
+        if row and row.get("last_error"):
+            log.info("watch_recovered", artifact=name)
+            self.audit("watch_recovered", source="watch", artifact=name)
+        if row and row.get("artifact_id") == found.artifact_id:
+            _ok(conn, name, now)
+            return Outcome(name, "unchanged", version=found.version)
+        outcome = self._act(conn, name, found, first_sight=not (row and row.get("artifact_id")))
+        with transaction(conn):
+            conn.execute(
+                "INSERT INTO watched (artifact, artifact_id, version_string, acted_at, job_id, "
+                "outcome, last_poll_at, last_ok_at, last_error, failures) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 0) ON CONFLICT (artifact) DO UPDATE SET "
+                "artifact_id = excluded.artifact_id, version_string = excluded.version_string, "
+                "acted_at = excluded.acted_at, job_id = excluded.job_id, "
+                "outcome = excluded.outcome, last_poll_at = excluded.last_poll_at, "
+                "last_ok_at = excluded.last_ok_at, last_error = NULL, failures = 0",
+                (name, found.artifact_id, _exact(name, found.version), now, outcome.job_id,
+                 f"{outcome.outcome}: {outcome.detail}", now, now),
+            )  # fmt: skip
+        log.info("watch_moved", artifact=name, version=found.version, outcome=outcome.outcome,
+                 detail=outcome.detail, job_id=outcome.job_id)  # fmt: skip
+        self.audit(
+            "watch",
+            source="watch",
+            artifact=name,
+            version=found.version,
+            outcome=outcome.outcome,
+            detail=outcome.detail,
+            job_id=outcome.job_id,
+        )
+        return outcome
+
+    def _act(
+        self, conn: sqlite3.Connection, name: str, found: Resolved, first_sight: bool
+    ) -> Outcome:
+        """Commit the event for a version seen for the first time, as a webhook would."""
+        version = found.version
+        if first_sight and self.config.watch.on_first_sight == "record":
+            return Outcome(name, "recorded", "first sight (watch.on_first_sight = record)", version)
+        entity, project, rest = name.split("/", 2)
+        collection, _, alias = rest.partition(":")
+        event = Event(
+            event_type="ADD_ARTIFACT_ALIAS",
+            entity=entity,
+            project=project,
+            collection=collection,
+            version=version,
+            alias=alias,
+            artifact_id=f"wandb-artifact://_id/{found.artifact_id}",
+            produced_by=found.produced_by,
+        )
+        if found.produced_by is not None and found.produced_by == self.config.device_id:
+            return Outcome(name, "ignored", "produced here", version)
+        rule = match(self.config.rules, event)
+        if rule is None:
+            return Outcome(name, "ignored", "no rule matches", version)
+        try:
+            args = rule.validate_args({})
+        except Rejection as exc:  # a required argument: a watched event carries none
+            return Outcome(name, "ignored", f"rule {rule.name}: {exc.detail}", version)
+        body = _event_bytes(event)
+        committed = commit_deliveries(
+            conn,
+            [
+                delivery(
+                    event,
+                    rule,
+                    args,
+                    received_at=self.clock(),
+                    request_id=f"watch-{uuid.uuid4().hex[:16]}",
+                    client=WATCH_CLIENT,
+                    body_sha256=hashlib.sha256(body).hexdigest(),
+                    canonical_sha256=None,
+                )
+            ],
+            self.config.duplicate_window_s,
+        )[0]
+        if committed.produced_here:
+            return Outcome(name, "ignored", "produced here", version)
+        if committed.duplicate:
+            return Outcome(name, "duplicate", f"job {committed.job_id} has it", version,
+                           committed.job_id)  # fmt: skip
+        return Outcome(name, "queued", f"rule {rule.name}", version, committed.job_id)
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def next_wait(self) -> float:
+        """The interval with jitter; doubled for each poll in a row that failed entirely."""
+        base = self.config.watch.interval_s * (2 ** min(self.failed_polls, 16))
+        capped = min(base, max(self.config.watch.backoff_max_s, self.config.watch.interval_s))
+        return float(capped * (1 + self.rng.uniform(0, JITTER)))
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll until `stop` is set; a poll that raises is logged and the loop goes on."""
+        while not stop.is_set():
+            try:
+                self.poll()
+            except Exception:  # the loop outlives a bad poll (the store locked, a bug)
+                log.exception("watch_poll_failed")
+                self.failed_polls += 1
+            stop.wait(self.next_wait())
+        self.flush_summary()
+
+
+def _exact(name: str, version: str) -> str:
+    return f"{name.rpartition(':')[0]}:{version}"
+
+
+def _event_bytes(event: Event) -> bytes:
+    import json
+
+    return json.dumps(event.as_dict(), sort_keys=True).encode()
+
+
+def _row(conn: sqlite3.Connection, name: str) -> Mapping[str, Any] | None:
+    cursor = conn.execute("SELECT * FROM watched WHERE artifact = ?", (name,))
+    found = cursor.fetchone()
+    if found is None:
+        return None
+    return dict(zip([c[0] for c in cursor.description], found, strict=True))
+
+
+def _ok(conn: sqlite3.Connection, name: str, now: float) -> None:
+    with transaction(conn):
+        conn.execute(
+            "UPDATE watched SET last_poll_at = ?, last_ok_at = ?, last_error = NULL, "
+            "failures = 0 WHERE artifact = ?",
+            (now, now, name),
+        )
+
+
+def _failed(conn: sqlite3.Connection, name: str, exc: WatchError, now: float) -> None:
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO watched (artifact, last_poll_at, last_error, last_error_at, failures) "
+            "VALUES (?, ?, ?, ?, 1) ON CONFLICT (artifact) DO UPDATE SET "
+            "last_poll_at = excluded.last_poll_at, last_error = excluded.last_error, "
+            "last_error_at = excluded.last_error_at, failures = watched.failures + 1",
+            (name, now, f"{exc.kind}: {exc}", now),
+        )
+
+
+def states(config: Config) -> list[dict[str, Any]]:
+    """Every watched alias's row (doctor): last version acted on, last poll, last error."""
+    conn = open_store(config.store_path)
+    try:
+        return [dict(r) for name in config.watch.artifacts if (r := _row(conn, name)) is not None]
+    finally:
+        conn.close()
