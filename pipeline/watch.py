@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -63,25 +64,26 @@ Resolver = Callable[[str], Resolved]
 
 
 def classify(exc: BaseException) -> WatchError:
-    """The wandb SDK's errors, by what the operator should do about them."""
-    text = str(exc)
+    """The wandb SDK's errors, by what the operator should do about them. The SDK names a
+    failure to reach the server while checking credentials an AuthenticationError, so the
+    HTTP status it gave up on decides first."""
+    text = " / ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     lowered = text.lower()
-    if "connection refused" in lowered or "dial tcp" in lowered or "timeout" in lowered:
-        kind = "unreachable"
-    elif "http 429" in lowered:
+    if "http 429" in lowered:
         kind = "rate_limited"
-    elif (
-        "http 401" in lowered or "http 403" in lowered or "authenticationerror" in repr(exc).lower()
-    ):
+    elif "http 401" in lowered or "http 403" in lowered or "no api key" in lowered:
         kind = "auth"
+    elif re.search(r"http 5\d\d", lowered):
+        kind = "server"
     elif "not found" in lowered or "http 404" in lowered:
         kind = "not_found"
-    elif "http 5" in lowered:
-        kind = "server"
+    elif "connection refused" in lowered or "dial tcp" in lowered or "timeout" in lowered:
+        kind = "unreachable"
+    elif type(exc).__name__ == "AuthenticationError":
+        kind = "auth"
     else:
         kind = "unreachable"
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return WatchError(kind, first[:300])
+    return WatchError(kind, (text or type(exc).__name__)[:300])
 
 
 def wandb_resolver(api_key: str | None, timeout_s: int = 20) -> Resolver:

@@ -48,6 +48,7 @@ def test_the_packaging_files_exist() -> None:
         "edgehook-worker.service",
         "edgehook-tunnel.service",
         "edgehook-predictor.service",
+        "edgehook-watch.service",
     }
 
 
@@ -110,7 +111,7 @@ def test_compose_publishes_no_port_and_the_tunnel_shares_the_receivers_network(
     compose: dict[str, object],
 ) -> None:
     svc = services(compose)
-    assert set(svc) == {"receiver", "worker", "predictor", "tunnel"}
+    assert set(svc) == {"receiver", "worker", "predictor", "watch", "tunnel"}
     for name, service in svc.items():
         if name == "predictor":  # the device's applications reach it on the host's loopback
             published = service["ports"]
@@ -230,7 +231,7 @@ def test_systemd_exec_start_is_a_real_edgehook_command(unit: Path) -> None:
     argv = dict(unit_lines(unit))["ExecStart"].split()
     assert argv[0] == "/opt/edgehook/venv/bin/edgehook"
     args = build_parser().parse_args(argv[1:])
-    assert args.command in {"serve", "worker", "tunnel", "predictor"}
+    assert args.command in {"serve", "worker", "tunnel", "predictor", "watch"}
     assert args.config == "/etc/edgehook/edgehook.toml"
 
 

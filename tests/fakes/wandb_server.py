@@ -5,7 +5,8 @@ ArtifactMembershipByName, FetchArtifactManifest, GetArtifactMembershipFileUrls) 
 GETs of the manifest and files; and those the automations API uses (IntegrationsByEntity,
 GetProject, ProjectArtifactCollection, GetEntityAutomationsLegacy, CreateAutomation,
 UpdateAutomation: 409 on a duplicate name, as W&B answers). Behaviours for fault tests:
-`tamper` serves other bytes of the same size, `fail_graphql` answers 500, `drop_files`
+`tamper` serves other bytes of the same size, `fail_graphql` answers 500, `graphql_status`
+any status (429, 401), `move` points an alias at another version, `drop_files`
 closes connections without an answer, `file_delay_s` makes every file slow.
 """
 
@@ -58,6 +59,7 @@ class FakeWandb:
         self.operations: list[str] = []
         self.tamper: set[str] = set()
         self.fail_graphql = False
+        self.graphql_status = 0  # not 0: every GraphQL request answers this status (429, 401)
         self.missing_files: set[str] = set()
         self.file_delay_s = 0.0  # a slow server: each file waits this long before its bytes
         self.drop_files = 0  # the next N file requests: the connection closes, no answer
@@ -88,6 +90,15 @@ class FakeWandb:
         )
         self.versions.append(version)
         return version
+
+    def move(self, collection: str, alias: str, index: int) -> Version:
+        """Point `alias` at an existing version, as moving it in W&B's UI does."""
+        for v in self.versions:
+            if v.collection == collection and alias in v.aliases:
+                v.aliases.remove(alias)
+        target = next(v for v in self.versions if v.collection == collection and v.index == index)
+        target.aliases.append(alias)
+        return target
 
     def add_webhook(self, name: str, url: str) -> dict[str, str]:
         hook = {
@@ -411,6 +422,10 @@ class FakeWandb:
                     return
                 if fake.fail_graphql:
                     self._send(500, b'{"errors":[{"message":"internal error"}]}')
+                    return
+                if fake.graphql_status:
+                    fake.operations.append(f"refused {fake.graphql_status}")
+                    self._send(fake.graphql_status, b'{"errors":[{"message":"refused"}]}')
                     return
                 try:
                     answer = fake.graphql(body)
