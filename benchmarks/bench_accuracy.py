@@ -34,6 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.reporting import write  # noqa: E402
+
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
@@ -273,12 +275,7 @@ def main() -> int:
         "CPU; test images never seen by either trainer\n\n| figure | value | target |\n"
         "| --- | ---: | --- |\n" + "".join(f"| {a} | {b} | {c} |\n" for a, b, c in rows)
     )
-    print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "accuracy-smoke" if args.smoke else f"accuracy-{when[:10]}"
-    (args.out / f"{stem}.json").write_text(json.dumps({"when": when, **figures}, indent=2))
-    (args.out / f"{stem}.md").write_text(report)
-    return 0
+    return write(args, "accuracy", when, figures, report)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.reporting import arguments, write  # noqa: E402
+
 
 def png(image: np.ndarray) -> bytes:
     from PIL import Image
@@ -157,12 +159,7 @@ def rss_mb(pid: int) -> tuple[float, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
+    args = arguments(__doc__)
     seconds = 1.0 if args.smoke else 5.0
     swaps = 4 if args.smoke else 10
 
@@ -310,12 +307,7 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> int:
         "| figure | value | target |\n| --- | ---: | --- |\n"
         + "".join(f"| {a} | {b} | {c} |\n" for a, b, c in rows)
     )
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "predictor-smoke" if args.smoke else f"predictor-{when[:10]}"
-    (args.out / f"{stem}.json").write_text(json.dumps({"when": when, **figures}, indent=2))
-    (args.out / f"{stem}.md").write_text(text)
-    return 0
+    return write(args, "predictor", when, figures, text)
 
 
 if __name__ == "__main__":

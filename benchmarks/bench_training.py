@@ -18,8 +18,6 @@ three seeds, the worst reported.
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import statistics
 import sys
@@ -36,6 +34,7 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.reporting import arguments, write  # noqa: E402
 from pipeline.models.inference import latency_ms  # noqa: E402
 from pipeline.models.modelfile import WEIGHTS, save  # noqa: E402
 from pipeline.training import synthetic  # noqa: E402
@@ -100,12 +99,7 @@ def hard_set(per_class: int, seeds: int) -> list[dict[str, float]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    args = parser.parse_args()
+    args = arguments(__doc__)
     per_class, epochs, repeats = (40, 1, 20) if args.smoke else (400, 3, 200)
     with tempfile.TemporaryDirectory() as tmp:
         synthetic.write_npz(
@@ -227,12 +221,7 @@ def main() -> int:
         f"{f['images']} images of 3x32x32, CPU\n\n| figure | value | target |\n"
         "| --- | ---: | --- |\n" + "".join(f"| {a} | {b} | {c} |\n" for a, b, c in rows)
     )
-    print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = "training-smoke" if args.smoke else f"training-{when[:10]}"
-    (args.out / f"{stem}.json").write_text(json.dumps({"when": when, **figures}, indent=2))
-    (args.out / f"{stem}.md").write_text(report)
-    return 0
+    return write(args, "training", when, figures, report)
 
 
 if __name__ == "__main__":
