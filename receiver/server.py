@@ -50,18 +50,22 @@ def make_services(
     )
 
 
-def check_bind(host: str, allow_public: bool, key: str = "server.host") -> None:
+def check_bind(
+    host: str,
+    allow_public: bool,
+    key: str = "server.host",
+    why: str = "the tunnel is the way in",
+    exposed: str = "the receiver is reachable without the tunnel; firewall it",
+) -> None:
     if is_loopback(host):
         return
     if not allow_public:
         raise ConfigError(
             key,
             f"{host} is not a loopback address",
-            "keep 127.0.0.1 (the tunnel is the way in) or pass --allow-public-bind",
+            f"keep 127.0.0.1 ({why}) or pass --allow-public-bind",
         )
-    log.warning(
-        "public_bind", host=host, detail="the receiver is reachable without the tunnel; firewall it"
-    )
+    log.warning("public_bind", host=host, detail=exposed)
 
 
 def uvicorn_config(services: Services, host: str, port: int) -> uvicorn.Config:

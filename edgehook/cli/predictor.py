@@ -48,6 +48,8 @@ def run_predictor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         host,
         args.allow_public_bind or settings.allow_public_bind,
         "predictor.host" if args.host is None else "--host",
+        why="the device's applications call it on loopback",
+        exposed="the predictor answers anyone who reaches this address; firewall it",
     )
     key = load_audit_key(loaded, env)
     metrics = Metrics()

@@ -276,7 +276,7 @@ def test_store_schema_is_created_with_wal(app_client: Client) -> None:
     _, services = app_client
     with sqlite3.connect(services.config.store_path) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
 
 
 def test_internal_error_is_a_plain_500_and_audited(

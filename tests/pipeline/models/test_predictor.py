@@ -506,3 +506,15 @@ def test_the_example_classifies_a_folder(device: Device, digits: Digits, tmp_pat
     expected = [p.label for p in load_active(device.config, follow=False).predict(
         list(digits.images[:3]))]  # fmt: skip
     assert [line.split(": ")[1].split()[0] for line in lines] == expected
+
+
+def test_the_predictor_refuses_a_public_address_without_the_flag(device: Device) -> None:
+    ws = device.workspace
+    done = run_edgehook(
+        "predictor", "--host", "0.0.0.0", config=ws.config_path, cwd=ws.dir, timeout=60
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.strip() == (
+        "edgehook: config error: --host: 0.0.0.0 is not a loopback address; fix: keep "
+        "127.0.0.1 (the device's applications call it on loopback) or pass --allow-public-bind"
+    )
