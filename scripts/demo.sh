@@ -3,19 +3,21 @@
 # Sets up the virtualenv, initialises a temporary edgehook directory with a local dataset
 # artifact, starts the receiver and the worker, sends a delivery signed exactly as W&B signs
 # it, a repeat and a forgery, shows the job retrain a quantized model (QAT, int8 export,
-# inference check in a fresh process, promotion), classifies an image with it, then
-# verifies the audit log.
+# inference check in a fresh process, promotion), classifies an image with it (the CLI,
+# then `edgehook predictor` over HTTP), then verifies the audit log.
 # Cleans up its processes and files (KEEP=1 keeps the directory).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 VENV=${EDGEHOOK_VENV:-.venv}
 EDGEHOOK="$PWD/$VENV/bin/edgehook"
+VENV_PY="$PWD/$VENV/bin/python"
 work=$(mktemp -d -t edgehook-demo.XXXXXX)
 server_pid=""
 worker_pid=""
+predictor_pid=""
 cleanup() {
-  for pid in $worker_pid $server_pid; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
+  for pid in $predictor_pid $worker_pid $server_pid; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
   if [ "${KEEP:-0}" = 1 ]; then echo "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT INT TERM
@@ -75,6 +77,18 @@ echo "(with a W&B account: wandb sync ${run_dir:-<run dir>}; KEEP=1 keeps the de
 
 step "the active int8 model classifies an image (edgehook infer)"
 "$EDGEHOOK" infer artifacts/my-team/edge-demo/cifar10-subset/v0/vertical/000.pgm
+
+predict_port=$("$VENV_PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+step "edgehook predictor on 127.0.0.1:$predict_port serves it to the device's applications"
+"$EDGEHOOK" predictor --port "$predict_port" >"$work/predictor.log" 2>&1 &
+predictor_pid=$!
+for _ in $(seq 300); do curl -fsS "http://127.0.0.1:$predict_port/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -fsS "http://127.0.0.1:$predict_port/healthz" || { cat "$work/predictor.log"; exit 1; }
+echo
+curl -fsS "http://127.0.0.1:$predict_port/predict?top_k=2" -H 'Content-Type: image/x-portable-graymap' \
+  --data-binary @artifacts/my-team/edge-demo/cifar10-subset/v0/vertical/000.pgm
+echo
+kill "$predictor_pid"; wait "$predictor_pid" 2>/dev/null || true; predictor_pid=""
 step "the audit log, receiver and worker (edgehook audit show)"
 "$EDGEHOOK" audit show
 kill "$worker_pid"; wait "$worker_pid" 2>/dev/null || true; worker_pid=""
