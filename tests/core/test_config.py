@@ -64,6 +64,12 @@ def test_init_config_loads_and_secrets_pass(workspace: Workspace) -> None:
         ("[rate_limit]\nburst = 0", "rate_limit.burst"),
         ("[audit]\nkeep_files = true", "audit.keep_files"),
         ("colour = 1", "colour"),
+        ('[watch]\nartifacts = ["team/proj/ds"]', "watch.artifacts"),
+        ('[watch]\nartifacts = ["a/b/c:x", "a/b/c:x"]', "watch.artifacts"),
+        ("[watch]\ninterval_s = 5", "watch.interval_s"),
+        ('[watch]\non_first_sight = "skip"', "watch.on_first_sight"),
+        ("[predictor]\nport = 0", "predictor.port"),
+        ('[predictor]\nengine = "tensorrt"', "predictor.engine"),
     ],
 )
 def test_bad_values_name_key_problem_and_fix(tmp_path: Path, text: str, key: str) -> None:
