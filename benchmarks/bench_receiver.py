@@ -223,6 +223,10 @@ def dir_bytes(directory: Path) -> int:
 def bench_edgehook(args: argparse.Namespace, workdir: Path) -> tuple[list[Result], list[Genuine]]:
     home = workdir / "edgehook"
     run_init(home)
+    config = home / "edgehook.toml"
+    config.write_text(
+        config.read_text().replace("[server]", f"[server]\nworkers = {args.workers}", 1)
+    )
     port = free_port()
     env = {**os.environ, "EDGEHOOK_PORT": str(port)}
     log = (home / "serve.log").open("wb")
@@ -260,6 +264,8 @@ def bench_edgehook(args: argparse.Namespace, workdir: Path) -> tuple[list[Result
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         heavy = [name for name in ("torch", "wandb") if name in maps]
         results[-1].notes.append("imports torch/wandb: " + (", ".join(heavy) or "no"))
+        for result in results:
+            result.notes.append(f"{args.workers} receiver process(es), RSS of the largest")
         return results, genuine
     finally:
         proc.terminate()
@@ -398,6 +404,9 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=200, help="genuine deliveries in a burst")
     parser.add_argument(
         "--connections", type=int, default=1000, help="connections held open at once"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="edgehook's server.workers (receiver processes)"
     )
     parser.add_argument("--smoke", action="store_true", help="1 s floods, a 30-delivery burst (CI)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")

@@ -28,10 +28,17 @@ LEGIT_CLIENT = "203.0.113.200"
 
 
 def memory(pid: int) -> tuple[float, float]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
-    peak = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
-    return rss / 1024, peak / 1024
+    """(RSS, peak RSS) in MB of `pid`, or of its largest child process where it has children
+    (`server.workers` > 1: a supervisor and its receivers); the other processes are alike."""
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    pids = [int(p) for p in children.read_text().split()] if children.exists() else []
+    figures = []
+    for one in pids or [pid]:
+        status = Path(f"/proc/{one}/status").read_text()
+        rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        peak = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        figures.append((rss / 1024, peak / 1024))
+    return max(figures)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -57,6 +57,14 @@ class ServerConfig:
     max_body_bytes: int = setting(
         64 * 1024, "413 above this, counted while reading", minimum=1024, maximum=16 * MiB
     )
+    workers: int = setting(
+        1,
+        "receiver processes sharing one listening socket; 2 or more on a multi-core device "
+        "answer a forged flood about twice as fast (each keeps its own rate budgets and "
+        "audit chain, `audit/receiver-N`)",
+        minimum=1,
+        maximum=16,
+    )
     max_json_depth: int = setting(16, "400 above this", minimum=2, maximum=64)
     max_connections: int = setting(
         2048,

@@ -9,6 +9,7 @@ objects, which more than doubles the refusals a single core can answer.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -33,16 +34,16 @@ class Gate:
             await self.app(scope, receive, send)  # lifespan
             return
         svc = self.svc
-        started = svc.monotonic()
         method, path = scope["method"], scope["path"]
-        peer = (scope.get("client") or ("unknown", 0))[0]
-        record: dict[str, Any] = {
-            "request_id": os.urandom(8).hex(),
-            "client": svc.resolver.resolve(peer, scope["headers"]),
-            "received_at": svc.clock(),
-            "started": started,
-        }
-        scope["edgehook"] = record
+        if "edgehook" in scope:
+            # Screened already by the protocol's fast path (protocol.py), which answers
+            # refusals itself: this request passed checks 1-4.
+            record: dict[str, Any] = scope["edgehook"]
+            verdict = None
+        else:
+            peer = (scope.get("client") or ("unknown", 0))[0]
+            record, verdict = early_verdict(svc, method, path, scope["headers"], peer)
+            scope["edgehook"] = record
         written = False
 
         async def send_and_audit(message: Message) -> None:
@@ -57,21 +58,9 @@ class Gate:
             await send(message)
 
         try:
-            verdict, record["token_ok"] = screen(
-                method,
-                path,
-                scope["headers"],
-                client=record["client"],
-                now=started,
-                limiter=svc.limiter,
-                tokens=svc.secrets.access_tokens,
-                max_body_bytes=svc.config.server.max_body_bytes,
-            )
             if verdict is not None:
-                # The flood path: audit and answer directly, without the wrapping send.
+                # The flood path: audited already; answer without the wrapping send.
                 written = True
-                record.update(decision="rejected", reason=verdict.reason)
-                audit_request(svc, record, method, path, verdict.status)
                 request_id = ((b"x-request-id", record["request_id"].encode("ascii")),)
                 await send_refusal(send, record, verdict, extra=request_id)
                 return
@@ -82,6 +71,34 @@ class Gate:
             log.exception("request_failed", request_id=record["request_id"])
             if not written:
                 await send_refusal(send_and_audit, record, INTERNAL_ERROR, decision="error")
+
+
+def early_verdict(
+    svc: Services, method: str, path: str, headers: Sequence[tuple[bytes, bytes]], peer: str
+) -> tuple[dict[str, Any], Rejection | None]:
+    """Checks 1-4 on a request's head (screen.py): its record, and the refusal (already
+    audited) or None. Called once a request, by the protocol's fast path or by the Gate."""
+    started = svc.monotonic()
+    record: dict[str, Any] = {
+        "request_id": os.urandom(8).hex(),
+        "client": svc.resolver.resolve(peer, headers),
+        "received_at": svc.clock(),
+        "started": started,
+    }
+    verdict, record["token_ok"] = screen(
+        method,
+        path,
+        headers,
+        client=record["client"],
+        now=started,
+        limiter=svc.limiter,
+        tokens=svc.secrets.access_tokens,
+        max_body_bytes=svc.config.server.max_body_bytes,
+    )
+    if verdict is not None:
+        record.update(decision="rejected", reason=verdict.reason)
+        audit_request(svc, record, method, path, verdict.status)
+    return record, verdict
 
 
 def audit_request(

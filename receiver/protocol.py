@@ -35,6 +35,10 @@ _OVER_CAPACITY = (
 )
 # (peer address, status, reason): one call per refused connection or request.
 OnRefused = Callable[[str, int, str], None]
+# (method, path, headers, peer, scope, close) -> the whole answer for a refused request
+# (saying `connection: close` when `close`), or None to hand the request to the app (the
+# hook may leave its verdict in the scope).
+Early = Callable[[str, str, list[tuple[bytes, bytes]], str, dict[str, Any], bool], bytes | None]
 
 
 class _HeadRefused(Exception):
@@ -74,12 +78,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes: int
     head_timeout_s: float
     report: OnRefused
+    early: Early | None
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         self._counted = False
         self._in_head = False
         self._head_timer: asyncio.TimerHandle | None = None
+        self._answered = False  # the fast path answered this request; its body is dropped
         if self.capacity.live >= self.capacity.max_connections:
             victim = self.capacity.victim()
             if victim is None:
@@ -97,7 +103,56 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._head_bytes > self.max_head_bytes and self._head_size() > self.max_head_bytes:
             self._refuse(_HEAD_TOO_LARGE, 431, "head_too_large")
             raise _HeadRefused
+        if self.early is not None and self._answer_early():
+            return
         super().on_headers_complete()
+
+    def _answer_early(self) -> bool:
+        """The flood path: checks 1-4 on the head, and a refusal written here, without an
+        ASGI task, a scope's cycle or Starlette (about twice the refusals a core answers).
+        Only when no earlier request on this connection is still being answered, so
+        answers stay in order; an upgrade request goes the usual way."""
+        if (self.cycle is not None and not self.cycle.response_complete) or (
+            self.parser.should_upgrade()
+        ):
+            return False
+        import urllib.parse
+
+        import httptools
+
+        path = httptools.parse_url(self.url).path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        method = self.parser.get_method().decode("ascii")
+        self.scope["method"], self.scope["path"] = method, path
+        close = not self.parser.should_keep_alive() or any(
+            name == b"expect" for name, _ in self.headers
+        )
+        early: Any = self.early
+        answer = early(method, path, self.headers, self._peer(), self.scope, close)
+        if answer is None:
+            return False
+        self._answered = True
+        self.transport.write(answer)
+        if close:
+            # A client waiting for 100-continue would never send the body it announced.
+            self._answered = False
+            self.transport.close()
+        else:
+            # As after any answer: waiting for the next head, evictable, timed (the rest of
+            # this body is dropped as it comes).
+            self._start_head(fresh=False)
+        return True
+
+    def on_body(self, body: bytes) -> None:
+        if not self._answered:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._answered:
+            super().on_message_complete()
+            return
+        self._answered = False  # the refused request's body is read and dropped: next one
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -172,6 +227,7 @@ def bounded_protocol(
     *,
     max_connections: int = 1 << 20,
     on_refused: OnRefused | None = None,
+    early: Early | None = None,
 ) -> type[HttpToolsProtocol]:
     """The protocol class uvicorn is given (`http=`): one per server, sharing its table."""
     report: OnRefused = on_refused or (lambda _peer, _status, _reason: None)
@@ -183,5 +239,6 @@ def bounded_protocol(
             "max_head_bytes": max_head_bytes,
             "head_timeout_s": head_timeout_s,
             "report": staticmethod(report),
+            "early": None if early is None else staticmethod(early),
         },
     )

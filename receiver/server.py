@@ -6,6 +6,7 @@ import contextlib
 import resource
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import structlog
 import uvicorn
@@ -15,10 +16,11 @@ from core.config import Config, is_loopback
 from core.credentials import load_audit_key, load_secrets
 from core.errors import ConfigError
 from core.store import open_store
+from receiver.answers import raw_refusal
 from receiver.app import build_app
 from receiver.clients import ClientResolver
 from receiver.committer import Committer
-from receiver.gate import audit_connection_refusal
+from receiver.gate import audit_connection_refusal, early_verdict
 from receiver.protocol import bounded_protocol
 from receiver.ratelimit import RateLimiter
 from receiver.services import Services
@@ -32,8 +34,11 @@ def make_services(
     *,
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
+    worker: int = 0,
 ) -> Services:
-    """Check secrets, migrate the store, open the audit log. Raises EdgehookError."""
+    """Check secrets, migrate the store, open the audit log (receiver process `worker`'s
+    chain: the audit directory itself for the first, `receiver-N` below it for the others).
+    Raises EdgehookError."""
     secrets = load_secrets(config, env)
     audit_key = load_audit_key(config, env)
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -43,7 +48,12 @@ def make_services(
         secrets=secrets,
         limiter=RateLimiter(config.rate_limit),
         resolver=ClientResolver(config.server.trusted_proxies, config.server.client_ip_header),
-        audit=AuditLog(config.audit_dir, audit_key, config.audit, clock=clock),
+        audit=AuditLog(
+            config.audit_dir / f"receiver-{worker}" if worker else config.audit_dir,
+            audit_key,
+            config.audit,
+            clock=clock,
+        ),
         committer=Committer(config.store_path, config.duplicate_window_s),
         clock=clock,
         monotonic=monotonic,
@@ -74,6 +84,20 @@ def uvicorn_config(services: Services, host: str, port: int) -> uvicorn.Config:
     def refused(peer: str, status: int, reason: str) -> None:
         audit_connection_refusal(services, peer, status, reason)
 
+    def early(
+        method: str,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        peer: str,
+        scope: dict[str, Any],
+        close: bool,
+    ) -> bytes | None:
+        record, verdict = early_verdict(services, method, path, headers, peer)
+        if verdict is None:
+            scope["edgehook"] = record  # the Gate takes it from here, screened
+            return None
+        return raw_refusal(verdict, record["request_id"], close=close)
+
     return uvicorn.Config(
         build_app(services),
         host=host,
@@ -90,6 +114,7 @@ def uvicorn_config(services: Services, host: str, port: int) -> uvicorn.Config:
             server.header_timeout_s,
             max_connections=connection_capacity(server.max_connections),
             on_refused=refused,
+            early=early,
         ),
         limit_concurrency=None,
         timeout_keep_alive=5,
@@ -135,6 +160,10 @@ def serve(
     host = config.server.host if host is None else host
     port = config.server.port if port is None else port
     check_bind(host, allow_public or config.server.allow_public_bind, key)
+    if config.server.workers > 1:
+        from receiver.processes import serve_processes
+
+        return serve_processes(config, env, host, port)
     services = make_services(config, env)
     server = uvicorn.Server(uvicorn_config(services, host, port))
     log.info(
