@@ -65,3 +65,16 @@ def port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"'{text}' is not a port (use 1-65535)")
     return int(text)
+
+
+def add_bind_options(parser: argparse.ArgumentParser, section: str, default_port: int) -> None:
+    """--host, --port and --allow-public-bind for a server command, defaulting to `section`."""
+    parser.add_argument("--host", help=f"address to listen on (default: {section}.host, 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=port, help=f"port to listen on (default: {section}.port, {default_port})"
+    )
+    parser.add_argument(
+        "--allow-public-bind",
+        action="store_true",
+        help=f"allow a non-loopback --host or {section}.host (not recommended)",
+    )

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
-from edgehook.cli.common import Subparsers, add_command, config, port
+from edgehook.cli.common import Subparsers, add_bind_options, add_command, config
 
 
 def register(sub: Subparsers) -> None:
@@ -19,13 +19,7 @@ def register(sub: Subparsers) -> None:
         "curl --data-binary @door.jpg -H 'Content-Type: image/jpeg' "
         "'http://127.0.0.1:8091/predict?top_k=3'",
     )
-    p.add_argument("--host", help="address to listen on (default: predictor.host, 127.0.0.1)")
-    p.add_argument("--port", type=port, help="port to listen on (default: predictor.port, 8091)")
-    p.add_argument(
-        "--allow-public-bind",
-        action="store_true",
-        help="allow a non-loopback --host or predictor.host (anyone who reaches it may call it)",
-    )
+    add_bind_options(p, "predictor", 8091)
     p.set_defaults(func=run_predictor)
 
 

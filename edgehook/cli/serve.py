@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
-from edgehook.cli.common import Subparsers, add_command, config, port
+from edgehook.cli.common import Subparsers, add_bind_options, add_command, config
 
 
 def register(sub: Subparsers) -> None:
@@ -17,13 +17,7 @@ def register(sub: Subparsers) -> None:
         "edgehook serve --config /etc/edgehook/edgehook.toml --port 8090",
         "EDGEHOOK_PORT=9000 edgehook serve",
     )
-    p.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
-    p.add_argument("--port", type=port, help="port to listen on (default: server.port, 8090)")
-    p.add_argument(
-        "--allow-public-bind",
-        action="store_true",
-        help="allow a non-loopback --host or server.host (not recommended)",
-    )
+    add_bind_options(p, "server", 8090)
     p.set_defaults(func=run_serve)
 
 
