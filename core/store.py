@@ -88,9 +88,11 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 4: pull mode. The same artifact version and alias reached by a webhook and by the
     # watcher is one event (dedupe_key); `watched` is what the watcher saw and acted on.
+    # The index leads with the client as well: many webhooks about one version share a key,
+    # and a webhook looks only for the watcher's events (without it: a scan per delivery).
     """
     ALTER TABLE events ADD COLUMN dedupe_key TEXT;
-    CREATE INDEX events_by_dedupe_key ON events (dedupe_key, received_at);
+    CREATE INDEX events_by_dedupe_key ON events (dedupe_key, client, received_at);
     CREATE TABLE watched (
         artifact TEXT PRIMARY KEY,
         artifact_id TEXT,

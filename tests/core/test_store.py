@@ -64,3 +64,23 @@ def test_a_store_from_a_newer_edgehook_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StoreUnavailable, match="newer than this edgehook"):
         open_store(path)
+
+
+def test_the_cross_source_duplicate_check_is_an_index_search(tmp_path: Path) -> None:
+    """A webhook looks for the watcher's event with its key by index, not by scanning the
+    webhooks that share that key (a scan per delivery cut committed deliveries/s 3.5x)."""
+    from core.store import WATCH_CLIENT, Delivery, _across_sources
+
+    conn = open_store(tmp_path / "s.db")
+    webhook = Delivery(1.0, "r", "203.0.113.1", "d", "ADD_ARTIFACT_ALIAS", None, "{}", "rule",
+                       "command", "{}", dedupe_key="k")  # fmt: skip
+    watcher = Delivery(1.0, "r", WATCH_CLIENT, "d", "ADD_ARTIFACT_ALIAS", None, "{}", "rule",
+                       "command", "{}", dedupe_key="k")  # fmt: skip
+    for d in (webhook, watcher):
+        query, params = _across_sources(d, 0.0)
+        plan = " ".join(str(row) for row in conn.execute("EXPLAIN QUERY PLAN " + query, params))
+        assert "SEARCH events USING COVERING INDEX events_by_dedupe_key" in plan, plan
+    query, params = _across_sources(webhook, 0.0)
+    plan = " ".join(str(r) for r in conn.execute("EXPLAIN QUERY PLAN " + query, params))
+    assert "(dedupe_key=? AND client=? AND received_at>?)" in plan, plan
+    conn.close()
