@@ -1,12 +1,13 @@
-"""`server.workers` > 1: several receiver processes answering on one listening socket.
+"""`server.workers` > 1: several receiver processes answering on one port.
 
 One Python process answers about 18,000 refusals a second here; a Go server does three
-times that on the same cores. The parent binds the socket, forks the receivers (each makes
-its own services after the fork: store connection, committer thread, rate limiter, audit
-chain) and supervises them: a receiver that dies is started again, SIGTERM or SIGINT stops
-them all. The kernel hands each connection to one of them. What they share is what the
-single process shared with the worker: the store (every commit is one IMMEDIATE
-transaction, so the duplicate check stays exact across processes).
+times that on the same cores. The parent checks the address, forks the receivers (each
+listens on the port itself with SO_REUSEPORT and makes its own services after the fork:
+store connection, committer thread, rate limiter, audit chain) and supervises them: a
+receiver that dies is started again, SIGTERM or SIGINT stops them all. The kernel spreads
+connections over them. What they share is what the single process shared with the
+worker: the store (every commit is one IMMEDIATE transaction, so the duplicate check stays
+exact across processes).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -24,6 +26,7 @@ import uvicorn
 
 from core.config import Config
 from core.credentials import load_audit_key, load_secrets
+from core.errors import ConfigError
 from core.store import open_store
 
 log = structlog.get_logger("edgehook.serve")
@@ -38,7 +41,7 @@ def serve_processes(config: Config, env: Mapping[str, str], host: str, port: int
     load_audit_key(config, env)
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     open_store(config.store_path).close()
-    sock = uvicorn.Config(app=None, host=host, port=port).bind_socket()  # type: ignore[arg-type]
+    _listener(host, port).close()  # the address is free and ours: one line here if not
     stopping = False
     children: dict[int, int] = {}  # pid -> worker number
 
@@ -56,7 +59,7 @@ def serve_processes(config: Config, env: Mapping[str, str], host: str, port: int
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
                 services = make_services(config, env, worker=number)
                 server = uvicorn.Server(uvicorn_config(services, host, port))
-                server.run(sockets=[sock])
+                server.run(sockets=[_listener(host, port)])
                 code = 0 if server.started else 1
             except BaseException:  # anything: the parent logs the exit and starts another
                 log.exception("receiver_failed", worker=number)
@@ -98,5 +101,27 @@ def serve_processes(config: Config, env: Mapping[str, str], host: str, port: int
         time.sleep(RESPAWN_DELAY_S)
         if not stopping:
             start(number)
-    sock.close()
     return 1 if failed and not stopping else 0
+
+
+def _listener(host: str, port: int) -> socket.socket:
+    """A listening socket of this receiver's own on the shared port (SO_REUSEPORT): the
+    kernel spreads connections over the receivers evenly. With one socket shared by all,
+    whichever process woke first took most of a client's connections (one run: 0.37x the
+    peer where the balanced runs gave 0.70-0.82x)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            "server.port",
+            f"cannot listen on {host}:{port} ({exc.strerror})",
+            "choose a free port, or stop what holds it",
+        ) from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
