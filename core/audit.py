@@ -25,6 +25,7 @@ import hmac
 import json
 import os
 import re
+import time
 from collections import Counter
 from collections.abc import Callable, MutableMapping
 from datetime import datetime, timezone
@@ -102,7 +103,6 @@ def append(directory: Path, key: bytes, config: AuditConfig, kind: str, **fields
     """One line in a chain that several processes may write now and then (operator
     commands, predictors): each writer takes the chain's lock, continues it from its last
     line and closes it again, so the chain keeps one writer at a time."""
-    import time
 
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)

@@ -226,9 +226,7 @@ def chains(audit_dir: Path) -> list[tuple[str, Path]]:
     """The chains that exist under the audit directory (with `server.workers` > 1, the
     receiver processes after the first write `receiver-N`)."""
     found = []
-    extra = sorted(
-        (p.name, p.name) for p in audit_dir.glob("receiver-*") if p.name[9:].isdigit()
-    )
+    extra = sorted((p.name, p.name) for p in audit_dir.glob("receiver-*") if p.name[9:].isdigit())
     for name, sub in [*CHAINS[:1], *extra, *CHAINS[1:]]:
         path = audit_dir / sub if sub else audit_dir
         if list_segments(path) or (path / "head.json").exists():

@@ -272,6 +272,8 @@ def _across_sources(d: Delivery, earlier: float) -> tuple[str, tuple[object, ...
         "body_sha256 = ? AND received_at >= ?", "dedupe_key = ? AND received_at >= ? AND client = ?"
     )
     return query, (d.dedupe_key, earlier, WATCH_CLIENT)
+
+
 PRODUCED_QUERY = "SELECT 1 FROM produced WHERE version_string = ? OR artifact_id = ? LIMIT 1"
 
 

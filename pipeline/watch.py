@@ -334,12 +334,3 @@ def _failed(conn: sqlite3.Connection, name: str, exc: WatchError, now: float) ->
             "last_error_at = excluded.last_error_at, failures = watched.failures + 1",
             (name, now, f"{exc.kind}: {exc}", now),
         )
-
-
-def states(config: Config) -> list[dict[str, Any]]:
-    """Every watched alias's row (doctor): last version acted on, last poll, last error."""
-    conn = open_store(config.store_path)
-    try:
-        return [dict(r) for name in config.watch.artifacts if (r := _row(conn, name)) is not None]
-    finally:
-        conn.close()

@@ -8,6 +8,7 @@ name, bounded to 64 characters), and a cache keyed on it would grow with every c
 from __future__ import annotations
 
 import json
+from http import HTTPStatus
 from typing import Any
 
 from starlette.responses import Response
@@ -42,8 +43,6 @@ def refusal_bytes(exc: Rejection) -> tuple[bytes, Headers]:
 def raw_refusal(exc: Rejection, request_id: str, *, close: bool) -> bytes:
     """The whole HTTP/1.1 answer for a refusal, as the protocol's fast path writes it: the
     same status, headers and body as `send_refusal`, plus the request id."""
-    from http import HTTPStatus
-
     body, headers = refusal_bytes(exc)
     lines = [f"HTTP/1.1 {exc.status} {HTTPStatus(exc.status).phrase}".encode("ascii")]
     lines += [name + b": " + value for name, value in headers]

@@ -19,9 +19,11 @@ Every refusal made here is reported to `on_refused`, so the audit log accounts f
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 _HEAD_TOO_LARGE = (
@@ -116,10 +118,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.parser.should_upgrade()
         ):
             return False
-        import urllib.parse
-
-        import httptools
-
         path = httptools.parse_url(self.url).path.decode("ascii")
         if "%" in path:
             path = urllib.parse.unquote(path)

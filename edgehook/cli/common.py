@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from core import audit
 from core.config import Config, find_config, load_config
+from core.credentials import load_audit_key
 
 # What add_subparsers returns (argparse's _SubParsersAction, not part of its public API).
 Subparsers = Any
@@ -78,3 +81,24 @@ def add_bind_options(parser: argparse.ArgumentParser, section: str, default_port
         action="store_true",
         help=f"allow a non-loopback --host or {section}.host (not recommended)",
     )
+
+
+def operator_audit(loaded: Config, env: Mapping[str, str], **fields: Any) -> None:
+    """A line in the operator chain (audit/operator/): who did what, by hand."""
+    audit.append(
+        loaded.audit_dir / "operator",
+        load_audit_key(loaded, env),
+        loaded.audit,
+        "operator",
+        user=_user(),
+        **fields,
+    )
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())

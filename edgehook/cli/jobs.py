@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -17,12 +16,10 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
-from core import audit
 from core.config import Config
-from core.credentials import load_audit_key
 from core.errors import EdgehookError
 from core.store import open_store
-from edgehook.cli.common import Subparsers, add_command, config
+from edgehook.cli.common import Subparsers, add_command, config, operator_audit
 from pipeline.queue import JobRow, JobState, SqliteQueue
 
 _COLUMNS = (
@@ -225,27 +222,6 @@ def _logs(
     with path.open("rb") as handle:
         sys.stdout.buffer.write(handle.read())
     return 0
-
-
-def operator_audit(loaded: Config, env: Mapping[str, str], **fields: Any) -> None:
-    """A line in the operator chain (audit/operator/): who did what, by hand."""
-    audit.append(
-        loaded.audit_dir / "operator",
-        load_audit_key(loaded, env),
-        loaded.audit,
-        "operator",
-        user=_user(),
-        **fields,
-    )
-
-
-def _user() -> str:
-    try:
-        import pwd
-
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())
 
 
 def _when(ts: Any) -> str:

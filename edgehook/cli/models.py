@@ -15,8 +15,7 @@ from typing import Any
 
 from core.errors import EdgehookError, JobError
 from core.sections import ARCHS
-from edgehook.cli.common import Subparsers, add_command, config
-from edgehook.cli.jobs import operator_audit
+from edgehook.cli.common import Subparsers, add_command, config, operator_audit
 from pipeline.models import registry
 
 

@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -161,7 +160,3 @@ def choose(directory: Path, wanted: str = "auto", log: Callable[[str], None] = p
         + " at batch 1)"
     )
     return Choice(candidates[best], meta, measured, skipped)
-
-
-def describe(choice: Choice) -> dict[str, Any]:
-    return {"engine": choice.engine.name, "batch1_ms": choice.measured_ms}

@@ -36,6 +36,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from core.errors import Rejection
 from core.sections import PredictorConfig
 from pipeline.models.serving import ActiveModel, Loaded, rank
 from pipeline.training.images import decode
@@ -52,12 +53,6 @@ IMAGE_TYPES: dict[str, tuple[str, ...]] = {
 }
 BATCH_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "PPM")
 MAX_TOP_K = 100
-
-
-class Refused(Exception):
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.error, self.detail = status, error, detail
 
 
 class Metrics:
@@ -104,19 +99,19 @@ def _error(status: int, error: str, detail: str) -> JSONResponse:
 def _top_k(request: Request) -> int:
     text = request.query_params.get("top_k", "5")
     if not text.isdigit() or not 1 <= int(text) <= MAX_TOP_K:
-        raise Refused(400, "bad_top_k", f"top_k must be a whole number from 1 to {MAX_TOP_K}")
+        raise Rejection(400, "bad_top_k", f"top_k must be a whole number from 1 to {MAX_TOP_K}")
     return int(text)
 
 
 async def _body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise Refused(413, "too_large", f"the body is over {limit} bytes")
+        raise Rejection(413, "too_large", f"the body is over {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise Refused(413, "too_large", f"the body is over {limit} bytes")
+            raise Rejection(413, "too_large", f"the body is over {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -125,20 +120,22 @@ def _batch(body: bytes, config: PredictorConfig) -> list[bytes]:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise Refused(400, "bad_json", "the body is not JSON") from exc
+        raise Rejection(400, "bad_json", "the body is not JSON") from exc
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list) or not images:
-        raise Refused(400, "bad_json", 'expected {"images": [base64, ...]} with one image or more')
+        raise Rejection(
+            400, "bad_json", 'expected {"images": [base64, ...]} with one image or more'
+        )
     if len(images) > config.max_batch:
-        raise Refused(413, "too_many_images", f"at most {config.max_batch} images in one batch")
+        raise Rejection(413, "too_many_images", f"at most {config.max_batch} images in one batch")
     out = []
     for index, text in enumerate(images):
         if not isinstance(text, str):
-            raise Refused(400, "bad_base64", f"images[{index}] is not a base64 string")
+            raise Rejection(400, "bad_base64", f"images[{index}] is not a base64 string")
         try:
             out.append(base64.b64decode(text, validate=True))
         except (binascii.Error, ValueError) as exc:
-            raise Refused(400, "bad_base64", f"images[{index}] is not valid base64") from exc
+            raise Rejection(400, "bad_base64", f"images[{index}] is not valid base64") from exc
     return out
 
 
@@ -154,7 +151,7 @@ def _classify(
             where = f"images[{index}]" if len(blobs) > 1 else "the body"
             kinds = "/".join(formats)
             detail = f"{where} is not a readable {kinds} image: {exc}"
-            raise Refused(400, "not_an_image", detail) from exc
+            raise Rejection(400, "not_an_image", detail) from exc
     batch = (np.stack(pixels) / np.float32(255)).astype(np.float32)
     return [
         [{"label": label, "score": score} for label, score in p.top]
@@ -167,7 +164,7 @@ def build_app(active: ActiveModel, config: PredictorConfig, metrics: Metrics) ->
         top_k = _top_k(request)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "application/json" and kind not in IMAGE_TYPES:
-            raise Refused(
+            raise Rejection(
                 415,
                 "unsupported_type",
                 "send image/png, image/jpeg, a netpbm image, or application/json "
@@ -216,8 +213,8 @@ def build_app(active: ActiveModel, config: PredictorConfig, metrics: Metrics) ->
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def refused(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, Refused)
-        return _error(exc.status, exc.error, exc.detail)
+        assert isinstance(exc, Rejection)
+        return _error(exc.status, exc.reason, exc.detail)
 
     async def disconnected(_request: Request, _exc: Exception) -> Response:
         return Response(status_code=499)
@@ -228,8 +225,7 @@ def build_app(active: ActiveModel, config: PredictorConfig, metrics: Metrics) ->
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", prometheus, methods=["GET"]),
         ],
-        middleware=[],
-        exception_handlers={Refused: refused, ClientDisconnect: disconnected},
+        exception_handlers={Rejection: refused, ClientDisconnect: disconnected},
     )
 
 

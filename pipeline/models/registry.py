@@ -55,14 +55,8 @@ def active(models_dir: Path) -> Path | None:
 def promote(models_dir: Path, candidate: Path, name: str, tolerance: float) -> Decision:
     """Keep the candidate; make it active unless its int8 accuracy is worse than the active
     model's by more than `tolerance` (absolute, 0.01 = one point)."""
-    meta = read_metadata(candidate)
-    accuracy = _accuracy(meta)
-    models_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    target = models_dir / name
-    if target.exists():
-        raise JobError(f"a model named {name} is already registered")
-    shutil.copytree(candidate, target)
-    read_metadata(target)  # the copy is what will be loaded: check it too
+    accuracy = _accuracy(read_metadata(candidate))
+    _register(models_dir, candidate, name)
     current = state(models_dir)
     if current["active"]:
         previous = _accuracy(read_metadata(models_dir / current["active"]))
@@ -76,23 +70,15 @@ def promote(models_dir: Path, candidate: Path, name: str, tolerance: float) -> D
         reason = f"int8 accuracy {accuracy:.3f} vs {previous:.3f} for the active model"
     else:
         reason = f"int8 accuracy {accuracy:.3f}; no model was active"
-    history = [*current["history"], current["active"]] if current["active"] else current["history"]
-    _write(models_dir, {"active": name, "history": history})
+    _make_active(models_dir, name)
     return Decision(True, name, reason)
 
 
 def activate(models_dir: Path, candidate: Path, name: str) -> Decision:
     """Register the candidate and make it active whatever its accuracy (deploy)."""
     read_metadata(candidate)
-    models_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    target = models_dir / name
-    if target.exists():
-        raise JobError(f"a model named {name} is already registered")
-    shutil.copytree(candidate, target)
-    read_metadata(target)
-    current = state(models_dir)
-    history = [*current["history"], current["active"]] if current["active"] else current["history"]
-    _write(models_dir, {"active": name, "history": history})
+    _register(models_dir, candidate, name)
+    _make_active(models_dir, name)
     return Decision(True, name, "deployed")
 
 
@@ -106,17 +92,11 @@ def install(models_dir: Path, candidate: Path, name: str, *, activate: bool) -> 
             raise JobError(f"a different model named {name} is already registered")
         reason = "already registered"
     else:
-        models_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        shutil.copytree(candidate, target)
-        read_metadata(target)
+        _register(models_dir, candidate, name)
         reason = "registered"
-    current = state(models_dir)
-    if not activate or current["active"] == name:
+    if not activate or state(models_dir)["active"] == name:
         return Decision(False, name, reason + (", already active" if activate else ""))
-    history = [h for h in current["history"] if h != name]
-    if current["active"]:
-        history.append(current["active"])
-    _write(models_dir, {"active": name, "history": history})
+    _make_active(models_dir, name)
     return Decision(True, name, reason + " and made active")
 
 
@@ -136,6 +116,26 @@ def rollback(models_dir: Path) -> str:
         },
     )
     return str(previous)
+
+
+def _register(models_dir: Path, candidate: Path, name: str) -> None:
+    """Copy the candidate in as `name` (never over another) and check the copy: it is what
+    will be loaded."""
+    models_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    target = models_dir / name
+    if target.exists():
+        raise JobError(f"a model named {name} is already registered")
+    shutil.copytree(candidate, target)
+    read_metadata(target)
+
+
+def _make_active(models_dir: Path, name: str) -> None:
+    """`name` becomes active; the model it replaces goes on the history (once)."""
+    current = state(models_dir)
+    history = [h for h in current["history"] if h != name]
+    if current["active"]:
+        history.append(current["active"])
+    _write(models_dir, {"active": name, "history": history})
 
 
 def _accuracy(meta: ModelMeta) -> float:

@@ -237,31 +237,28 @@ def to_int8(model: nn.Module, engine: str) -> nn.Module:
 
 
 @contextlib.contextmanager
-def observers_off(model: nn.Module) -> Iterator[None]:
+def _switched_off(model: nn.Module, flag: str, switch_off: str) -> Iterator[None]:
+    """Every fake quantizer's `flag` switched off (by its `switch_off` method), then each
+    as it was."""
+    fake_quants: list[Any] = [m for m in model.modules() if isinstance(m, FakeQuantizeBase)]
+    saved = [getattr(fq, flag).clone() for fq in fake_quants]
+    try:
+        for fq in fake_quants:
+            getattr(fq, switch_off)()
+        yield
+    finally:
+        for fq, was in zip(fake_quants, saved, strict=True):
+            getattr(fq, flag).copy_(was)
+
+
+def observers_off(model: nn.Module) -> contextlib.AbstractContextManager[None]:
     """Fake quantizers use their ranges without updating them (then as they were)."""
-    fake_quants: list[Any] = [m for m in model.modules() if isinstance(m, FakeQuantizeBase)]
-    observing = [fq.observer_enabled.clone() for fq in fake_quants]
-    try:
-        for fq in fake_quants:
-            fq.disable_observer()
-        yield
-    finally:
-        for fq, enabled in zip(fake_quants, observing, strict=True):
-            fq.observer_enabled.copy_(enabled)
+    return _switched_off(model, "observer_enabled", "disable_observer")
 
 
-@contextlib.contextmanager
-def fake_quant_off(model: nn.Module) -> Iterator[None]:
+def fake_quant_off(model: nn.Module) -> contextlib.AbstractContextManager[None]:
     """Fake quantizers pass values through unchanged (then as they were)."""
-    fake_quants: list[Any] = [m for m in model.modules() if isinstance(m, FakeQuantizeBase)]
-    enabled = [fq.fake_quant_enabled.clone() for fq in fake_quants]
-    try:
-        for fq in fake_quants:
-            fq.disable_fake_quant()
-        yield
-    finally:
-        for fq, was in zip(fake_quants, enabled, strict=True):
-            fq.fake_quant_enabled.copy_(was)
+    return _switched_off(model, "fake_quant_enabled", "disable_fake_quant")
 
 
 def run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
