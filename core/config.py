@@ -30,6 +30,7 @@ from core.sections import (
     SECTIONS,
     ArtifactsConfig,
     AuditConfig,
+    ConsoleConfig,
     DedupeConfig,
     General,
     Limits,
@@ -55,6 +56,7 @@ __all__ = [
     "ArtifactsConfig",
     "AuditConfig",
     "Config",
+    "ConsoleConfig",
     "DedupeConfig",
     "Limits",
     "ModelsConfig",
@@ -91,6 +93,7 @@ class Config:
     tunnel: TunnelConfig = field(default_factory=TunnelConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     rules: tuple[Rule, ...] = ()
 

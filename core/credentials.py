@@ -8,6 +8,8 @@ EDGEHOOK_SIGNING_SECRET[_FILE] the W&B webhook's Secret (HMAC key); the config f
 EDGEHOOK_AUDIT_KEY[_FILE]      the audit log's HMAC key, kept apart from the log
 EDGEHOOK_WANDB_API_KEY[_FILE]  the worker's W&B API key, given only to jobs whose rule
                                lists WANDB_API_KEY in env_allow
+EDGEHOOK_CONSOLE_TOKEN[_FILE]  the operator console's token (its API's bearer token and its
+                               login password)
 
 A secret shorter than MIN_LENGTH, or in a file that group or others may read or write, is
 refused: a leaked or guessable secret lets anyone queue jobs on the device.
@@ -85,6 +87,15 @@ def load_wandb_key(config: Config, env: Mapping[str, str]) -> str | None:
 
 def load_audit_key(config: Config, env: Mapping[str, str]) -> bytes:
     return _one("EDGEHOOK_AUDIT_KEY", config.secrets.audit_key_file, "secrets.audit_key_file", env)
+
+
+def load_console_token(config: Config, env: Mapping[str, str]) -> bytes:
+    return _one(
+        "EDGEHOOK_CONSOLE_TOKEN",
+        config.secrets.console_token_file,
+        "secrets.console_token_file",
+        env,
+    )
 
 
 def _one(env_name: str, config_file: Path | None, config_key: str, env: Mapping[str, str]) -> bytes:

@@ -211,6 +211,9 @@ class SecretFiles:
         "this device's Ed25519 key (`edgehook init` / `keys init` make it); or "
         "`$EDGEHOOK_MODEL_SIGNING_KEY_FILE`",
     )
+    console_token_file: Path | None = setting(
+        None, "the operator console's token; or `$EDGEHOOK_CONSOLE_TOKEN[_FILE]`"
+    )
 
 
 @dataclass(frozen=True)
@@ -315,6 +318,26 @@ class PredictorConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    host: str = setting(
+        "127.0.0.1",
+        "`edgehook console --host`; a non-loopback host needs `--allow-public-bind`",
+    )
+    port: int = setting(8092, "`edgehook console --port`", minimum=1, maximum=65535)
+    allow_public_bind: bool = setting(
+        False, "allow a non-loopback `host` (the console can retry, cancel and roll back)"
+    )
+    session_hours: float = setting(
+        12.0, "how long a login lasts (sessions also end when the console restarts)",
+        minimum=0.1, maximum=720.0,
+    )
+    login_attempts_per_minute: float = setting(
+        5.0, "wrong-token logins allowed per minute (per address and in all)",
+        minimum=0.1, maximum=600.0,
+    )
+
+
+@dataclass(frozen=True)
 class WatchConfig:
     artifacts: tuple[str, ...] = setting(
         (),
@@ -358,6 +381,7 @@ SECTIONS: list[tuple[str, type[Any]]] = [
     ("models", ModelsConfig),
     ("training", TrainingConfig),
     ("predictor", PredictorConfig),
+    ("console", ConsoleConfig),
     ("watch", WatchConfig),
     ("tunnel", TunnelConfig),
     ("artifacts", ArtifactsConfig),

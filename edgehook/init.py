@@ -25,6 +25,7 @@ access_token_file = "secrets/access_token"        # W&B webhook "Access token"
 signing_secret_files = ["secrets/signing_secret"] # W&B webhook "Secret"; list several to rotate
 audit_key_file = "secrets/audit_key"              # never leaves this device
 model_signing_key_file = "secrets/model_signing_key"  # Ed25519; signs the models trained here
+console_token_file = "secrets/console_token"      # `edgehook console`: API token and login
 
 [models]
 promotion_tolerance = 0.01   # a new model must not lose more than this much int8 accuracy
@@ -40,6 +41,10 @@ auth_failure_burst = 10
 [dedupe]
 window_s = 86400
 
+[console]
+host = "127.0.0.1"        # `edgehook console`: the operator's pages, loopback only
+port = 8092
+
 # With no [[rules]], alias `download` or `retrain` added to an artifact queues `retrain`.
 # [[rules]]
 # name = "retrain"
@@ -50,7 +55,7 @@ window_s = 86400
 # epochs = { type = "int", min = 1, max = 50, default = 3 }
 """
 
-SECRET_NAMES = ("access_token", "signing_secret", "audit_key")
+SECRET_NAMES = ("access_token", "signing_secret", "audit_key", "console_token")
 SIGNING_KEY = "model_signing_key"
 
 
@@ -97,4 +102,6 @@ This device's model signing key (trusted by default; add it to other devices'
   {public_key}
 
 Next: edgehook serve --config {config_path}   and   edgehook worker --config {config_path}
+The operator console: edgehook console --config {config_path}, then http://127.0.0.1:8092/
+(log in with the token in {directory / "secrets" / "console_token"}).
 """

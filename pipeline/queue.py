@@ -286,8 +286,19 @@ class SqliteQueue:
         row = self.conn.execute(f"{_ROW} WHERE jobs.id = ?", (job_id,)).fetchone()
         return None if row is None else _job_row(row)
 
-    def recent(self, state: str | None = None, limit: int = 50) -> list[JobRow]:
-        where, params = ("WHERE state = ?", (state,)) if state else ("", ())
+    def recent(
+        self, state: str | None = None, limit: int = 50, before: int | None = None
+    ) -> list[JobRow]:
+        """Newest first; `before` pages by keyset (ids below it), fast at any depth."""
+        clauses: list[str] = []
+        params: list[object] = []
+        if state:
+            clauses.append("state = ?")
+            params.append(state)
+        if before is not None:
+            clauses.append("jobs.id < ?")
+            params.append(before)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self.conn.execute(
             f"{_ROW} {where} ORDER BY jobs.id DESC LIMIT ?", (*params, limit)
         ).fetchall()

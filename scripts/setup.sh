@@ -10,9 +10,10 @@ EXTRAS=${EXTRAS:-dev,pipeline,tunnel}
 
 # curl and openssl: end-to-end tests; wrk and webhook (adnanh/webhook): the benchmark smoke test;
 # docker-compose (validates deploy/compose.yaml without an engine) and systemd-analyze (from
-# the systemd package: verifies deploy/systemd): the packaging tests.
+# the systemd package: verifies deploy/systemd): the packaging tests. chromium: the console's
+# browser tests (Playwright drives Debian's build; it cannot download its own here).
 missing=()
-for tool in curl openssl wrk webhook docker-compose systemd-analyze; do
+for tool in curl openssl wrk webhook docker-compose systemd-analyze chromium; do
   package=$tool
   [ "$tool" = systemd-analyze ] && package=systemd
   command -v "$tool" >/dev/null || missing+=("$package")

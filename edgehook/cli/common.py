@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from core import audit
 from core.config import Config, find_config, load_config
 from core.credentials import load_audit_key
+from pipeline import operator
 
 # What add_subparsers returns (argparse's _SubParsersAction, not part of its public API).
 Subparsers = Any
@@ -85,14 +85,11 @@ def add_bind_options(parser: argparse.ArgumentParser, section: str, default_port
 
 def operator_audit(loaded: Config, env: Mapping[str, str], **fields: Any) -> None:
     """A line in the operator chain (audit/operator/): who did what, by hand."""
-    audit.append(
-        loaded.audit_dir / "operator",
-        load_audit_key(loaded, env),
-        loaded.audit,
-        "operator",
-        user=_user(),
-        **fields,
-    )
+    operator.record(loaded, load_audit_key(loaded, env), shell_operator(), **fields)
+
+
+def shell_operator() -> operator.Operator:
+    return operator.Operator(user=_user(), via="cli")
 
 
 def _user() -> str:

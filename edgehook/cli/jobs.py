@@ -17,10 +17,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 from core.config import Config
+from core.credentials import load_audit_key
 from core.errors import EdgehookError
 from core.store import open_store
-from edgehook.cli.common import Subparsers, add_command, config, operator_audit
-from pipeline.queue import JobRow, JobState, SqliteQueue
+from edgehook.cli.common import Subparsers, add_command, config, shell_operator
+from pipeline import operator
+from pipeline.queue import JobRow, SqliteQueue
 
 _COLUMNS = (
     ("id", 6),
@@ -125,17 +127,8 @@ def _cancel(
     _args: argparse.Namespace,
     env: Mapping[str, str],
 ) -> int:
-    state = queue.request_cancel(row.id, time.time())
-    if state == JobState.CANCELLED:
-        operator_audit(loaded, env, job_id=row.id, transition="cancelled")
-        print(f"job {row.id}: cancelled")
-    elif state == JobState.RUNNING:
-        operator_audit(loaded, env, job_id=row.id, transition="cancel_requested")
-        print(f"job {row.id}: running; its worker will kill it and record 'cancelled'")
-    else:
-        raise EdgehookError(
-            f"job {row.id} is {row.state}; only queued or running jobs can be cancelled"
-        )
+    key = load_audit_key(loaded, env)
+    print(operator.cancel(queue, loaded, key, shell_operator(), row.id, time.time()))
     return 0
 
 
@@ -146,13 +139,8 @@ def _retry(
     _args: argparse.Namespace,
     env: Mapping[str, str],
 ) -> int:
-    retryable = (JobState.FAILED, JobState.CANCELLED, JobState.SUPERSEDED)
-    if row.state not in retryable or queue.retry(row.id, time.time()) != JobState.QUEUED:
-        raise EdgehookError(
-            f"job {row.id} is {row.state}; only failed, cancelled or superseded jobs can be retried"
-        )
-    operator_audit(loaded, env, job_id=row.id, transition="retried")
-    print(f"job {row.id}: queued again")
+    key = load_audit_key(loaded, env)
+    print(operator.retry(queue, loaded, key, shell_operator(), row.id, time.time()))
     return 0
 
 

@@ -13,9 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from core.credentials import load_audit_key
 from core.errors import EdgehookError, JobError
 from core.sections import ARCHS
-from edgehook.cli.common import Subparsers, add_command, config, operator_audit
+from edgehook.cli.common import Subparsers, add_command, config, operator_audit, shell_operator
+from pipeline import operator
 from pipeline.models import registry
 
 
@@ -333,8 +335,7 @@ def run_model(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if args.model_command == "export":
         return _export(loaded, args.path, args.out, args.fp32)
     if args.model_command == "rollback":
-        name = registry.rollback(loaded.models_dir)
-        operator_audit(loaded, env, action="model_rollback", model=name)
+        name = operator.rollback(loaded, load_audit_key(loaded, env), shell_operator())
         print(f"active model: {name}")
         return 0
     current = registry.state(loaded.models_dir)

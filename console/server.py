@@ -1,0 +1,66 @@
+"""`edgehook console`'s process: load what the console needs, index the deliveries in the
+background, serve on loopback."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+import structlog
+import uvicorn
+
+from console.app import Console, build_app
+from console.deliveryindex import DeliveryIndex
+from core.config import Config
+from core.credentials import load_audit_key, load_console_token
+from core.store import open_store
+
+REFRESH_S = 1.0
+log = structlog.get_logger("edgehook.console")
+
+
+def make_console(config: Config, env: Mapping[str, str]) -> Console:
+    """Check the secrets and the store first: a bad config fails before the port opens."""
+    token = load_console_token(config, env)
+    key = load_audit_key(config, env)
+    open_store(config.store_path).close()  # created and migrated like every other process
+    index = DeliveryIndex(config.data_dir / "console" / "deliveries.db", config.audit_dir)
+    return Console(config=config, token=token, audit_key=key, index=index)
+
+
+def index_in_background(console: Console, stop: threading.Event) -> threading.Thread:
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                console.index.refresh()
+            except Exception:  # a bad segment must not end the indexing for good
+                log.exception("index_refresh_failed")
+            stop.wait(REFRESH_S)
+
+    thread = threading.Thread(target=run, name="delivery-index", daemon=True)
+    thread.start()
+    return thread
+
+
+def serve(console: Console, host: str, port: int) -> int:
+    stop = threading.Event()
+    index_in_background(console, stop)
+    log.info("console", url=f"http://{host}:{port}/")
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(console),
+            host=host,
+            port=port,
+            server_header=False,
+            access_log=False,
+            log_config=None,
+            lifespan="off",
+            timeout_keep_alive=5,
+        )
+    )
+    try:
+        server.run()
+    finally:
+        stop.set()
+        console.index.close()
+    return 0
