@@ -29,17 +29,8 @@ RETRY_ALL_LIMIT = 500  # "Retry all failed" queues at most this many (the newest
 
 
 @contextmanager
-def reading(console: Console) -> Iterator[SqliteQueue]:
-    """A read-only connection to the store for one request (writes go through operator.*)."""
-    conn = connect(console.config.store_path)
-    try:
-        yield SqliteQueue(conn)
-    finally:
-        conn.close()
-
-
-@contextmanager
-def writing(console: Console) -> Iterator[SqliteQueue]:
+def store(console: Console) -> Iterator[SqliteQueue]:
+    """The store for one request; it changes only through pipeline.operator's actions."""
     conn = connect(console.config.store_path)
     try:
         yield SqliteQueue(conn)
@@ -57,7 +48,7 @@ def who(console: Console, request: Request) -> operator.Operator:
 
 def overview(console: Console) -> dict[str, Any]:
     now = console.clock()
-    with reading(console) as queue:
+    with store(console) as queue:
         depth = views.queue_depth(queue.conn)
         oldest = views.oldest_queued(queue.conn)
         watched = views.watched(queue.conn)
@@ -108,7 +99,7 @@ def deliveries(console: Console, query: Any) -> dict[str, Any]:
 
 
 def jobs(console: Console, query: Any) -> dict[str, Any]:
-    with reading(console) as queue:
+    with store(console) as queue:
         before = params.integer(query, "before", None, 1, 2**62)
         page = views.jobs_page(queue, params.state(query), params.limit(query), before)
         page["counts"] = views.queue_depth(queue.conn)
@@ -116,7 +107,7 @@ def jobs(console: Console, query: Any) -> dict[str, Any]:
 
 
 def job(console: Console, job_id: int) -> dict[str, Any]:
-    with reading(console) as queue:
+    with store(console) as queue:
         detail = views.job_detail(queue, console.config, job_id)
     if detail is None:
         raise HTTPException(404, f"no job {job_id}")
@@ -125,7 +116,7 @@ def job(console: Console, job_id: int) -> dict[str, Any]:
 
 def models(console: Console) -> dict[str, Any]:
     actions = [r for r in views.operator_lines(console.config, 1000) if r.get("model")]
-    with reading(console) as queue:
+    with store(console) as queue:
         return models_page(console.config, queue, actions)
 
 
@@ -133,21 +124,21 @@ def models(console: Console) -> dict[str, Any]:
 
 
 def retry(console: Console, request: Request, job_id: int) -> str:
-    with writing(console) as queue:
+    with store(console) as queue:
         return operator.retry(
             queue, console.config, console.audit_key, who(console, request), job_id, time.time()
         )
 
 
 def cancel(console: Console, request: Request, job_id: int) -> str:
-    with writing(console) as queue:
+    with store(console) as queue:
         return operator.cancel(
             queue, console.config, console.audit_key, who(console, request), job_id, time.time()
         )
 
 
 def retry_failed(console: Console, request: Request) -> str:
-    with writing(console) as queue:
+    with store(console) as queue:
         done = operator.retry_failed(
             queue, console.config, console.audit_key, who(console, request), time.time(),
             RETRY_ALL_LIMIT,
@@ -201,7 +192,7 @@ def routes(console: Console) -> list[Route]:
 def _log(console: Console, request: Request) -> dict[str, Any]:
     attempt = params.integer(request.query_params, "attempt", None, 1, 1000)
     offset = params.integer(request.query_params, "offset", None, 0, 2**62)
-    with reading(console) as queue:
+    with store(console) as queue:
         piece = views.job_log(
             queue, console.config, int(request.path_params["job_id"]), attempt,
             -1 if offset is None else offset,

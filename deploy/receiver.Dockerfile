@@ -12,9 +12,11 @@ COPY edgehook/ edgehook/
 COPY core/ core/
 COPY receiver/ receiver/
 COPY pipeline/ pipeline/
+COPY console/ console/
+# the console extra: `edgehook console` runs from this image too (no torch)
 RUN python -m venv /opt/edgehook \
- && /opt/edgehook/bin/pip install . \
- && /opt/edgehook/bin/python -c "import receiver.app"
+ && /opt/edgehook/bin/pip install ".[console]" \
+ && /opt/edgehook/bin/python -c "import receiver.app, console.app"
 
 FROM ${PYTHON}
 ARG UID=10001

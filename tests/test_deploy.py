@@ -49,6 +49,7 @@ def test_the_packaging_files_exist() -> None:
         "edgehook-tunnel.service",
         "edgehook-predictor.service",
         "edgehook-watch.service",
+        "edgehook-console.service",
     }
 
 
@@ -111,16 +112,18 @@ def test_compose_publishes_no_port_and_the_tunnel_shares_the_receivers_network(
     compose: dict[str, object],
 ) -> None:
     svc = services(compose)
-    assert set(svc) == {"receiver", "worker", "predictor", "watch", "tunnel"}
+    assert set(svc) == {"receiver", "worker", "predictor", "console", "watch", "tunnel"}
+    loopback = {"predictor": "8091", "console": "8092"}
     for name, service in svc.items():
-        if name == "predictor":  # the device's applications reach it on the host's loopback
+        if name in loopback:  # the device's applications, the operator: the host's loopback
+            number = loopback[name]
             published = service["ports"]
             assert isinstance(published, list) and len(published) == 1
             port = published[0]  # compose v1 keeps the short form; v2 writes the long one
             if isinstance(port, str):
-                assert port.removesuffix("/tcp") == "127.0.0.1:8091:8091", port
+                assert port.removesuffix("/tcp") == f"127.0.0.1:{number}:{number}", port
             else:
-                assert (port["host_ip"], str(port["published"])) == ("127.0.0.1", "8091"), port
+                assert (port["host_ip"], str(port["published"])) == ("127.0.0.1", number), port
         else:
             assert "ports" not in service, name
         assert service.get("network_mode") != "host", name
@@ -231,7 +234,7 @@ def test_systemd_exec_start_is_a_real_edgehook_command(unit: Path) -> None:
     argv = dict(unit_lines(unit))["ExecStart"].split()
     assert argv[0] == "/opt/edgehook/venv/bin/edgehook"
     args = build_parser().parse_args(argv[1:])
-    assert args.command in {"serve", "worker", "tunnel", "predictor", "watch"}
+    assert args.command in {"serve", "worker", "tunnel", "predictor", "watch", "console"}
     assert args.config == "/etc/edgehook/edgehook.toml"
 
 
