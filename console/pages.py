@@ -62,9 +62,11 @@ def routes(console: Console, env: Environment) -> list[Route]:
     # -- login -------------------------------------------------------------------------------
 
     async def login(request: Request) -> Response:
-        target = request.query_params.get("next", "/")
         if request.method == "GET":
+            target = request.query_params.get("next", "/")
             return render(request, "login.html", page="login", next=_local(target), error=None)
+        form = await request.form()
+        target = str(form.get("next") or "/")
         address = request.client.host if request.client else "-"
         now = console.clock()
         wait = console.limiter.retry_after(address, now)
@@ -73,14 +75,13 @@ def routes(console: Console, env: Environment) -> list[Route]:
                               error=f"Too many attempts; try again in {wait} s.")  # fmt: skip
             response.headers["Retry-After"] = str(wait)
             return response
-        form = await request.form()
         offered = form.get("token")
         if not isinstance(offered, str) or not auth.token_matches(console.token, offered):
             console.limiter.failed(address, now)
             return render(request, "login.html", 401, page="login", next=_local(target),
                           error="Wrong token.")  # fmt: skip
         session = console.sessions.create(address, now)
-        response = RedirectResponse(_local(str(form.get("next") or "/")), status_code=303)
+        response = RedirectResponse(_local(target), status_code=303)
         response.set_cookie(
             auth.SESSION_COOKIE,
             session.id,
