@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("receiver", "queue", "training", "accuracy", "predictor")
+BENCHMARKS = ("receiver", "queue", "training", "accuracy", "predictor", "console")
 
 
 def machine() -> dict[str, Any]:
@@ -213,6 +213,11 @@ def headline(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     row(
         "predictor: install -> serving the new model, max (ms)", slowest, "<= 2000", slowest <= 2000
     )
+    console = results["console"]["figures"]
+    worst = console["worst_p95_ms"]
+    row("console: first page of each list and filter, worst p95 (ms)", worst, "<= 150",
+        worst <= 150)  # fmt: skip
+    row("console RSS (MB)", console["peak_rss_mb"], "< 80", console["peak_rss_mb"] < 80)
     return rows
 
 

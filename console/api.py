@@ -61,15 +61,17 @@ def overview(console: Console) -> dict[str, Any]:
         "generated_at": now,
         "processes": console.health.processes(now, max(polls) if polls else None),
         "queue": depth,
-        "oldest_queued_wait_s": None if oldest is None else round(now - oldest, 1),
+        "oldest_queued_wait_s": None if oldest is None else round(max(0.0, now - oldest), 1),
         "last_delivery": last[0] if last else None,
         "watched": watched,
         "active_model": registry.state(console.config.models_dir).get("active"),
-        "chains": audit_chains(console),
+        "chains": audit_chains(console, cached_only=True),
     }
 
 
-def audit_chains(console: Console, *, force: bool = False) -> list[dict[str, Any]]:
+def audit_chains(
+    console: Console, *, force: bool = False, cached_only: bool = False
+) -> list[dict[str, Any]]:
     return [
         {
             "chain": name,
@@ -80,7 +82,7 @@ def audit_chains(console: Console, *, force: bool = False) -> list[dict[str, Any
             "notes": report.notes,
             "verified_at": at,
         }
-        for name, at, report in console.chain_reports(force=force)
+        for name, at, report in console.chain_reports(force=force, cached_only=cached_only)
     ]
 
 

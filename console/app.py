@@ -63,9 +63,14 @@ class Console:
         self.limiter = LoginLimiter(self.config.console.login_attempts_per_minute)
         self.health = Health(self.config)
 
-    def chain_reports(self, *, force: bool = False) -> list[tuple[str, float, Report]]:
-        """Each chain's verify result, recomputed when older than VERIFY_EVERY_S (a chain of
-        a million lines takes seconds to verify; the overview polls every few)."""
+    def chain_reports(
+        self, *, force: bool = False, cached_only: bool = False
+    ) -> list[tuple[str, float, Report]]:
+        """Each chain's verify result, recomputed when older than VERIFY_EVERY_S. A chain of a
+        million lines takes seconds to verify, so the overview reads only what the
+        background thread (server.py) or /audit computed."""
+        if cached_only:
+            return [(name, *found) for name, found in sorted(self._verified.items())]
         out = []
         with self._verify_lock:
             for name, path in chains(self.config.audit_dir):
@@ -157,6 +162,7 @@ def templates() -> Environment:
     )
     env.filters["when"] = pages.when
     env.filters["ago"] = pages.ago
+    env.filters["dash"] = lambda value: "-" if value is None else value
     return env
 
 

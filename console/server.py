@@ -28,23 +28,24 @@ def make_console(config: Config, env: Mapping[str, str]) -> Console:
     return Console(config=config, token=token, audit_key=key, index=index)
 
 
-def index_in_background(console: Console, stop: threading.Event) -> threading.Thread:
+def refresh_in_background(console: Console, stop: threading.Event) -> threading.Thread:
     def run() -> None:
         while not stop.is_set():
             try:
                 console.index.refresh()
+                console.chain_reports()  # re-verified when older than a minute
             except Exception:  # a bad segment must not end the indexing for good
-                log.exception("index_refresh_failed")
+                log.exception("background_refresh_failed")
             stop.wait(REFRESH_S)
 
-    thread = threading.Thread(target=run, name="delivery-index", daemon=True)
+    thread = threading.Thread(target=run, name="console-refresh", daemon=True)
     thread.start()
     return thread
 
 
 def serve(console: Console, host: str, port: int) -> int:
     stop = threading.Event()
-    index_in_background(console, stop)
+    refresh_in_background(console, stop)
     log.info("console", url=f"http://{host}:{port}/")
     server = uvicorn.Server(
         uvicorn.Config(
