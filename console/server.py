@@ -3,14 +3,18 @@ background, serve on loopback."""
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 import structlog
 import uvicorn
 
 from console.app import Console, build_app
 from console.deliveryindex import DeliveryIndex
+from core.auditread import Report, verify
 from core.config import Config
 from core.credentials import load_audit_key, load_console_token
 from core.store import open_store
@@ -25,7 +29,14 @@ def make_console(config: Config, env: Mapping[str, str]) -> Console:
     key = load_audit_key(config, env)
     open_store(config.store_path).close()  # created and migrated like every other process
     index = DeliveryIndex(config.data_dir / "console" / "deliveries.db", config.audit_dir)
-    return Console(config=config, token=token, audit_key=key, index=index)
+    return Console(config=config, token=token, audit_key=key, index=index, verifier=verify_apart)
+
+
+def verify_apart(directory: Path, key: bytes) -> Report:
+    """core.auditread.verify in a fresh child process (spawned: this one has threads)."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(verify, directory, key).result()
 
 
 def refresh_in_background(console: Console, stop: threading.Event) -> threading.Thread:

@@ -340,3 +340,10 @@ def test_metrics(site: Site) -> None:
     assert 'edgehook_job_queue_wait_seconds_count{action="retrain"} 3.0' in text
     assert 'edgehook_job_attempts_total{action="retrain",outcome="failed"} 1.0' in text
     assert 'edgehook_last_success_timestamp_seconds{what="job"}' in text
+
+
+def test_chains_are_verified_in_a_child_process_by_the_server(site: Site) -> None:
+    from console.server import verify_apart
+
+    report = verify_apart(site.config.audit_dir, site.workspace.audit_key.encode())
+    assert (report.ok, report.lines, report.last_seq) == (True, 5, 5)

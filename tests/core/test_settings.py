@@ -29,6 +29,7 @@ STARTER_VALUES = {
     "secrets.signing_secret_files": ["secrets/signing_secret"],
     "secrets.audit_key_file": "secrets/audit_key",
     "secrets.model_signing_key_file": "secrets/model_signing_key",
+    "secrets.console_token_file": "secrets/console_token",
 }
 
 
