@@ -80,6 +80,12 @@ def fill_store(config: Config) -> dict[str, int]:
     log = config.jobs_dir / str(ids[2]) / "attempt-1.log"
     log.parent.mkdir(parents=True)
     log.write_text("epoch 1 loss 0.9\n", encoding="utf-8")
+    conn.execute(
+        "INSERT INTO watched (artifact, version_string, last_poll_at, last_ok_at, last_error, "
+        "last_error_at, failures) VALUES ('team/proj/data:production', 'team/proj/data:v3', "
+        "?, ?, 'network: W&B did not answer', ?, 2)",
+        (t + 30, t + 10, t + 30),
+    )
     conn.close()
     return {"failed": ids[0], "succeeded": ids[1], "running": ids[2], "queued": ids[3],
             "evil": int(evil)}  # fmt: skip

@@ -117,6 +117,8 @@ def test_overview_page_and_twin(site: Site) -> None:
                                                       "predictor"]  # fmt: skip
     assert [p["up"] for p in data["processes"]] == [False, False, False, False]
     assert data["active_model"] == "job2-attempt1"
+    assert [(w["artifact"], w["last_error"], w["failures"]) for w in data["watched"]] == [
+        ("team/proj/data:production", "network: W&B did not answer", 2)]  # fmt: skip
     assert data["last_delivery"]["request_id"] == "r5"
     assert data["chains"] == []  # verified in the background or by /audit, never here
     site.api().get("/api/audit")
@@ -347,3 +349,29 @@ def test_chains_are_verified_in_a_child_process_by_the_server(site: Site) -> Non
 
     report = verify_apart(site.config.audit_dir, site.workspace.audit_key.encode())
     assert (report.ok, report.lines, report.last_seq) == (True, 5, 5)
+
+
+def test_the_worker_is_up_while_it_holds_its_lock(site: Site) -> None:
+    import fcntl
+    import os
+
+    fd = os.open(site.config.data_dir / "worker.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        processes = site.api().get("/api/overview").json()["processes"]
+        assert (processes[1]["name"], processes[1]["up"], processes[1]["detail"]) == (
+            "worker", True, "holds worker.lock")  # fmt: skip
+    finally:
+        os.close(fd)
+    processes = site.api().get("/api/overview").json()["processes"]
+    assert (processes[1]["up"], processes[1]["detail"]) == (False, "no worker.lock")
+
+
+def test_retry_all_failed_from_the_page(site: Site) -> None:
+    client = site.logged_in()
+    csrf = csrf_of(client.get("/jobs").text)
+    ask = client.post("/jobs/retry-failed", data={"csrf": csrf})
+    assert "Queue the failed jobs again (the newest 500 at most)?" in ask.text
+    done = client.post("/jobs/retry-failed", data={"csrf": csrf, "confirm": "yes"})
+    assert "1 failed job(s) queued again" in done.text
+    assert site.api().get("/api/jobs?state=failed").json()["jobs"] == []

@@ -193,6 +193,12 @@ def test_roll_a_model_back_with_its_button_by_keyboard(browser: Browser) -> None
     assert registry.state(browser.config.models_dir)["active"] == "job1-attempt1"
 
 
+def test_every_job_action_is_reachable_with_tab(browser: Browser) -> None:
+    for element in ("cancel-5", "cancel-4", "logout"):  # Retry: see the retry test
+        browser.go("/jobs")
+        browser.tab_to(element)
+
+
 def test_filter_deliveries(browser: Browser) -> None:
     page = browser.page
     browser.go("/deliveries")
