@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,12 +28,11 @@ from core.deliveries import delivery as make_delivery
 from core.errors import Rejection, StoreUnavailable
 from core.rules import ARTIFACT_ACTIONS, match
 from receiver.answers import answer, refusal
-from receiver.bodies import read_capped
-from receiver.gate import INTERNAL_ERROR, Gate
+from receiver.bodies import BODY_TIMEOUT, CLIENT_LEFT, read_capped
+from receiver.gate import INTERNAL_ERROR, Gate, prove
 from receiver.payload import canonical_digest, normalise, parse_body
 from receiver.screen import WEBHOOK_PATHS
 from receiver.services import Services
-from receiver.signatures import signature_valid
 
 RETRY_AFTER_STORE_S = 5
 
@@ -79,19 +77,16 @@ async def _webhook(svc: Services, request: Request) -> Response:
             body = await asyncio.wait_for(
                 read_capped(request.stream(), config.max_body_bytes), config.body_timeout_s
             )
-        except asyncio.TimeoutError as exc:
-            raise Rejection(408, "body_timeout", "body not received in time") from exc
-        except ClientDisconnect as exc:
-            # Nobody is left to answer; the audit line records it (499, as nginx counts it).
-            raise Rejection(499, "client_disconnected", "client left mid-body") from exc
-        digest = hashlib.sha256(body).hexdigest()
-        record.update(body_sha256=digest, body_len=len(body))
-        signature = request.headers.get("x-wandb-signature")
-        if not signature_valid(body, signature, svc.secrets.signing_secrets):
-            svc.limiter.auth_failed(record["client"], svc.monotonic())
-            reason = "missing_signature" if signature is None else "bad_signature"
-            raise Rejection(401, reason, "unauthorized")
-        record["authenticated"] = True
+        except asyncio.TimeoutError:
+            return refusal(record, BODY_TIMEOUT)
+        except ClientDisconnect:
+            return refusal(record, CLIENT_LEFT)
+        if not record.get("authenticated"):
+            # Proved already when the protocol's fast path read the body (fastpath.py).
+            unproven = prove(svc, record, body, request.headers.get("x-wandb-signature"))
+            if unproven is not None:
+                return refusal(record, unproven)
+        digest = record["body_sha256"]
 
         data = parse_body(body, max_depth=config.max_json_depth)
         event = normalise(data)

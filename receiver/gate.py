@@ -8,6 +8,7 @@ objects, which more than doubles the refusals a single core can answer.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -17,8 +18,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core.errors import Rejection
 from receiver.answers import send_refusal
-from receiver.screen import screen
+from receiver.screen import Screened, screen
 from receiver.services import Services
+from receiver.signatures import signature_valid
 
 log = structlog.get_logger("edgehook.receiver")
 INTERNAL_ERROR = Rejection(500, "internal_error", "internal error")
@@ -42,7 +44,8 @@ class Gate:
             verdict = None
         else:
             peer = (scope.get("client") or ("unknown", 0))[0]
-            record, verdict = early_verdict(svc, method, path, scope["headers"], peer)
+            record, screened = early_verdict(svc, method, path, scope["headers"], peer)
+            verdict = screened.refusal
             scope["edgehook"] = record
         written = False
 
@@ -75,9 +78,9 @@ class Gate:
 
 def early_verdict(
     svc: Services, method: str, path: str, headers: Sequence[tuple[bytes, bytes]], peer: str
-) -> tuple[dict[str, Any], Rejection | None]:
-    """Checks 1-4 on a request's head (screen.py): its record, and the refusal (already
-    audited) or None. Called once a request, by the protocol's fast path or by the Gate."""
+) -> tuple[dict[str, Any], Screened]:
+    """Checks 1-4 on a request's head (screen.py): its record, and the verdict (a refusal is
+    audited already). Called once a request, by the protocol's fast path or by the Gate."""
     started = svc.monotonic()
     record: dict[str, Any] = {
         "request_id": os.urandom(8).hex(),
@@ -85,7 +88,7 @@ def early_verdict(
         "received_at": svc.clock(),
         "started": started,
     }
-    verdict, record["token_ok"] = screen(
+    screened = screen(
         method,
         path,
         headers,
@@ -95,10 +98,25 @@ def early_verdict(
         tokens=svc.secrets.access_tokens,
         max_body_bytes=svc.config.server.max_body_bytes,
     )
-    if verdict is not None:
-        record.update(decision="rejected", reason=verdict.reason)
-        audit_request(svc, record, method, path, verdict.status)
-    return record, verdict
+    if screened.refusal is not None:
+        record.update(decision="rejected", reason=screened.refusal.reason)
+        audit_request(svc, record, method, path, screened.refusal.status)
+    return record, screened
+
+
+def prove(
+    svc: Services, record: dict[str, Any], body: bytes, signature: str | None
+) -> Rejection | None:
+    """Check 6, the signature over the whole body: the refusal (401, told apart from a bad
+    token only in the audit log), or None once the request has proved itself. One function
+    for the protocol's fast path and the app, so both decide and record alike."""
+    record.update(body_sha256=hashlib.sha256(body).hexdigest(), body_len=len(body))
+    if not signature_valid(body, signature, svc.secrets.signing_secrets):
+        svc.limiter.auth_failed(record["client"], svc.monotonic())
+        reason = "missing_signature" if signature is None else "bad_signature"
+        return Rejection(401, reason, "unauthorized")
+    record["authenticated"] = True
+    return None
 
 
 def audit_request(
