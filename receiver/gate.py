@@ -23,7 +23,10 @@ from receiver.services import Services
 from receiver.signatures import signature_valid
 
 log = structlog.get_logger("edgehook.receiver")
+# Verdicts, never raised: one instance each serves every request.
 INTERNAL_ERROR = Rejection(500, "internal_error", "internal error")
+MISSING_SIGNATURE = Rejection(401, "missing_signature", "unauthorized")
+BAD_SIGNATURE = Rejection(401, "bad_signature", "unauthorized")
 
 
 class Gate:
@@ -113,8 +116,7 @@ def prove(
     record.update(body_sha256=hashlib.sha256(body).hexdigest(), body_len=len(body))
     if not signature_valid(body, signature, svc.secrets.signing_secrets):
         svc.limiter.auth_failed(record["client"], svc.monotonic())
-        reason = "missing_signature" if signature is None else "bad_signature"
-        return Rejection(401, reason, "unauthorized")
+        return MISSING_SIGNATURE if signature is None else BAD_SIGNATURE
     record["authenticated"] = True
     return None
 
