@@ -1,5 +1,8 @@
 """How verdicts become HTTP answers: the one place that decides bodies and headers.
 
+Formatting only: what a request's audit line records is decided on its record
+(record.py's `decide`/`refuse`) by the caller, never here.
+
 A refusal's text can carry what a caller chose (an arg's name, bounded to 64 characters),
 so nothing keyed on it may grow with every caller. The flood path's answers (checks 1-6:
 a short, fixed list, 429 varying only in its Retry-After) are kept in a bounded LRU; the
@@ -61,39 +64,22 @@ def _raw_parts(
     return b"\r\n".join(lines) + b"\r\nx-request-id: ", body
 
 
-async def send_refusal(
-    send: Send,
-    record: dict[str, Any],
-    exc: Rejection,
-    decision: str = "rejected",
-    extra: Headers = (),
-) -> None:
+async def send_refusal(send: Send, exc: Rejection, extra: Headers = ()) -> None:
     """Answer with raw ASGI messages (no Response object on the flood path)."""
     body, headers = refusal_bytes(exc)
-    record.update(decision=decision, reason=exc.reason)
     start = {"type": "http.response.start", "status": exc.status, "headers": [*headers, *extra]}
     await send(start)
     await send({"type": "http.response.body", "body": body})
 
 
-def refusal(record: dict[str, Any], exc: Rejection, decision: str = "rejected") -> Response:
+def refusal(exc: Rejection) -> Response:
     body, headers = refusal_bytes(exc)
-    record.update(decision=decision, reason=exc.reason)
     response = Response(body, status_code=exc.status)
     response.raw_headers = list(headers)
     return response
 
 
-def answer(
-    record: dict[str, Any],
-    status: int,
-    decision: str,
-    reason: str,
-    body: dict[str, Any],
-    *,
-    retry_after: int | None = None,
-) -> Response:
-    record.update(decision=decision, reason=reason)
+def answer(status: int, body: dict[str, Any], *, retry_after: int | None = None) -> Response:
     response = Response(
         json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json"
     )

@@ -16,7 +16,8 @@ from typing import Any
 from core.errors import Rejection
 from receiver.answers import raw_refusal
 from receiver.bodies import BODY_TIMEOUT, CLIENT_LEFT, too_large
-from receiver.gate import audit_request, early_verdict, prove
+from receiver.checks import early_verdict, prove
+from receiver.record import SCOPE_KEY, RequestRecord, audit_request
 from receiver.services import Services
 
 
@@ -37,9 +38,9 @@ class FastPath:
     ) -> bytes | ProvingBody | None:
         """The whole refusal, the body to read and prove, or None: on to the app."""
         record, screened = early_verdict(self.svc, method, path, headers, peer)
-        scope["edgehook"] = record  # the Gate takes it from here, screened
+        scope[SCOPE_KEY] = record  # the Gate takes it from here, screened
         if screened.refusal is not None:
-            return raw_refusal(screened.refusal, record["request_id"], close=close)
+            return raw_refusal(screened.refusal, record.request_id, close=close)
         if screened.proving:
             return ProvingBody(self.svc, record, method, path, screened.signature)
         return None
@@ -54,7 +55,7 @@ class ProvingBody:
     def __init__(
         self,
         svc: Services,
-        record: dict[str, Any],
+        record: RequestRecord,
         method: str,
         path: str,
         signature: str | None,
@@ -79,8 +80,8 @@ class ProvingBody:
 
     def _refuse(self, verdict: Rejection, close: bool) -> bytes:
         self._audit(verdict)
-        return raw_refusal(verdict, self.record["request_id"], close=close)
+        return raw_refusal(verdict, self.record.request_id, close=close)
 
     def _audit(self, verdict: Rejection) -> None:
-        self.record.update(decision="rejected", reason=verdict.reason)
+        self.record.refuse(verdict)
         audit_request(self.svc, self.record, self.method, self.path, verdict.status)

@@ -19,9 +19,9 @@ from receiver.app import build_app
 from receiver.clients import ClientResolver
 from receiver.committer import Committer
 from receiver.fastpath import FastPath
-from receiver.gate import audit_connection_refusal
 from receiver.protocol import bounded_protocol
 from receiver.ratelimit import RateLimiter
+from receiver.record import audit_connection_refusal
 from receiver.services import Services
 
 log = structlog.get_logger("edgehook.serve")

@@ -126,7 +126,7 @@ def test_the_verdicts_are_the_apps(workspace: Workspace) -> None:
     pending = fast("POST", "/webhook", headers, "127.0.0.1", scope, False)
     assert isinstance(pending, ProvingBody)
     assert pending.complete(body, False) is None
-    assert scope["edgehook"]["authenticated"] is True
+    assert scope["edgehook"].authenticated is True
     forged = fast("POST", "/webhook", headers, "127.0.0.1", {}, False)
     assert isinstance(forged, ProvingBody)
     answer = forged.complete(body + b" ", True)
