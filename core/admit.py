@@ -29,6 +29,8 @@ from core.rules import ARTIFACT_ACTIONS, Rule, match
 from core.store import Committed, Delivery
 
 Commit = Callable[[Delivery], Awaitable[Committed]]
+# An ignored event's reason as the webhook's answer and the watcher's row tell it.
+IGNORED_TEXT = {"produced_here": "produced here", "no_rule": "no rule matches"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from core.admit import Admission, Source, admit_now
+from core.admit import IGNORED_TEXT, Admission, Source, admit_now
 from core.config import Config
 from core.event import Event
 from core.store import WATCH_CLIENT, Committed, Delivery, commit_deliveries, open_store, transaction
@@ -38,8 +38,6 @@ from core.store import WATCH_CLIENT, Committed, Delivery, commit_deliveries, ope
 log = structlog.get_logger("edgehook.watch")
 Audit = Callable[..., None]  # (kind, **fields): a line in the watcher's audit chain
 JITTER = 0.1  # each wait is up to 10% longer, so a fleet's polls spread out
-# An ignored event's reason, as the watched row and the audit line tell it.
-IGNORED = {"produced_here": "produced here", "no_rule": "no rule matches"}
 
 
 @dataclass(frozen=True)
@@ -287,7 +285,7 @@ def _outcome(name: str, version: str, admitted: Admission) -> Outcome:
     if admitted.refusal is not None and rule is not None:  # a required argument
         return Outcome(name, "ignored", f"rule {rule.name}: {admitted.refusal.detail}", version)
     if admitted.outcome == "ignored":
-        return Outcome(name, "ignored", IGNORED[admitted.reason], version)
+        return Outcome(name, "ignored", IGNORED_TEXT[admitted.reason], version)
     if admitted.outcome == "duplicate":
         return Outcome(name, "duplicate", f"job {admitted.job_id} has it", version,
                        admitted.job_id)  # fmt: skip

@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from core.admit import Admission, Source, admit
+from core.admit import IGNORED_TEXT, Admission, Source, admit
 from core.errors import Rejection, StoreUnavailable
 from receiver.answers import answer, refusal
 from receiver.bodies import BODY_TIMEOUT, CLIENT_LEFT, read_capped
@@ -35,8 +35,6 @@ from receiver.screen import WEBHOOK_PATHS
 from receiver.services import Services
 
 RETRY_AFTER_STORE_S = 5
-# An ignored delivery's reason, as the answer tells it.
-IGNORED = {"produced_here": "produced here", "no_rule": "no rule matches"}
 
 
 def build_app(services: Services) -> Gate:
@@ -120,7 +118,7 @@ def _admitted(record: RequestRecord, admitted: Admission) -> Response:
     if admitted.outcome == "ignored":
         # Authentic, but nothing to do (no rule matches, or the device's own output).
         record.decide("ignored", admitted.reason)
-        return answer(200, {"status": "ignored", "reason": IGNORED[admitted.reason]})
+        return answer(200, {"status": "ignored", "reason": IGNORED_TEXT[admitted.reason]})
     record.job_id = admitted.job_id
     if admitted.outcome == "duplicate":
         record.decide("duplicate", "duplicate")
