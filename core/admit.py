@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from core.deliveries import delivery
@@ -44,16 +45,23 @@ class Source:
     canonical_sha256: str | None = None
 
 
+class Verdict(str, Enum):
+    QUEUED = "queued"  # a new job
+    DUPLICATE = "duplicate"  # an earlier job has it (the store's dedupe)
+    IGNORED = "ignored"  # produced here, or no rule matches
+    REFUSED = "refused"  # the rule's args do not validate, or no artifact to act on
+
+
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """What became of an event. `outcome`: queued, duplicate, ignored or refused; `reason`:
-    queued, duplicate, produced_here, no_rule, or the refusal's reason."""
+    """What became of an event, and why: `reason` is queued, duplicate, produced_here,
+    no_rule, or the refusal's reason."""
 
-    outcome: str
+    outcome: Verdict
     reason: str
     rule: Rule | None = None
     job_id: int | None = None
-    refusal: Rejection | None = None  # outcome "refused": the rule's args, or no artifact
+    refusal: Rejection | None = None  # REFUSED: the rule's args, or no artifact
 
 
 async def admit(
@@ -67,10 +75,10 @@ async def admit(
     """Admit `event` carrying `args` (the webhook's, or none from the watcher). Raises what
     `commit` raises (StoreUnavailable from the receiver's committer)."""
     if event.produced_by is not None and event.produced_by == device_id:
-        return Admission("ignored", "produced_here")
+        return Admission(Verdict.IGNORED, "produced_here")
     rule = match(rules, event)
     if rule is None:
-        return Admission("ignored", "no_rule")
+        return Admission(Verdict.IGNORED, "no_rule")
     try:
         validated = rule.validate_args(args)
         if rule.action in ARTIFACT_ACTIONS and event.version_string is None:
@@ -81,7 +89,7 @@ async def admit(
                 "artifact_version_string (or entity, project, collection and alias)",
             )
     except Rejection as exc:
-        return Admission("refused", exc.reason, rule, refusal=exc)
+        return Admission(Verdict.REFUSED, exc.reason, rule, refusal=exc)
     committed = await commit(
         delivery(
             event,
@@ -95,10 +103,10 @@ async def admit(
         )
     )
     if committed.produced_here:
-        return Admission("ignored", "produced_here", rule)
+        return Admission(Verdict.IGNORED, "produced_here", rule)
     if committed.duplicate:
-        return Admission("duplicate", "duplicate", rule, committed.job_id)
-    return Admission("queued", "queued", rule, committed.job_id)
+        return Admission(Verdict.DUPLICATE, "duplicate", rule, committed.job_id)
+    return Admission(Verdict.QUEUED, "queued", rule, committed.job_id)
 
 
 def admit_now(

@@ -30,7 +30,7 @@ from typing import Any
 
 import structlog
 
-from core.admit import IGNORED_TEXT, Admission, Source, admit_now
+from core.admit import IGNORED_TEXT, Admission, Source, Verdict, admit_now
 from core.config import Config
 from core.event import Event
 from core.store import WATCH_CLIENT, Committed, Delivery, commit_deliveries, open_store, transaction
@@ -284,9 +284,9 @@ def _outcome(name: str, version: str, admitted: Admission) -> Outcome:
     rule = admitted.rule
     if admitted.refusal is not None and rule is not None:  # a required argument
         return Outcome(name, "ignored", f"rule {rule.name}: {admitted.refusal.detail}", version)
-    if admitted.outcome == "ignored":
+    if admitted.outcome is Verdict.IGNORED:
         return Outcome(name, "ignored", IGNORED_TEXT[admitted.reason], version)
-    if admitted.outcome == "duplicate":
+    if admitted.outcome is Verdict.DUPLICATE:
         return Outcome(name, "duplicate", f"job {admitted.job_id} has it", version,
                        admitted.job_id)  # fmt: skip
     assert rule is not None  # queued by a rule

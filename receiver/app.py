@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from core.admit import IGNORED_TEXT, Admission, Source, admit
+from core.admit import IGNORED_TEXT, Admission, Source, Verdict, admit
 from core.errors import Rejection, StoreUnavailable
 from receiver.answers import answer, refusal
 from receiver.bodies import BODY_TIMEOUT, CLIENT_LEFT, read_capped
@@ -115,12 +115,12 @@ def _admitted(record: RequestRecord, admitted: Admission) -> Response:
         record.rule = admitted.rule.name
     if admitted.refusal is not None:
         return refusal(record.refuse(admitted.refusal))
-    if admitted.outcome == "ignored":
+    if admitted.outcome is Verdict.IGNORED:
         # Authentic, but nothing to do (no rule matches, or the device's own output).
         record.decide("ignored", admitted.reason)
         return answer(200, {"status": "ignored", "reason": IGNORED_TEXT[admitted.reason]})
     record.job_id = admitted.job_id
-    if admitted.outcome == "duplicate":
+    if admitted.outcome is Verdict.DUPLICATE:
         record.decide("duplicate", "duplicate")
         return answer(200, {"status": "duplicate", "job_id": admitted.job_id})
     record.decide("accepted", "queued")

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from core.admit import Admission, Source, admit, admit_now
+from core.admit import Admission, Source, Verdict, admit, admit_now
 from core.errors import StoreUnavailable
 from core.event import Event
 from core.rules import ArgSpec, Rule
@@ -57,7 +57,7 @@ def run(event: Event, store: Store, given: dict[str, object] | None = None) -> A
 def test_a_matching_event_is_committed_once_and_queued() -> None:
     store = Store()
     admitted = run(EVENT, store, {"lr": "0.01"})
-    assert admitted == Admission("queued", "queued", RETRAIN, 7)
+    assert admitted == Admission(Verdict.QUEUED, "queued", RETRAIN, 7)
     (item,) = store.given
     assert (item.rule, item.action, item.args_json) == ("retrain", "retrain", '{"lr": 0.01}')
     assert (item.request_id, item.client, item.received_at) == (
@@ -73,21 +73,25 @@ def test_a_matching_event_is_committed_once_and_queued() -> None:
 def test_the_device_s_own_output_is_ignored_before_any_rule_or_commit() -> None:
     store = Store()
     event = replace(EVENT, produced_by="edge-01")
-    assert run(event, store) == Admission("ignored", "produced_here")
+    assert run(event, store) == Admission(Verdict.IGNORED, "produced_here")
     assert store.given == []
 
 
 def test_no_rule_is_ignored_without_a_commit() -> None:
     store = Store()
     event = replace(EVENT, alias="production")
-    assert run(event, store) == Admission("ignored", "no_rule")
+    assert run(event, store) == Admission(Verdict.IGNORED, "no_rule")
     assert store.given == []
 
 
 def test_args_that_do_not_validate_are_refused_naming_the_rule_and_the_arg() -> None:
     store = Store()
     admitted = run(EVENT, store, {"lr": "fast"})
-    assert (admitted.outcome, admitted.reason, admitted.rule) == ("refused", "bad_arg", RETRAIN)
+    assert (admitted.outcome, admitted.reason, admitted.rule) == (
+        Verdict.REFUSED,
+        "bad_arg",
+        RETRAIN,
+    )
     assert admitted.refusal is not None and admitted.refusal.status == 422
     assert admitted.refusal.detail.startswith("argument 'lr' ")
     assert store.given == []
@@ -97,7 +101,11 @@ def test_a_required_arg_a_watched_event_cannot_carry_is_refused() -> None:
     store = Store()
     rule = replace(RETRAIN, args=(ArgSpec("epochs", "int", required=True),))
     admitted = admit_now((rule,), "edge-01", EVENT, {}, SOURCE, store)
-    assert (admitted.outcome, admitted.reason, admitted.rule) == ("refused", "missing_arg", rule)
+    assert (admitted.outcome, admitted.reason, admitted.rule) == (
+        Verdict.REFUSED,
+        "missing_arg",
+        rule,
+    )
     assert admitted.refusal is not None and admitted.refusal.status == 422
     assert admitted.refusal.detail == "argument 'epochs' is required"
     assert store.given == []
@@ -120,8 +128,8 @@ def test_an_artifact_action_without_a_version_string_is_refused() -> None:
 @pytest.mark.parametrize(
     ("committed", "expected"),
     [
-        (Committed(3, duplicate=True), Admission("duplicate", "duplicate", RETRAIN, 3)),
-        (Committed(None, produced_here=True), Admission("ignored", "produced_here", RETRAIN)),
+        (Committed(3, duplicate=True), Admission(Verdict.DUPLICATE, "duplicate", RETRAIN, 3)),
+        (Committed(None, produced_here=True), Admission(Verdict.IGNORED, "produced_here", RETRAIN)),
     ],
 )
 def test_the_store_s_verdict_is_interpreted(committed: Committed, expected: Admission) -> None:
@@ -141,5 +149,5 @@ def test_an_awaiting_commit_admits_the_same_way() -> None:
         return store(item)
 
     admitted = asyncio.run(admit((RETRAIN,), "edge-01", EVENT, {}, SOURCE, later))
-    assert admitted == Admission("queued", "queued", RETRAIN, 7)
+    assert admitted == Admission(Verdict.QUEUED, "queued", RETRAIN, 7)
     assert len(store.given) == 1
