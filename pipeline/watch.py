@@ -1,6 +1,6 @@
 """Pull mode: `edgehook watch` polls W&B for where each watched alias points and commits
 an event when it moves, through the same rules, argument defaults, loop guard, dedupe and
-coalescing as a webhook delivery (core/deliveries.py). For plans without webhooks, and
+coalescing as a webhook delivery (core/admit.py). For plans without webhooks, and
 devices without a tunnel; a fleet of devices watching one alias converges on it.
 
 Each poll resolves `entity/project/name:alias` with the real wandb SDK
