@@ -33,8 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_receiver import free_port, wait_http  # noqa: E402
 from benchmarks.deliveries import memory, percentile  # noqa: E402
+from benchmarks.floods import free_port, wait_http  # noqa: E402
 from edgehook.init import run_init  # noqa: E402
 from edgehook.template import sample_body  # noqa: E402
 from receiver.signatures import sign  # noqa: E402

@@ -7,6 +7,11 @@ deliveries at --signed-rate per second. Reports rejection throughput, signed-del
 latency (p50/p99/max) and outcome, the server's RSS, and audit bytes written. The peer gets
 an equivalent rule (bearer value + hex HMAC: it cannot check base64).
 
+Side by side, a stranger's forgeries (wrong token) and forgeries carrying a leaked access
+token (right token, wrong signature: body read and HMAC computed before the refusal), from
+one address, each at 1 and at 2 wrk threads (on 2 cores the load generator's share of the
+CPU moves the ratio), with signed deliveries during each (floods.py).
+
 Then, edgehook alone, genuine deliveries where they used to be lost: a burst of distinct
 deliveries from one address at 30/s (--burst of them), and deliveries while 1,000
 connections (idle sockets, slow heads, trickling bodies) are held open: every one must be
@@ -20,19 +25,15 @@ Needs wrk and webhook (Debian packages of those names; scripts/setup.sh installs
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import platform
 import re
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -42,35 +43,24 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.deliveries import (  # noqa: E402
-    FORGED_HEADERS,
-    LEGIT_CLIENT,
     Genuine,
+    SignedSender,
     bench_genuine,
     memory,
     percentile,
-    signed_request,
+)
+from benchmarks.floods import (  # noqa: E402
+    PEER_SECRET,
+    PEER_TOKEN,
+    free_port,
+    leaked_script,
+    machine,
+    run_wrk,
+    stranger_scripts,
+    wait_http,
+    write_peer_hooks,
 )
 from edgehook.init import run_init  # noqa: E402
-
-FORGED_BODY = '{"event_type":"ADD_ARTIFACT_ALIAS","alias":"retrain"}'
-
-ONE_ADDRESS_LUA = """
-wrk.method = "POST"
-wrk.body = '%(body)s'
-%(headers)s
-wrk.headers["X-Forwarded-For"] = "198.51.100.1"
-"""
-MANY_ADDRESSES_LUA = """
-local i = 0
-local headers = {}
-%(table_headers)s
-request = function()
-  i = i + 1
-  local n = i %% 10000
-  headers["X-Forwarded-For"] = "10.1." .. math.floor(n / 256) .. "." .. (n %% 256)
-  return wrk.format("POST", nil, headers, '%(body)s')
-end
-"""
 
 
 @dataclass
@@ -90,108 +80,55 @@ class Result:
     peak_rss_mb: float
     audit_bytes: int | None
     notes: list[str] = field(default_factory=list)
+    threads: int = 1  # wrk's
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@dataclass(frozen=True)
+class Target:
+    """One server under test, and how a genuine delivery to it is sent and counted."""
+
+    server: str
+    port: int
+    path: str
+    pid: int
+    token: str
+    secret: bytes
+    encode: str  # the signature's form: base64 (edgehook), hex (the peer)
+    ok_status: int
+    audit_dir: Path | None = None
+    store: Path | None = None
 
 
-def wait_http(port: int, path: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server on {port} exited early")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", path)
-            conn.getresponse().read()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"server on {port} did not answer")
-
-
-def run_wrk(url: str, script: str, duration: float, workdir: Path) -> tuple[float, int, int]:
-    lua = workdir / "flood.lua"
-    lua.write_text(script)
-    out = subprocess.run(
-        ["wrk", "-t1", "-c32", f"-d{max(1, round(duration))}s", "-s", str(lua), url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rate, total, int(non_2xx.group(1)) if non_2xx else 0
-
-
-def lua_scripts() -> dict[str, str]:
-    single = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in FORGED_HEADERS.items())
-    table = "\n".join(f'headers["{k}"] = "{v}"' for k, v in FORGED_HEADERS.items())
-    one = ONE_ADDRESS_LUA % {"body": FORGED_BODY, "headers": single}
-    return {
-        "one address": one,
-        "10,000 addresses": MANY_ADDRESSES_LUA % {"body": FORGED_BODY, "table_headers": table},
-        "the genuine address": one.replace("198.51.100.1", LEGIT_CLIENT),
-    }
-
-
-class SignedSender(threading.Thread):
-    """Signed deliveries from another address, one new connection each (as W&B would)."""
-
-    def __init__(
-        self, port: int, path: str, token: str, secret: bytes, rate: float, encode: str, tag: str
-    ) -> None:
-        super().__init__(daemon=True)
-        self.port, self.path, self.token, self.secret = port, path, token, secret
-        self.interval, self.encode, self.tag = 1.0 / rate, encode, tag
-        self.stop = threading.Event()
-        self.latencies: list[float] = []
-        self.statuses: list[int] = []
-        self.job_ids: list[int] = []
-
-    def run(self) -> None:
-        i = 0
-        while not self.stop.is_set():
-            i += 1
-            status, ms, job_id = signed_request(
-                self.port, self.path, self.token, self.secret, self.encode, f"bench{self.tag}{i}"
-            )
-            self.statuses.append(status)
-            self.latencies.append(ms)
-            if job_id is not None:
-                self.job_ids.append(job_id)
-            self.stop.wait(self.interval)
+# wrk threads for the side-by-side floods: on 2 cores the load generator's share of the
+# CPU changes the ratio, so both are reported.
+THREADS = (1, 2)
 
 
 def measure(
-    server: str,
+    target: Target,
     flood: str,
-    port: int,
-    path: str,
-    pid: int,
     script: str,
     args: argparse.Namespace,
-    token: str,
-    secret: bytes,
-    encode: str,
     workdir: Path,
-    audit_dir: Path | None,
-    store: Path | None,
-    ok_status: int,
+    threads: int = 1,
 ) -> Result:
+    audit_dir, store = target.audit_dir, target.store
     before = dir_bytes(audit_dir) if audit_dir else None
     sender = SignedSender(
-        port, path, token, secret, args.signed_rate, encode, tag=re.sub(r"\W", "", flood)
+        target.port,
+        target.path,
+        target.token,
+        target.secret,
+        args.signed_rate,
+        target.encode,
+        tag=re.sub(r"\W", "", f"{flood}{threads}"),
     )
     sender.start()
-    rate, total, non_2xx = run_wrk(f"http://127.0.0.1:{port}{path}", script, args.duration, workdir)
+    url = f"http://127.0.0.1:{target.port}{target.path}"
+    rate, total, non_2xx = run_wrk(url, script, args.duration, workdir, threads)
     sender.stop.set()
     sender.join()
-    rss, peak = memory(pid)
+    rss, peak = memory(target.pid)
     time.sleep(0.2)
     committed = None
     if store is not None:
@@ -199,13 +136,13 @@ def measure(
             found = {row[0] for row in conn.execute("SELECT id FROM jobs")}
         committed = sum(1 for job in sender.job_ids if job in found)
     return Result(
-        server=server,
+        server=target.server,
         flood=flood,
         rejections_per_s=round(rate, 1),
         flood_requests=total,
         flood_non_2xx=non_2xx,
         signed_sent=len(sender.statuses),
-        signed_ok=sum(1 for s in sender.statuses if s == ok_status),
+        signed_ok=sum(1 for s in sender.statuses if s == target.ok_status),
         signed_committed=committed,
         latency_p50_ms=round(statistics.median(sender.latencies), 2) if sender.latencies else 0,
         latency_p99_ms=round(percentile(sender.latencies, 0.99), 2),
@@ -213,14 +150,37 @@ def measure(
         rss_mb=round(rss, 1),
         peak_rss_mb=round(peak, 1),
         audit_bytes=(dir_bytes(audit_dir) - before) if audit_dir and before is not None else None,
+        threads=threads,
     )
+
+
+def flood_all(
+    target: Target, args: argparse.Namespace, workdir: Path
+) -> tuple[list[Result], list[Result]]:
+    """The stranger's three floods (1 wrk thread), then a stranger's and a leaked token's
+    forgeries from one address at each of THREADS."""
+    strangers = stranger_scripts()
+    floods = [measure(target, name, script, args, workdir) for name, script in strangers.items()]
+    side_by_side = {
+        "stranger's forgeries": strangers["one address"],
+        "leaked token": leaked_script(target.token, target.encode),
+    }
+    threads = [
+        measure(target, name, script, args, workdir, count)
+        for count in THREADS
+        for name, script in side_by_side.items()
+    ]
+    return floods, threads
 
 
 def dir_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
 
 
-def bench_edgehook(args: argparse.Namespace, workdir: Path) -> tuple[list[Result], list[Genuine]]:
+Ran = tuple[list[Result], list[Result], list[Genuine]]
+
+
+def bench_edgehook(args: argparse.Namespace, workdir: Path) -> Ran:
     home = workdir / "edgehook"
     run_init(home)
     config = home / "edgehook.toml"
@@ -241,66 +201,34 @@ def bench_edgehook(args: argparse.Namespace, workdir: Path) -> tuple[list[Result
         wait_http(port, "/healthz", proc)
         token = (home / "secrets" / "access_token").read_text().strip()
         secret = (home / "secrets" / "signing_secret").read_text().strip().encode()
-        results = [
-            measure(
-                "edgehook",
-                name,
-                port,
-                "/webhook",
-                proc.pid,
-                script,
-                args,
-                token,
-                secret,
-                "base64",
-                workdir,
-                home / "data" / "audit",
-                home / "data" / "edgehook.db",
-                202,
-            )
-            for name, script in lua_scripts().items()
-        ]
+        target = Target(
+            "edgehook",
+            port,
+            "/webhook",
+            proc.pid,
+            token,
+            secret,
+            "base64",
+            202,
+            home / "data" / "audit",
+            home / "data" / "edgehook.db",
+        )
+        results, threads = flood_all(target, args, workdir)
         genuine = bench_genuine(args, port, proc.pid, home, token, secret)
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         heavy = [name for name in ("torch", "wandb") if name in maps]
         results[-1].notes.append("imports torch/wandb: " + (", ".join(heavy) or "no"))
-        for result in results:
+        for result in results + threads:
             result.notes.append(f"{args.workers} receiver process(es), RSS of the largest")
-        return results, genuine
+        return results, threads, genuine
     finally:
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
 
 
-def bench_peer(args: argparse.Namespace, workdir: Path) -> list[Result]:
-    token, secret = "t" * 43, "s" * 43
-    hooks = [
-        {
-            "id": "wandb",
-            "execute-command": "/bin/true",
-            "trigger-rule-mismatch-http-response-code": 401,
-            "trigger-rule": {
-                "and": [
-                    {
-                        "match": {
-                            "type": "value",
-                            "value": f"Bearer {token}",
-                            "parameter": {"source": "header", "name": "Authorization"},
-                        }
-                    },
-                    {
-                        "match": {
-                            "type": "payload-hmac-sha256",
-                            "secret": secret,
-                            "parameter": {"source": "header", "name": "X-Wandb-Signature"},
-                        }
-                    },
-                ]
-            },
-        }
-    ]
-    (workdir / "hooks.json").write_text(json.dumps(hooks))
+def bench_peer(args: argparse.Namespace, workdir: Path) -> tuple[list[Result], list[Result]]:
+    write_peer_hooks(workdir / "hooks.json")
     port = free_port()
     log = (workdir / "webhook.log").open("wb")
     proc = subprocess.Popen(
@@ -310,51 +238,30 @@ def bench_peer(args: argparse.Namespace, workdir: Path) -> list[Result]:
     )
     try:
         wait_http(port, "/", proc)
-        return [
-            measure(
-                "adnanh/webhook",
-                name,
-                port,
-                "/hooks/wandb",
-                proc.pid,
-                script,
-                args,
-                token,
-                secret.encode(),
-                "hex",
-                workdir,
-                None,
-                None,
-                200,
-            )
-            for name, script in lua_scripts().items()
-        ]
+        target = Target(
+            "adnanh/webhook",
+            port,
+            "/hooks/wandb",
+            proc.pid,
+            PEER_TOKEN,
+            PEER_SECRET.encode(),
+            "hex",
+            200,
+        )
+        return flood_all(target, args, workdir)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
         log.close()
 
 
-def machine() -> dict[str, str]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    peer = subprocess.run(["webhook", "-version"], capture_output=True, text=True).stdout.strip()
-    return {
-        "cpu": cpu,
-        "cores": str(os.cpu_count()),
-        "python": platform.python_version(),
-        "kernel": platform.release(),
-        "peer": peer,
-    }
-
-
-def markdown(results: list[Result], genuine: list[Genuine], info: dict[str, str], when: str) -> str:
+def markdown(
+    results: list[Result],
+    threads: list[Result],
+    genuine: list[Genuine],
+    info: dict[str, str],
+    when: str,
+) -> str:
     lines = [
         f"# Receiver under a forged flood ({when})",
         "",
@@ -379,6 +286,26 @@ def markdown(results: list[Result], genuine: list[Genuine], info: dict[str, str]
         lines.append(
             f"- {ours.flood}: edgehook/webhook rejection throughput = "
             f"{ours.rejections_per_s / peer.rejections_per_s:.2f}x"
+        )
+    lines += [
+        "",
+        "## A stranger's forgeries and a leaked token's, at 1 and 2 wrk threads",
+        "",
+        "Right token, wrong signature: the body is read and its HMAC computed before the "
+        "refusal. Signed deliveries are edgehook's, sent during its flood.",
+        "",
+        "| wrk threads | flood | edgehook rejections/s | adnanh/webhook rejections/s "
+        "| edgehook/webhook | signed ok/sent | committed | p99 ms | max ms |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    half = len(threads) // 2
+    for ours, peer in zip(threads[:half], threads[half:], strict=True):
+        lines.append(
+            f"| {ours.threads} | {ours.flood} | {ours.rejections_per_s:,.0f} | "
+            f"{peer.rejections_per_s:,.0f} | "
+            f"**{ours.rejections_per_s / peer.rejections_per_s:.2f}x** | "
+            f"{ours.signed_ok}/{ours.signed_sent} | {ours.signed_committed} | "
+            f"{ours.latency_p99_ms} | {ours.latency_max_ms} |"
         )
     lines += [
         "",
@@ -421,11 +348,12 @@ def main() -> int:
         )
         return 2
     with tempfile.TemporaryDirectory(prefix="edgehook-bench-") as tmp:
-        ours, genuine = bench_edgehook(args, Path(tmp))
-        results = ours + bench_peer(args, Path(tmp))
+        ours, our_threads, genuine = bench_edgehook(args, Path(tmp))
+        peers, peer_threads = bench_peer(args, Path(tmp))
+    results, threads = ours + peers, our_threads + peer_threads
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     info = machine()
-    report = markdown(results, genuine, info, when)
+    report = markdown(results, threads, genuine, info, when)
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "receiver-smoke" if args.smoke else f"receiver-{when[:10]}"
@@ -436,6 +364,8 @@ def main() -> int:
                 "machine": info,
                 "duration_s": args.duration,
                 "results": [asdict(r) for r in results],
+                # a stranger's and a leaked token's forgeries at 1 and 2 wrk threads
+                "threads": [asdict(r) for r in threads],
                 "genuine": [asdict(g) for g in genuine],
             },
             indent=2,

@@ -13,6 +13,7 @@ import re
 import socket
 import sqlite3
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,34 @@ def signed_request(
     except OSError:
         status = 0
     return status, (time.perf_counter() - started) * 1000, job_id
+
+
+class SignedSender(threading.Thread):
+    """Signed deliveries from another address, one new connection each (as W&B would)."""
+
+    def __init__(
+        self, port: int, path: str, token: str, secret: bytes, rate: float, encode: str, tag: str
+    ) -> None:
+        super().__init__(daemon=True)
+        self.port, self.path, self.token, self.secret = port, path, token, secret
+        self.interval, self.encode, self.tag = 1.0 / rate, encode, tag
+        self.stop = threading.Event()
+        self.latencies: list[float] = []
+        self.statuses: list[int] = []
+        self.job_ids: list[int] = []
+
+    def run(self) -> None:
+        i = 0
+        while not self.stop.is_set():
+            i += 1
+            status, ms, job_id = signed_request(
+                self.port, self.path, self.token, self.secret, self.encode, f"bench{self.tag}{i}"
+            )
+            self.statuses.append(status)
+            self.latencies.append(ms)
+            if job_id is not None:
+                self.job_ids.append(job_id)
+            self.stop.wait(self.interval)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Pull mode: `edgehook watch` polls W&B for where each watched alias points and commits
 an event when it moves, through the same rules, argument defaults, loop guard, dedupe and
-coalescing as a webhook delivery (core/deliveries.py). For plans without webhooks, and
+coalescing as a webhook delivery (core/admit.py). For plans without webhooks, and
 devices without a tunnel; a fleet of devices watching one alias converges on it.
 
 Each poll resolves `entity/project/name:alias` with the real wandb SDK
@@ -30,12 +30,10 @@ from typing import Any
 
 import structlog
 
+from core.admit import IGNORED_TEXT, Admission, Source, Verdict, admit_now
 from core.config import Config
-from core.deliveries import delivery
-from core.errors import Rejection
 from core.event import Event
-from core.rules import match
-from core.store import WATCH_CLIENT, commit_deliveries, open_store, transaction
+from core.store import WATCH_CLIENT, Committed, Delivery, commit_deliveries, open_store, transaction
 
 log = structlog.get_logger("edgehook.watch")
 Audit = Callable[..., None]  # (kind, **fields): a line in the watcher's audit chain
@@ -245,38 +243,21 @@ class Watcher:
             artifact_id=f"wandb-artifact://_id/{found.artifact_id}",
             produced_by=found.produced_by,
         )
-        if found.produced_by is not None and found.produced_by == self.config.device_id:
-            return Outcome(name, "ignored", "produced here", version)
-        rule = match(self.config.rules, event)
-        if rule is None:
-            return Outcome(name, "ignored", "no rule matches", version)
-        try:
-            args = rule.validate_args({})
-        except Rejection as exc:  # a required argument: a watched event carries none
-            return Outcome(name, "ignored", f"rule {rule.name}: {exc.detail}", version)
         body = _event_bytes(event)
-        committed = commit_deliveries(
-            conn,
-            [
-                delivery(
-                    event,
-                    rule,
-                    args,
-                    received_at=self.clock(),
-                    request_id=f"watch-{uuid.uuid4().hex[:16]}",
-                    client=WATCH_CLIENT,
-                    body_sha256=hashlib.sha256(body).hexdigest(),
-                    canonical_sha256=None,
-                )
-            ],
-            self.config.duplicate_window_s,
-        )[0]
-        if committed.produced_here:
-            return Outcome(name, "ignored", "produced here", version)
-        if committed.duplicate:
-            return Outcome(name, "duplicate", f"job {committed.job_id} has it", version,
-                           committed.job_id)  # fmt: skip
-        return Outcome(name, "queued", f"rule {rule.name}", version, committed.job_id)
+        source = Source(
+            received_at=self.clock(),
+            request_id=f"watch-{uuid.uuid4().hex[:16]}",
+            client=WATCH_CLIENT,
+            body_sha256=hashlib.sha256(body).hexdigest(),
+        )
+        window = self.config.duplicate_window_s
+
+        def commit(item: Delivery) -> Committed:
+            return commit_deliveries(conn, [item], window)[0]
+
+        # A watched event carries no args: a rule that requires one is never satisfied.
+        admitted = admit_now(self.config.rules, self.config.device_id, event, {}, source, commit)
+        return _outcome(name, version, admitted)
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -296,6 +277,20 @@ class Watcher:
                 self.failed_polls += 1
             stop.wait(self.next_wait())
         self.flush_summary()
+
+
+def _outcome(name: str, version: str, admitted: Admission) -> Outcome:
+    """What the watcher records of an admission (its `watched` row and audit line)."""
+    rule = admitted.rule
+    if admitted.refusal is not None and rule is not None:  # a required argument
+        return Outcome(name, "ignored", f"rule {rule.name}: {admitted.refusal.detail}", version)
+    if admitted.outcome is Verdict.IGNORED:
+        return Outcome(name, "ignored", IGNORED_TEXT[admitted.reason], version)
+    if admitted.outcome is Verdict.DUPLICATE:
+        return Outcome(name, "duplicate", f"job {admitted.job_id} has it", version,
+                       admitted.job_id)  # fmt: skip
+    assert rule is not None  # queued by a rule
+    return Outcome(name, "queued", f"rule {rule.name}", version, admitted.job_id)
 
 
 def _exact(name: str, version: str) -> str:

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -25,16 +23,16 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from core.deliveries import delivery as make_delivery
+from core.admit import IGNORED_TEXT, Admission, Source, Verdict, admit
 from core.errors import Rejection, StoreUnavailable
-from core.rules import ARTIFACT_ACTIONS, match
 from receiver.answers import answer, refusal
-from receiver.bodies import read_capped
+from receiver.bodies import BODY_TIMEOUT, CLIENT_LEFT, read_capped
+from receiver.checks import prove
 from receiver.gate import INTERNAL_ERROR, Gate
 from receiver.payload import canonical_digest, normalise, parse_body
+from receiver.record import SCOPE_KEY, RequestRecord
 from receiver.screen import WEBHOOK_PATHS
 from receiver.services import Services
-from receiver.signatures import signature_valid
 
 RETRY_AFTER_STORE_S = 5
 
@@ -72,99 +70,81 @@ def build_app(services: Services) -> Gate:
 
 
 async def _webhook(svc: Services, request: Request) -> Response:
-    record: dict[str, Any] = request.scope["edgehook"]
+    record = _record(request)
     config = svc.config.server
     try:
         try:
             body = await asyncio.wait_for(
                 read_capped(request.stream(), config.max_body_bytes), config.body_timeout_s
             )
-        except asyncio.TimeoutError as exc:
-            raise Rejection(408, "body_timeout", "body not received in time") from exc
-        except ClientDisconnect as exc:
-            # Nobody is left to answer; the audit line records it (499, as nginx counts it).
-            raise Rejection(499, "client_disconnected", "client left mid-body") from exc
-        digest = hashlib.sha256(body).hexdigest()
-        record.update(body_sha256=digest, body_len=len(body))
-        signature = request.headers.get("x-wandb-signature")
-        if not signature_valid(body, signature, svc.secrets.signing_secrets):
-            svc.limiter.auth_failed(record["client"], svc.monotonic())
-            reason = "missing_signature" if signature is None else "bad_signature"
-            raise Rejection(401, reason, "unauthorized")
-        record["authenticated"] = True
-
+        except asyncio.TimeoutError:
+            return refusal(record.refuse(BODY_TIMEOUT))
+        except ClientDisconnect:
+            return refusal(record.refuse(CLIENT_LEFT))
+        if not record.authenticated:
+            # Proved already when the protocol's fast path read the body (fastpath.py).
+            unproven = prove(svc, record, body, request.headers.get("x-wandb-signature"))
+            if unproven is not None:
+                return refusal(record.refuse(unproven))
+        digest = record.body_sha256
+        assert digest is not None  # prove() recorded it
         data = parse_body(body, max_depth=config.max_json_depth)
         event = normalise(data)
-        record["event"] = event.summary()
-        if event.produced_by is not None and event.produced_by == svc.config.device_id:
-            return _ignored(record, "produced_here", "produced here")
-        rule = match(svc.config.rules, event)
-        if rule is None:
-            return _ignored(record, "no_rule", "no rule matches")
-        record["rule"] = rule.name
-        args = rule.validate_args(event.args)
-        if rule.action in ARTIFACT_ACTIONS and event.version_string is None:
-            raise Rejection(
-                422,
-                "missing_artifact",
-                f"rule '{rule.name}' needs "
-                "artifact_version_string (or entity, project, collection and alias)",
-            )
-        delivery = make_delivery(
-            event,
-            rule,
-            args,
-            received_at=record["received_at"],
-            request_id=record["request_id"],
-            client=record["client"],
-            body_sha256=digest,
-            canonical_sha256=canonical_digest(data),
+        record.event = event.summary()
+        source = Source(
+            record.received_at, record.request_id, record.client, digest, canonical_digest(data)
         )
-        committed = await svc.committer.commit(delivery)
+        admitted = await admit(
+            svc.config.rules, svc.config.device_id, event, event.args, source, svc.committer.commit
+        )
     except Rejection as exc:
-        return refusal(record, exc)
+        return refusal(record.refuse(exc))
     except StoreUnavailable:
+        record.decide("unavailable", "store_unavailable")
         return answer(
-            record,
             503,
-            "unavailable",
-            "store_unavailable",
             {"error": "store_unavailable", "detail": "try again later"},
             retry_after=RETRY_AFTER_STORE_S,
         )
-    if committed.produced_here:
-        return _ignored(record, "produced_here", "produced here")
-    record["job_id"] = committed.job_id
-    if committed.duplicate:
-        return answer(
-            record,
-            200,
-            "duplicate",
-            "duplicate",
-            {"status": "duplicate", "job_id": committed.job_id},
-        )
-    return answer(
-        record, 202, "accepted", "queued", {"status": "accepted", "job_id": committed.job_id}
-    )
+    return _admitted(record, admitted)
 
 
-def _ignored(record: dict[str, Any], reason: str, text: str) -> Response:
-    """200: authentic, but nothing to do (no rule matches, or the device's own output)."""
-    return answer(record, 200, "ignored", reason, {"status": "ignored", "reason": text})
+def _admitted(record: RequestRecord, admitted: Admission) -> Response:
+    """The answer to a delivery that proved itself and parsed (checks 8-10)."""
+    if admitted.rule is not None:
+        record.rule = admitted.rule.name
+    if admitted.refusal is not None:
+        return refusal(record.refuse(admitted.refusal))
+    if admitted.outcome is Verdict.IGNORED:
+        # Authentic, but nothing to do (no rule matches, or the device's own output).
+        record.decide("ignored", admitted.reason)
+        return answer(200, {"status": "ignored", "reason": IGNORED_TEXT[admitted.reason]})
+    record.job_id = admitted.job_id
+    if admitted.outcome is Verdict.DUPLICATE:
+        record.decide("duplicate", "duplicate")
+        return answer(200, {"status": "duplicate", "job_id": admitted.job_id})
+    record.decide("accepted", "queued")
+    return answer(202, {"status": "accepted", "job_id": admitted.job_id})
 
 
 async def healthz(request: Request) -> Response:
-    return answer(request.scope["edgehook"], 200, "health", "ok", {"status": "ok"})
+    _record(request).decide("health", "ok")
+    return answer(200, {"status": "ok"})
 
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return refusal(request.scope["edgehook"], Rejection(exc.status_code, reason, reason))
+    return refusal(_record(request).refuse(Rejection(exc.status_code, reason, reason)))
 
 
 async def _internal_error(request: Request, _exc: Exception) -> Response:
-    return refusal(request.scope["edgehook"], INTERNAL_ERROR, decision="error")
+    return refusal(_record(request).refuse(INTERNAL_ERROR, "error"))
+
+
+def _record(request: Request) -> RequestRecord:
+    record: RequestRecord = request.scope[SCOPE_KEY]
+    return record
 
 
 async def _tick_audit(svc: Services) -> None:

@@ -2,6 +2,8 @@
 
 The declared Content-Length is checked first (cheap refusal), then the bytes actually
 received are counted, so a lying Content-Length or a chunked body cannot get past the cap.
+The refusals are the same wherever the body is read: by the protocol's fast path
+(fastpath.py) or by the app.
 """
 
 from __future__ import annotations
@@ -10,6 +12,14 @@ from collections.abc import AsyncIterator
 
 from core.errors import Rejection
 
+BODY_TIMEOUT = Rejection(408, "body_timeout", "body not received in time")
+# Nobody is left to answer; the audit line records it (499, as nginx counts it).
+CLIENT_LEFT = Rejection(499, "client_disconnected", "client left mid-body")
+
+
+def too_large(limit: int) -> Rejection:
+    return Rejection(413, "too_large", f"body is larger than {limit} bytes")
+
 
 def check_declared_length(header: str | None, limit: int) -> None:
     if header is None:
@@ -17,7 +27,7 @@ def check_declared_length(header: str | None, limit: int) -> None:
     if not header.isdigit():
         raise Rejection(400, "bad_length", "Content-Length is not a number")
     if int(header) > limit:
-        raise Rejection(413, "too_large", f"body is larger than {limit} bytes")
+        raise too_large(limit)
 
 
 async def read_capped(chunks: AsyncIterator[bytes], limit: int) -> bytes:
@@ -25,5 +35,5 @@ async def read_capped(chunks: AsyncIterator[bytes], limit: int) -> bytes:
     async for chunk in chunks:
         body += chunk
         if len(body) > limit:
-            raise Rejection(413, "too_large", f"body is larger than {limit} bytes")
+            raise too_large(limit)
     return bytes(body)

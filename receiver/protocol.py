@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import urllib.parse
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -37,14 +37,34 @@ _OVER_CAPACITY = (
 )
 # (peer address, status, reason): one call per refused connection or request.
 OnRefused = Callable[[str, int, str], None]
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Pending(Protocol):
+    """A request whose body the protocol reads and has judged before any app sees it."""
+
+    max_bytes: int
+    timeout_s: float
+
+    def complete(self, body: bytes, close: bool) -> bytes | None:
+        """The whole answer refusing it, or None to hand it to the app, body and all."""
+
+    def too_large(self) -> bytes:
+        """The answer when the body passes `max_bytes` (the connection is closed)."""
+
+    def timed_out(self) -> bytes:
+        """The answer when the body took longer than `timeout_s` (the connection is closed)."""
+
+    def left(self) -> None:
+        """The client closed the connection before the body ended."""
+
+
 # (method, path, headers, peer, scope, close) -> the whole answer for a refused request
-# (saying `connection: close` when `close`), or None to hand the request to the app (the
-# hook may leave its verdict in the scope).
-Early = Callable[[str, str, list[tuple[bytes, bytes]], str, dict[str, Any], bool], bytes | None]
-
-
-class _HeadRefused(Exception):
-    """Raised from a parser callback to stop parsing a refused request."""
+# (saying `connection: close` when `close`), a Pending whose body decides, or None to hand
+# the request to the app (the hook may leave its verdict in the scope).
+Early = Callable[
+    [str, str, list[tuple[bytes, bytes]], str, dict[str, Any], bool], "bytes | Pending | None"
+]
 
 
 class Capacity:
@@ -88,6 +108,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._answered = False  # the fast path answered this request; its body is dropped
+        self._pending: Pending | None = None  # the fast path reads this request's body
+        self._body = bytearray()
+        self._body_timer: asyncio.TimerHandle | None = None
         if self.capacity.live >= self.capacity.max_connections:
             victim = self.capacity.victim()
             if victim is None:
@@ -99,21 +122,24 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._start_head(fresh=True)
 
     def on_headers_complete(self) -> None:
+        if self.transport.is_closing():
+            return  # refused already: the rest of what was read with it is dropped
         self._end_head()
         # The reads counted so far hold the head and maybe some body: measure the head
         # exactly only when those reads could have held an oversized one.
         if self._head_bytes > self.max_head_bytes and self._head_size() > self.max_head_bytes:
             self._refuse(_HEAD_TOO_LARGE, 431, "head_too_large")
-            raise _HeadRefused
+            return
         if self.early is not None and self._answer_early():
             return
         super().on_headers_complete()
 
     def _answer_early(self) -> bool:
         """The flood path: checks 1-4 on the head, and a refusal written here, without an
-        ASGI task, a scope's cycle or Starlette (about twice the refusals a core answers).
-        Only when no earlier request on this connection is still being answered, so
-        answers stay in order; an upgrade request goes the usual way."""
+        ASGI task, a scope's cycle or Starlette (about twice the refusals a core answers);
+        or, for a request the hook wants to judge by its body, that body read here first
+        (`Pending`). Only when no earlier request on this connection is still being
+        answered, so answers stay in order; an upgrade request goes the usual way."""
         if (self.cycle is not None and not self.cycle.response_complete) or (
             self.parser.should_upgrade()
         ):
@@ -130,6 +156,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         answer = early(method, path, self.headers, self._peer(), self.scope, close)
         if answer is None:
             return False
+        if not isinstance(answer, bytes):
+            self._await_body(answer)
+            return True
         self._answered = True
         self.transport.write(answer)
         if close:
@@ -142,15 +171,75 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._start_head(fresh=False)
         return True
 
+    def _await_body(self, pending: Pending) -> None:
+        self._pending = pending
+        self._body = bytearray()
+        if self.expect_100_continue:
+            # Asked for here, so the app, if it gets the request, does not ask again.
+            self.expect_100_continue = False
+            self.transport.write(_CONTINUE)
+        self._body_timer = asyncio.get_running_loop().call_later(
+            pending.timeout_s, self._body_timed_out
+        )
+
     def on_body(self, body: bytes) -> None:
+        if self.transport.is_closing():
+            return
+        if self._pending is not None:
+            self._body += body
+            if len(self._body) > self._pending.max_bytes:
+                self._close_with(self._take_pending().too_large())
+            return
         if not self._answered:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        if self.transport.is_closing():
+            return
+        if self._pending is not None:
+            self._judge_body()
+            return
         if not self._answered:
             super().on_message_complete()
             return
         self._answered = False  # the refused request's body is read and dropped: next one
+
+    def _judge_body(self) -> None:
+        """The whole body is in: refused here, or handed to the app as if just parsed."""
+        pending, body = self._take_pending(), bytes(self._body)
+        self._body = bytearray()
+        close = not self.parser.should_keep_alive()
+        answer = pending.complete(body, close)
+        if answer is None:
+            # Still inside the parser's callback, so its state is this request's.
+            super().on_headers_complete()
+            if body:
+                super().on_body(body)
+            super().on_message_complete()
+            return
+        if close:
+            self._close_with(answer)
+            return
+        self.transport.write(answer)
+        self._start_head(fresh=False)
+
+    def _take_pending(self) -> Pending:
+        pending = self._pending
+        assert pending is not None
+        self._pending = None
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        return pending
+
+    def _body_timed_out(self) -> None:
+        self._body_timer = None
+        if self._pending is not None and not self.transport.is_closing():
+            self._close_with(self._take_pending().timed_out())
+
+    def _close_with(self, answer: bytes) -> None:
+        self.transport.write(answer)
+        self.transport.close()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -159,6 +248,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end_head()
+        if self._pending is not None:
+            self._take_pending().left()
         if self._counted:
             self._counted = False
             self.capacity.live -= 1
@@ -169,10 +260,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             return  # refused already: the rest of what it sent is not parsed
         if self._in_head:
             self._head_bytes += len(data)
-        try:
-            super().data_received(data)
-        except _HeadRefused:
-            return
+        super().data_received(data)
         if self._in_head and self._head_bytes > self.max_head_bytes:
             self._refuse(_HEAD_TOO_LARGE, 431, "head_too_large")
 

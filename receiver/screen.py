@@ -13,6 +13,7 @@ verdict into an answer.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from core.errors import Rejection
 from receiver.auth import bearer_valid
@@ -21,6 +22,18 @@ from receiver.ratelimit import RateLimiter
 
 WEBHOOK_PATHS = ("/webhook", "/webhook/")
 _SINGLE = (b"authorization", b"x-wandb-signature")
+
+
+class Screened(NamedTuple):
+    """The head's verdict: a refusal, or on to the body. `proving`: POST /webhook with the
+    right token, whose body's signature decides (check 6); `signature` is its header."""
+
+    refusal: Rejection | None
+    proving: bool = False
+    signature: str | None = None
+
+
+_PASSED = Screened(None)
 
 
 def screen(
@@ -33,15 +46,15 @@ def screen(
     limiter: RateLimiter,
     tokens: tuple[bytes, ...],
     max_body_bytes: int,
-) -> tuple[Rejection | None, bool]:
-    """(the refusal or None, whether the bearer token was valid)."""
+) -> Screened:
     if path not in WEBHOOK_PATHS or method != "POST":
-        return _rate(limiter, client, now), False
+        limited = _rate(limiter, client, now)
+        return _PASSED if limited is None else Screened(limited)
     found: dict[bytes, bytes] = {}
     for name, value in headers:
         if name in _SINGLE and name in found:
             # Two credentials: proxies and frameworks disagree on which one counts.
-            return Rejection(400, "duplicate_header", f"{name.decode()} appears twice"), False
+            return Screened(Rejection(400, "duplicate_header", f"{name.decode()} appears twice"))
         found.setdefault(name, value)
     authorization = found.get(b"authorization")
     token_ok = bearer_valid(
@@ -50,19 +63,20 @@ def screen(
     if not token_ok:
         limited = _rate(limiter, client, now)
         if limited is not None:
-            return limited, False
+            return Screened(limited)
     content_type = found.get(b"content-type", b"").split(b";")[0].strip().lower()
     if content_type != b"application/json":
-        return Rejection(415, "bad_content_type", "Content-Type must be application/json"), token_ok
+        return Screened(Rejection(415, "bad_content_type", "Content-Type must be application/json"))
     length = found.get(b"content-length")
     try:
         check_declared_length(None if length is None else length.decode("latin-1"), max_body_bytes)
     except Rejection as exc:
-        return exc, token_ok
+        return Screened(exc)
     if not token_ok:
         limiter.auth_failed(client, now)
-        return Rejection(401, "bad_token", "unauthorized"), False
-    return None, True
+        return Screened(Rejection(401, "bad_token", "unauthorized"))
+    signature = found.get(b"x-wandb-signature")
+    return Screened(None, True, None if signature is None else signature.decode("latin-1"))
 
 
 def _rate(limiter: RateLimiter, client: str, now: float) -> Rejection | None:

@@ -6,7 +6,6 @@ import contextlib
 import resource
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
 
 import structlog
 import uvicorn
@@ -16,13 +15,13 @@ from core.config import Config, is_loopback
 from core.credentials import load_audit_key, load_secrets
 from core.errors import ConfigError
 from core.store import open_store
-from receiver.answers import raw_refusal
 from receiver.app import build_app
 from receiver.clients import ClientResolver
 from receiver.committer import Committer
-from receiver.gate import audit_connection_refusal, early_verdict
+from receiver.fastpath import FastPath
 from receiver.protocol import bounded_protocol
 from receiver.ratelimit import RateLimiter
+from receiver.record import audit_connection_refusal
 from receiver.services import Services
 
 log = structlog.get_logger("edgehook.serve")
@@ -84,20 +83,6 @@ def uvicorn_config(services: Services, host: str, port: int) -> uvicorn.Config:
     def refused(peer: str, status: int, reason: str) -> None:
         audit_connection_refusal(services, peer, status, reason)
 
-    def early(
-        method: str,
-        path: str,
-        headers: list[tuple[bytes, bytes]],
-        peer: str,
-        scope: dict[str, Any],
-        close: bool,
-    ) -> bytes | None:
-        record, verdict = early_verdict(services, method, path, headers, peer)
-        if verdict is None:
-            scope["edgehook"] = record  # the Gate takes it from here, screened
-            return None
-        return raw_refusal(verdict, record["request_id"], close=close)
-
     return uvicorn.Config(
         build_app(services),
         host=host,
@@ -114,7 +99,7 @@ def uvicorn_config(services: Services, host: str, port: int) -> uvicorn.Config:
             server.header_timeout_s,
             max_connections=connection_capacity(server.max_connections),
             on_refused=refused,
-            early=early,
+            early=FastPath(services),
         ),
         limit_concurrency=None,
         timeout_keep_alive=5,

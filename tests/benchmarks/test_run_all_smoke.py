@@ -49,6 +49,18 @@ def test_all_benchmarks_in_smoke_mode_write_one_report(tmp_path: Path) -> None:
         assert result["signed_ok"] == result["signed_sent"] == result["signed_committed"]
         assert result["flood_non_2xx"] == result["flood_requests"] > 0  # no forgery got 2xx
     assert "imports torch/wandb: no" in ours[-1]["notes"]
+    # A stranger's and a leaked token's forgeries, at 1 and 2 wrk threads, on both servers.
+    sides = report["receiver"]["threads"]
+    assert [(r["server"], r["threads"], r["flood"]) for r in sides[:4]] == [
+        ("edgehook", threads, flood)
+        for threads in (1, 2)
+        for flood in ("stranger's forgeries", "leaked token")
+    ]
+    assert [r["server"] for r in sides[4:]] == ["adnanh/webhook"] * 4
+    for result in sides:
+        assert result["flood_non_2xx"] == result["flood_requests"] > 0  # every forgery refused
+    for result in sides[:4]:
+        assert result["signed_ok"] == result["signed_sent"] == result["signed_committed"] >= 1
     # Genuine deliveries where they used to be lost: every one answered 202 and committed.
     for genuine in report["receiver"]["genuine"]:
         assert genuine["accepted"] == genuine["committed"] == genuine["sent"] > 0, genuine

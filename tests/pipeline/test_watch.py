@@ -296,3 +296,25 @@ def test_a_webhook_client_is_unaffected_by_the_dedupe_key(
     first = webhook(workspace, fake, config, clock)
     second = webhook(workspace, fake, config, clock, author="someone")
     assert (first.status_code, second.status_code) == (202, 202)
+
+
+@pytest.mark.parametrize(
+    ("rule", "detail"),
+    [
+        (RULE.replace('alias = "production"', 'alias = "staging"'), "no rule matches"),
+        (
+            RULE + '[rules.args]\nepochs = { type = "int", required = true }\n',
+            "rule fetch: argument 'epochs' is required",
+        ),
+    ],
+    ids=["no-rule", "required-arg"],
+)
+def test_an_event_no_rule_can_take_is_ignored_and_queues_nothing(
+    workspace: Workspace, fake: FakeWandb, clock: Clock, rule: str, detail: str
+) -> None:
+    config = watching(workspace, rule=rule)
+    watch, lines = watcher(config, clock)
+    (outcome,) = watch.poll()
+    assert (outcome.outcome, outcome.detail, outcome.job_id) == ("ignored", detail, None)
+    assert jobs(config) == []
+    assert lines.lines[-1][1]["outcome"] == "ignored" and lines.lines[-1][1]["detail"] == detail

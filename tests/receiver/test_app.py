@@ -285,7 +285,7 @@ def test_internal_error_is_a_plain_500_and_audited(
     def explode(*_args: object) -> None:
         raise RuntimeError("boom: internal detail")
 
-    monkeypatch.setattr("receiver.app.match", explode)
+    monkeypatch.setattr("core.admit.match", explode)
     client, services = make_client(workspace.config(), clock)
     with client:
         reply = client.post(URL, content=BODY, headers=signed(workspace, BODY))
