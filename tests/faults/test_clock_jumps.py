@@ -83,7 +83,7 @@ def test_a_clock_step_mid_job_neither_requeues_nor_times_out_nor_runs_it_twice(
             (written,) = db.execute(
                 "SELECT updated_at FROM jobs WHERE id = ?", (job_id,)
             ).fetchone()
-        unstepped = written - step_s
+        unstepped = float(written) - step_s
         return abs(unstepped - time.time()) < 2.0 and unstepped >= stepped_at + 2.5
 
     stepper = threading.Thread(target=step)

@@ -213,8 +213,8 @@ def test_when_every_place_holds_a_request_a_new_connection_gets_503_and_an_audit
             sock = socket.create_connection(("127.0.0.1", port_of(server)), timeout=5)
             sock.sendall(head)
             busy.append(sock)
-        for sock in busy:  # every place taken: the receiver has read each head
-            wait_for(lambda sock=sock: read_by_receiver(sock), timeout=10, what="for the heads")
+        # every place taken: the receiver has read each head
+        wait_for(lambda: all(map(read_by_receiver, busy)), timeout=10, what="for the heads")
         sock = socket.create_connection(("127.0.0.1", port_of(server)), timeout=5)
         answer = sock.recv(4096)
         sock.close()
