@@ -2,9 +2,9 @@
 frozen typed objects. Every error names the key, the problem and the fix.
 
 Each setting is declared once, in core/sections.py, with its type, default, bounds and one
-line of documentation (core/settings.py reads them; README's table is made from them). What a
-declaration cannot say (a default computed from another setting, a value checked against
-the system) is checked after the section is read, in `_checks`.
+line of documentation (core/settings.py reads them; the table in docs/configuration.md is made
+from them). What a declaration cannot say (a default computed from another setting, a value
+checked against the system) is checked after the section is read, in `_checks`.
 
 Lookup: `--config PATH`, else $EDGEHOOK_CONFIG, else ./edgehook.toml if present, else the
 embedded defaults. Relative paths in the file are relative to the file's directory.
@@ -119,7 +119,7 @@ class Config:
 
 
 def settings_markdown() -> str:
-    """README's configuration table (tests/core/test_settings.py keeps README in step)."""
+    """docs/configuration.md's settings table (tests/core/test_settings.py keeps it in step)."""
     return markdown_table(SECTIONS)
 
 

@@ -1,5 +1,6 @@
 """The config's sections: every setting declared once, with its type, default, bounds and
-one line of documentation (core/settings.py turns these into the loader and README's table).
+one line of documentation (core/settings.py turns these into the loader and the settings table
+of docs/configuration.md).
 core/config.py assembles them into the Config and checks what a declaration cannot say.
 """
 
@@ -59,9 +60,9 @@ class ServerConfig:
     )
     workers: int = setting(
         1,
-        "receiver processes sharing one listening socket; 2 or more on a multi-core device "
-        "answer a forged flood about twice as fast (each keeps its own rate budgets and "
-        "audit chain, `audit/receiver-N`)",
+        "receiver processes, each listening on the port with its own socket (SO_REUSEPORT); "
+        "2 or more on a multi-core device answer a forged flood about twice as fast (each "
+        "keeps its own rate budgets and audit chain, `audit/receiver-N`)",
         minimum=1,
         maximum=16,
     )
@@ -369,7 +370,7 @@ class WatchConfig:
     )
 
 
-# The config's tables, in README's order: (TOML table, its settings).
+# The config's tables, in the settings table's order: (TOML table, its settings).
 SECTIONS: list[tuple[str, type[Any]]] = [
     ("", General),
     ("server", ServerConfig),

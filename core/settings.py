@@ -1,5 +1,5 @@
 """Settings declared once: each config field carries its default, bounds, choices and one line
-of documentation (`setting(...)`), and the loader (`read_section`), README's configuration
+of documentation (`setting(...)`), and the loader (`read_section`), docs/configuration.md's
 table (`markdown_table`) and the starter file's check (tests/core/test_settings.py) all
 come from that declaration.
 
@@ -28,7 +28,7 @@ def setting(
     choices: tuple[str, ...] | None = None,
     shown: str | None = None,
 ) -> Any:
-    """A config field: its default, bounds or choices, and the line README shows for it
+    """A config field: its default, bounds or choices, and the line the settings table shows for it
     (`shown` replaces the default in that table, for defaults computed at load time)."""
     meta = {"doc": doc, "min": minimum, "max": maximum, "choices": choices, "shown": shown}
     return dataclasses.field(default=default, metadata=meta)
@@ -81,7 +81,7 @@ def declared(cls: type[Any]) -> Iterator[dataclasses.Field[Any]]:
 
 
 def markdown_table(sections: list[tuple[str, type[Any]]]) -> str:
-    """README's configuration table: one row per setting, in declaration order."""
+    """docs/configuration.md's table: one row per setting, in declaration order."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     for prefix, cls in sections:
         for f in declared(cls):

@@ -12,7 +12,7 @@ from edgehook.template import template_text
 
 STARTER_CONFIG = """\
 # edgehook configuration. Every key is optional; shown are the defaults or starter values.
-# Reference: README.md ("Configuration").
+# Reference: docs/configuration.md.
 data_dir = "data"
 
 [server]

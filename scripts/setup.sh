@@ -10,12 +10,14 @@ EXTRAS=${EXTRAS:-dev,pipeline,tunnel}
 
 # curl and openssl: end-to-end tests; wrk and webhook (adnanh/webhook): the benchmark smoke test;
 # docker-compose (validates deploy/compose.yaml without an engine) and systemd-analyze (from
-# the systemd package: verifies deploy/systemd): the packaging tests. chromium: the console's
-# browser tests (Playwright drives Debian's build; it cannot download its own here).
+# the systemd package: verifies deploy/systemd): the packaging tests; unshare (util-linux):
+# the disk-full fault test's user and mount namespace. chromium: the console's browser tests
+# (Playwright drives Debian's build; it cannot download its own here).
 missing=()
-for tool in curl openssl wrk webhook docker-compose systemd-analyze chromium; do
+for tool in curl openssl wrk webhook docker-compose systemd-analyze unshare chromium; do
   package=$tool
   [ "$tool" = systemd-analyze ] && package=systemd
+  [ "$tool" = unshare ] && package=util-linux
   command -v "$tool" >/dev/null || missing+=("$package")
 done
 if ((${#missing[@]})); then

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +146,17 @@ def run_edgehook(
     )
 
 
+def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    """Poll an observable state (a row, a file, a process) until it holds; fail after timeout.
+
+    Tests synchronise on this, never on a fixed sleep: a sleep is either too short on a
+    loaded machine or too long everywhere else."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting {what}"
+        time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -192,3 +203,15 @@ def stop_server(server: Server) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """A skipped test proved nothing: say so in red at the end, beside -rs's reasons."""
+    skipped = len(terminalreporter.stats.get("skipped", []))
+    if skipped:
+        terminalreporter.write_line(
+            f"edgehook: {skipped} test(s) SKIPPED: this run did not prove everything (reasons "
+            "above; scripts/setup.sh installs every tool the suite needs)",
+            red=True,
+            bold=True,
+        )

@@ -14,6 +14,8 @@ import pytest
 
 pytest.importorskip("torch")
 
+pytestmark = pytest.mark.slow  # every benchmark in smoke mode: minutes
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -1,6 +1,6 @@
 """core/settings.py and core/sections.py: each setting declared once, and everything that
-shows a setting agrees with its declaration (the loader, README's table, the starter file
-`edgehook init` writes)."""
+shows a setting agrees with its declaration (the loader, docs/configuration.md's table, the
+starter file `edgehook init` writes)."""
 
 from __future__ import annotations
 
@@ -33,11 +33,13 @@ STARTER_VALUES = {
 }
 
 
-def test_readme_table_is_the_declarations() -> None:
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index("<!-- settings:")
-    block = readme[readme.index("\n", start) + 1 : readme.index("<!-- /settings -->")]
-    assert block == settings_markdown(), "README is stale: paste core.config.settings_markdown()"
+def test_the_configuration_doc_table_is_the_declarations() -> None:
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    start = doc.index("<!-- settings:")
+    block = doc[doc.index("\n", start) + 1 : doc.index("<!-- /settings -->")]
+    assert block == settings_markdown(), (
+        "docs/configuration.md is stale: paste core.config.settings_markdown()"
+    )
 
 
 def test_every_section_field_is_declared_with_a_doc() -> None:

@@ -25,6 +25,8 @@ from tests.conftest import (
     stop_server,
 )
 
+pytestmark = pytest.mark.slow  # fake tunnel providers started for real
+
 FAKES = ROOT / "tests" / "fakes" / "bin"
 
 

@@ -16,6 +16,8 @@ from edgehook.template import RECOMMENDED_TEMPLATE
 from tests.conftest import Workspace, run_edgehook
 from tests.fakes.wandb_server import FakeWandb
 
+pytestmark = pytest.mark.slow  # each test starts the wandb SDK in a fresh process
+
 URL = "https://edge.example.com/webhook"
 RETRAIN_FILTER = {"$or": [{"$and": [{"alias": {"$eq": "retrain"}}]}]}
 

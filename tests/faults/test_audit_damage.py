@@ -27,6 +27,8 @@ from tests.conftest import (
     stop_server,
 )
 
+pytestmark = pytest.mark.slow  # a running receiver damaged several ways
+
 
 @pytest.fixture
 def server(workspace: Workspace) -> Iterator[Server]:

@@ -5,6 +5,8 @@ worker's own intervals, timeouts and deadlines are monotonic."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ from core.store import open_store
 from edgehook.template import sample_body
 from pipeline.queue import SqliteQueue
 from pipeline.worker import Worker
-from tests.conftest import Clock, Workspace, make_client, signed
+from tests.conftest import Clock, Workspace, make_client, signed, wait_for
 from tests.pipeline.conftest import add_rules, attempts, command_rule, enqueue, job, python_command
 
 
@@ -36,11 +38,14 @@ def test_a_clock_step_mid_job_neither_requeues_nor_times_out_nor_runs_it_twice(
 ) -> None:
     runs = tmp_path / "runs"
     runs.mkdir()
+    # The child says it has started, then works until the test tells it to finish.
     argv = python_command(
         tmp_path,
         f"""
-        import time
-        time.sleep(2.0)
+        import os, time
+        open("{runs}/started", "w").close()
+        while not os.path.exists("{runs}/finish"):
+            time.sleep(0.02)
         with open("{runs}/done", "a") as f:
             f.write("x")
         """,
@@ -57,17 +62,35 @@ def test_a_clock_step_mid_job_neither_requeues_nor_times_out_nor_runs_it_twice(
     clock = SteppedClock()
     worker = Worker(config, SqliteQueue(conn), audit, {}, None, clock=clock)
 
+    failures: list[AssertionError] = []
+
     def step() -> None:
-        deadline = time.monotonic() + 10
-        while not worker.running and time.monotonic() < deadline:
-            time.sleep(0.02)
-        time.sleep(0.5)
-        clock.offset = step_s
+        try:
+            wait_for(lambda: (runs / "started").exists(), timeout=30, what="for the child")
+            stepped_at = time.time()
+            clock.offset = step_s
+            # The worker has lived on the stepped clock through several heartbeats and
+            # reaps (each 1 s) once the store holds a lease write made under the stepped
+            # clock at least 2.5 s after the step.
+            wait_for(lambda: lived_stepped(stepped_at), timeout=30, what="for stepped heartbeats")
+        except AssertionError as exc:
+            failures.append(exc)
+        finally:
+            (runs / "finish").touch()
+
+    def lived_stepped(stepped_at: float) -> bool:
+        with contextlib.closing(sqlite3.connect(config.store_path)) as db:
+            (written,) = db.execute(
+                "SELECT updated_at FROM jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        unstepped = float(written) - step_s
+        return abs(unstepped - time.time()) < 2.0 and unstepped >= stepped_at + 2.5
 
     stepper = threading.Thread(target=step)
     stepper.start()
     worker.run(once=True)
     stepper.join()
+    assert failures == []
     audit.close()
     conn.close()
     row = job(config, job_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -20,7 +21,15 @@ import pytest
 
 from core.auditread import records
 from edgehook.template import sample_body
-from tests.conftest import Server, Workspace, free_port, signed, start_server, stop_server
+from tests.conftest import (
+    Server,
+    Workspace,
+    free_port,
+    signed,
+    start_server,
+    stop_server,
+    wait_for,
+)
 
 
 def serve_with(workspace: Workspace, server_settings: str) -> Server:
@@ -76,6 +85,28 @@ def refusals(workspace: Workspace) -> Counter[str]:
     return counted
 
 
+def read_by_receiver(sock: socket.socket) -> bool:
+    """Whether the receiver has read everything this client sent: nothing waits in either
+    end of the loopback connection (/proc/net/tcp), so the request is in the receiver's hands."""
+    ours, theirs = _proc_address(sock.getsockname()), _proc_address(sock.getpeername())
+    queued = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (fields[1], fields[2]) == (ours, theirs):
+            queued["sending"] = int(fields[4].split(":")[0], 16)
+        elif (fields[1], fields[2]) == (theirs, ours):
+            queued["unread"] = int(fields[4].split(":")[1], 16)
+    assert len(queued) == 2, f"the connection is not in /proc/net/tcp: {queued}"
+    return queued == {"sending": 0, "unread": 0}
+
+
+def _proc_address(address: tuple[str, int]) -> str:
+    """An IPv4 address as /proc/net/tcp writes it: the address bytes as a host-order
+    integer, then the port, both in hex."""
+    host, port = address
+    return f"{int.from_bytes(socket.inet_aton(host), sys.byteorder):08X}:{port:04X}"
+
+
 def trickle_head(token: str) -> bytes:
     """A complete head announcing 900 bytes of body, and the body's first byte."""
     return (
@@ -107,16 +138,22 @@ def test_a_trickled_body_gets_408(workspace: Workspace, server: Server) -> None:
     sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body[:5])
     started = time.monotonic()
     answer = b""
+    sock.settimeout(1.0)  # one byte a second at most: far slower than body_timeout_s
     try:
-        for byte in body[5:40]:  # one byte a second: far slower than body_timeout_s
+        for byte in body[5:40]:
             sock.sendall(bytes([byte]))
-            time.sleep(1.0)
-            if time.monotonic() - started > 6:
+            try:  # between bytes, wait for the receiver's answer rather than a fixed pause
+                answer = sock.recv(4096)
                 break
+            except TimeoutError:
+                if time.monotonic() - started > 6:
+                    break
     except OSError:
         pass  # the receiver hung up on us
-    with contextlib.suppress(OSError):
-        answer = sock.recv(4096)
+    if not answer:
+        sock.settimeout(2.0)
+        with contextlib.suppress(OSError):
+            answer = sock.recv(4096)
     sock.close()
     assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
     assert time.monotonic() - started < 8
@@ -176,7 +213,8 @@ def test_when_every_place_holds_a_request_a_new_connection_gets_503_and_an_audit
             sock = socket.create_connection(("127.0.0.1", port_of(server)), timeout=5)
             sock.sendall(head)
             busy.append(sock)
-        time.sleep(0.3)
+        # every place taken: the receiver has read each head
+        wait_for(lambda: all(map(read_by_receiver, busy)), timeout=10, what="for the heads")
         sock = socket.create_connection(("127.0.0.1", port_of(server)), timeout=5)
         answer = sock.recv(4096)
         sock.close()
@@ -212,7 +250,7 @@ def test_a_client_that_leaves_mid_body_is_client_disconnected_without_a_tracebac
 ) -> None:
     sock = socket.create_connection(("127.0.0.1", port_of(server)), timeout=5)
     sock.sendall(trickle_head(workspace.access_token))
-    time.sleep(0.3)
+    wait_for(lambda: read_by_receiver(sock), timeout=10, what="for the head to be read")
     sock.close()
     assert deliver(workspace, server, "after-the-leaver")[0] == 202
     stop_server(server)

@@ -26,9 +26,10 @@ from edgehook.template import sample_body
 from tests.conftest import Workspace, free_port, signed
 
 
-def namespaces_work() -> bool:
+def namespaces_missing() -> str:
+    """Why this machine cannot run the test ("" when it can)."""
     if shutil.which("unshare") is None:
-        return False
+        return "unshare is missing (util-linux; scripts/setup.sh installs it)"
     probe = subprocess.run(
         [
             "unshare",
@@ -41,12 +42,16 @@ def namespaces_work() -> bool:
         ],
         capture_output=True,
     )
-    return probe.returncode == 0
+    if probe.returncode != 0:
+        return (
+            "unprivileged user and mount namespaces are not allowed here (a container without "
+            "them, or kernel.apparmor_restrict_unprivileged_userns=1)"
+        )
+    return ""
 
 
-pytestmark = pytest.mark.skipif(
-    not namespaces_work(), reason="unprivileged user and mount namespaces are not allowed here"
-)
+CANNOT = namespaces_missing()
+pytestmark = pytest.mark.skipif(bool(CANNOT), reason=CANNOT)
 
 
 def post(port: int, workspace: Workspace, tag: str) -> tuple[int, dict[str, object], str]:

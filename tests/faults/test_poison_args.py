@@ -13,6 +13,8 @@ from tests.conftest import Workspace
 from tests.pipeline.conftest import add_rules, command_rule, enqueue, job, log_text, python_command
 from tests.pipeline.test_worker import RunWorker
 
+pytestmark = pytest.mark.slow  # real worker processes and jobs
+
 
 @pytest.mark.parametrize(
     ("value", "reason"),

@@ -5,8 +5,10 @@ registered model, one logged run), and the child of the dead worker died with it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +34,8 @@ from tests.pipeline.conftest import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # real retrain jobs killed and finished again: minutes
+
 EVENT = {"entity": "team", "project": "proj", "collection": "shapes", "alias": "retrain"}
 ARGS = {"epochs": 6, "lr": 0.05, "batch_size": 16, "seed": 0}
 WORKER = "lease_s = 2\nheartbeat_s = 0.5\n"
@@ -55,6 +59,29 @@ def log_of(config: Config, job_id: int, attempt: int = 1) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
 
 
+def job_children(workspace: Workspace) -> list[str]:
+    """This test's job children: other suites on the machine run pipeline.runjob too, so
+    only the children working in this workspace's job directories count."""
+    found = []
+    for line in processes_with("pipeline.runjob"):
+        try:
+            cwd = Path(f"/proc/{line.split()[0]}/cwd").resolve(strict=True)
+        except OSError:
+            continue  # gone meanwhile, or not ours to look at
+        if cwd.is_relative_to(workspace.dir.resolve()):
+            found.append(line)
+    return found
+
+
+def lease_expires(config: Config) -> float:
+    """When the last lease held by a running job runs out (0 when no job holds one)."""
+    with contextlib.closing(sqlite3.connect(config.store_path)) as db:
+        (expires,) = db.execute(
+            "SELECT MAX(lease_expires) FROM jobs WHERE state = 'running'"
+        ).fetchone()
+    return float(expires or 0.0)
+
+
 def kill_then_recover(
     workspace: Workspace,
     env: dict[str, str],
@@ -68,8 +95,9 @@ def kill_then_recover(
         worker.send_signal(signal.SIGKILL)
         worker.wait()
     # the job's child dies with its worker (parent-death signal), before the lease expires
-    wait_for(lambda: not processes_with("pipeline.runjob"), timeout=10)
-    time.sleep(2.5)  # past the lease
+    wait_for(lambda: not job_children(workspace), timeout=10)
+    expires = lease_expires(workspace.config())
+    wait_for(lambda: time.time() > expires, timeout=10)  # the dead worker's lease has run out
     again = edgehook(workspace, "worker", "--once", env=env)
     assert again.wait(timeout=240) == 0
 

@@ -16,6 +16,8 @@ pytest.importorskip("atheris")
 
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.slow  # coverage-guided fuzzing for a fixed time
+
 SECONDS = int(os.environ.get("EDGEHOOK_ATHERIS_SECONDS", "15"))
 
 

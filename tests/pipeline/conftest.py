@@ -9,7 +9,7 @@ import sys
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from core.store import Delivery, open_store
 from pipeline.queue import SqliteQueue
 from pipeline.worker import Worker
 from tests.conftest import Workspace
+from tests.conftest import wait_for as wait_for  # moved to tests/conftest; still importable here
 
 SCRIPT = """\
 import json, os, sys, time
@@ -162,10 +163,3 @@ def edgehook(
             stderr=subprocess.STDOUT,
             env=None if env is None else {**os.environ, **env},
         )
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)

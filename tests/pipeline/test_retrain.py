@@ -18,6 +18,8 @@ from pipeline.training import synthetic
 from tests.conftest import Workspace, run_edgehook
 from tests.pipeline.conftest import add_rules, enqueue, job, log_text
 
+pytestmark = pytest.mark.slow  # real training jobs
+
 
 def local_dataset(root: Path, version: str, seed: int) -> None:
     x, y, classes = synthetic.make(per_class=40, size=16, seed=seed)

@@ -15,6 +15,8 @@ from tests.conftest import Workspace
 from tests.fakes.wandb_server import FakeWandb
 from tests.pipeline.conftest import add_rules, attempts, enqueue, job, log_text
 
+pytestmark = pytest.mark.slow  # the wandb SDK against a slow or failing server, and training
+
 EVENT = {"entity": "team", "project": "proj", "collection": "data", "alias": "retrain"}
 
 

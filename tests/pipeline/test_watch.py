@@ -26,6 +26,8 @@ from tests.conftest import Clock, Workspace, make_client, make_workspace, run_ed
 from tests.fakes.wandb_server import FakeWandb
 from tests.pipeline.conftest import add_rules, job, log_text
 
+pytestmark = pytest.mark.slow  # the wandb SDK against the W&B fake
+
 WATCHED = "team/proj/ds:production"
 RULE = """
 [[rules]]

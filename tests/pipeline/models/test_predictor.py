@@ -36,6 +36,8 @@ from pipeline.training.datasets import read_dataset
 from pipeline.training.train import TrainConfig, train
 from tests.conftest import Workspace, free_port, make_workspace, run_edgehook
 
+pytestmark = pytest.mark.slow  # trains the models it serves
+
 
 @dataclass(frozen=True)
 class Digits:

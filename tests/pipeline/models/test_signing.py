@@ -24,6 +24,8 @@ from pipeline.training.train import TrainConfig, train
 from tests.conftest import Workspace, run_edgehook
 from tests.pipeline.conftest import add_rules, enqueue, job, log_text
 
+pytestmark = pytest.mark.slow  # trains the models it signs
+
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

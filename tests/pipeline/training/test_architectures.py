@@ -36,6 +36,7 @@ def key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return path, signing.generate(path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", TORCHVISION)
 def test_each_family_round_trips_as_signed_int8(
     arch: str, photos: Path, key: tuple[Path, str], tmp_path: Path

@@ -400,6 +400,7 @@ def test_evaluating_on_held_out_data_changes_nothing(trained: Trained) -> None:
     assert all(torch.equal(state[k], after[k]) for k in state)
 
 
+@pytest.mark.slow
 def test_int8_keeps_the_qat_accuracy_on_a_hard_set(tmp_path: Path) -> None:
     """Low contrast, heavy noise: where quantized logits cost 14 points (0.74 vs 0.88)."""
     synthetic.write_npz(
