@@ -8,10 +8,12 @@ deliveries into one transaction (committer.py) to keep that affordable on eMMC/S
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
 from core.errors import StoreUnavailable
@@ -108,6 +110,20 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
 )
+
+
+class JobState(str, Enum):
+    """A job's states: the `state` column's whole vocabulary (the queue moves jobs between them)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"
+
+
+QUEUED = JobState.QUEUED.value
 WATCH_CLIENT = "watch"  # the `client` of events the watcher commits
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -159,6 +175,20 @@ def open_store(path: Path, *, busy_timeout_s: float = 2.0) -> sqlite3.Connection
     except (sqlite3.Error, OSError) as exc:
         raise StoreUnavailable(f"cannot open the store at {path}: {exc}") from exc
     return conn
+
+
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that can neither create the file nor write (`edgehook doctor`)."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def schema_version(path: Path) -> int:
+    """The schema version of an existing store, read without migrating it."""
+    try:
+        with contextlib.closing(open_read_only(path)) as conn:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"{path} cannot be read: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -217,40 +247,29 @@ def commit_deliveries(
             if row is not None:
                 results.append(Committed(job_id=int(row[0]), duplicate=True))
                 continue
-            event_id = conn.execute(
-                "INSERT INTO events (received_at, request_id, client, body_sha256, event_type, "
-                "version_string, event_json, canonical_sha256, dedupe_key) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    d.received_at,
-                    d.request_id,
-                    d.client,
-                    d.body_sha256,
-                    d.event_type,
-                    d.version_string,
-                    d.event_json,
-                    d.canonical_sha256,
-                    d.dedupe_key,
-                ),
-            ).lastrowid
-            job_id = conn.execute(
-                "INSERT INTO jobs (event_id, rule, action, args_json, created_at, updated_at, "
-                "run_after, coalesce_key, max_attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event_id,
-                    d.rule,
-                    d.action,
-                    d.args_json,
-                    d.received_at,
-                    d.received_at,
-                    d.received_at,
-                    d.coalesce_key,
-                    d.max_attempts,
-                ),
-            ).lastrowid
-            assert job_id is not None
+            job_id = insert_delivery(conn, d)
             results.append(Committed(job_id=job_id, duplicate=False))
     return results
+
+
+def insert_delivery(conn: sqlite3.Connection, d: Delivery) -> int:
+    """Insert an event and its queued job; the one place that writes either table's rows
+    (the caller holds the transaction). Returns the job's id."""
+    event_id = conn.execute(
+        "INSERT INTO events (received_at, request_id, client, body_sha256, event_type, "
+        "version_string, event_json, canonical_sha256, dedupe_key) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        (d.received_at, d.request_id, d.client, d.body_sha256, d.event_type, d.version_string,
+         d.event_json, d.canonical_sha256, d.dedupe_key),
+    ).fetchone()[0]  # fmt: skip
+    job_id = conn.execute(
+        "INSERT INTO jobs (event_id, rule, action, args_json, state, created_at, updated_at, "
+        "run_after, coalesce_key, max_attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "RETURNING id",
+        (event_id, d.rule, d.action, d.args_json, QUEUED, d.received_at, d.received_at,
+         d.received_at, d.coalesce_key, d.max_attempts),
+    ).fetchone()[0]  # fmt: skip
+    return int(job_id)
 
 
 # Driven from the digest index, then jobs by event: both indexed, whatever the store's size.

@@ -6,6 +6,7 @@ imported only for their own checks (this is a command, not the receiver process)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sqlite3
@@ -14,8 +15,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import watched
 from core.config import Config, is_loopback
-from core.errors import EdgehookError
+from core.errors import EdgehookError, StoreUnavailable
+from core.store import SCHEMA_VERSION, open_read_only, schema_version
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 SEVERITY = {PASS: 0, WARN: 1, FAIL: 2}
@@ -124,17 +127,14 @@ def _data_dir(config: Config) -> Iterator[Finding]:
 
 
 def _store(config: Config) -> Iterator[Finding]:
-    from core.store import SCHEMA_VERSION
-
     path = config.store_path
     if not path.exists():
         yield Finding(WARN, "store", f"{path} does not exist yet (created by the first serve)")
         return
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    except sqlite3.Error as exc:
-        yield Finding(FAIL, "store", f"{path} cannot be read: {exc}")
+        version = schema_version(path)
+    except StoreUnavailable as exc:
+        yield Finding(FAIL, "store", str(exc))
         return
     if version == SCHEMA_VERSION:
         yield Finding(PASS, "store", f"schema version {version} (current)")
@@ -166,10 +166,9 @@ def _watch(config: Config) -> Iterator[Finding]:
 
     rows: dict[str, dict[str, object]] = {}
     if config.store_path.exists():
-        with sqlite3.connect(f"file:{config.store_path}?mode=ro", uri=True) as conn:
-            conn.row_factory = sqlite3.Row
+        with contextlib.closing(open_read_only(config.store_path)) as conn:
             try:
-                rows = {r["artifact"]: dict(r) for r in conn.execute("SELECT * FROM watched")}
+                rows = watched.all_rows(conn)
             except sqlite3.OperationalError:  # a store from before pull mode: no table yet
                 rows = {}
     for name in config.watch.artifacts:

@@ -1,7 +1,9 @@
 """The job queue: one documented contract, implemented over the SQLite store.
 
 Contract (every implementation, and the contract tests in tests/pipeline/test_queue.py):
-  enqueue(delivery, window_s)      commit an event and its job (the receiver's side)
+  enqueue(delivery, window_s)      commit one event and its job (the receiver's committer
+                                   commits batches through core.store.commit_deliveries,
+                                   the same code; tests, tools and benchmarks use this)
   claim(worker, lease_s, now)      the oldest runnable job, leased to `worker`; queued jobs
                                    with the same coalesce key collapse into the newest first
                                    (the rest become `superseded`, never lost)
@@ -22,11 +24,14 @@ import json
 import sqlite3
 from typing import Any
 
-from core.store import Committed, Delivery, commit_deliveries, transaction
+from core.store import Committed, Delivery, commit_deliveries, insert_delivery, transaction
 from pipeline.records import AttemptRow, Job, JobRow, JobState
 
 __all__ = ["AttemptRow", "Job", "JobRow", "JobState", "SqliteQueue"]
 
+
+QUEUED, RUNNING = JobState.QUEUED.value, JobState.RUNNING.value
+CANCELLED, SUPERSEDED = JobState.CANCELLED.value, JobState.SUPERSEDED.value
 
 _ROW = (
     "SELECT jobs.id, state, rule, action, attempts, max_attempts, created_at, updated_at, "
@@ -42,6 +47,8 @@ class SqliteQueue:
     # -- the receiver's side -----------------------------------------------------------------
 
     def enqueue(self, delivery: Delivery, window_s: float) -> Committed:
+        """Commit one delivery and its job, or find its duplicate: `commit_deliveries` for a
+        batch of one (the receiver's committer calls that directly with its batches)."""
         return commit_deliveries(self.conn, [delivery], window_s)[0]
 
     def enqueue_followup(
@@ -55,29 +62,30 @@ class SqliteQueue:
         max_attempts: int,
     ) -> int:
         """A job the worker queues itself (publishing a model after a retrain)."""
+        followup = Delivery(
+            received_at=now,
+            request_id=f"job:{parent}",
+            client="worker",
+            body_sha256=f"followup:{parent}:{action}",
+            event_type="EDGEHOOK_FOLLOWUP",
+            version_string=None,
+            event_json=json.dumps(event),
+            rule=rule,
+            action=action,
+            args_json=json.dumps(args),
+            max_attempts=max_attempts,
+        )
         with transaction(self.conn) as conn:
-            event_id = conn.execute(
-                "INSERT INTO events (received_at, request_id, client, body_sha256, event_type, "
-                "version_string, event_json) VALUES (?, ?, 'worker', ?, 'EDGEHOOK_FOLLOWUP', "
-                "NULL, ?)",
-                (now, f"job:{parent}", f"followup:{parent}:{action}", json.dumps(event)),
-            ).lastrowid
-            job_id = conn.execute(
-                "INSERT INTO jobs (event_id, rule, action, args_json, created_at, updated_at, "
-                "run_after, max_attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (event_id, rule, action, json.dumps(args), now, now, now, max_attempts),
-            ).lastrowid
-        assert job_id is not None
-        return int(job_id)
+            return insert_delivery(conn, followup)
 
     # -- the worker's side -------------------------------------------------------------------
 
     def claim(self, worker: str, lease_s: float, now: float) -> Job | None:
         with transaction(self.conn) as conn:
             row = conn.execute(
-                "SELECT id, coalesce_key FROM jobs WHERE state = 'queued' AND run_after <= ? "
+                "SELECT id, coalesce_key FROM jobs WHERE state = ? AND run_after <= ? "
                 "ORDER BY id LIMIT 1",
-                (now,),
+                (QUEUED, now),
             ).fetchone()
             if row is None:
                 return None
@@ -85,21 +93,21 @@ class SqliteQueue:
             if key is not None:
                 newest = int(
                     conn.execute(
-                        "SELECT max(id) FROM jobs WHERE state = 'queued' AND coalesce_key = ?",
-                        (key,),
+                        "SELECT max(id) FROM jobs WHERE state = ? AND coalesce_key = ?",
+                        (QUEUED, key),
                     ).fetchone()[0]
                 )
+                reason = f"superseded by job {newest}"
                 conn.execute(
-                    "UPDATE jobs SET state = 'superseded', superseded_by = ?, finished_at = ?, "
-                    "updated_at = ?, reason = ? WHERE state = 'queued' AND coalesce_key = ? "
-                    "AND id < ?",
-                    (newest, now, now, f"superseded by job {newest}", key, newest),
+                    "UPDATE jobs SET state = ?, superseded_by = ?, finished_at = ?, "
+                    "updated_at = ?, reason = ? WHERE state = ? AND coalesce_key = ? AND id < ?",
+                    (SUPERSEDED, newest, now, now, reason, QUEUED, key, newest),
                 )
                 job_id = newest
             conn.execute(
-                "UPDATE jobs SET state = 'running', lease_owner = ?, lease_expires = ?, "
+                "UPDATE jobs SET state = ?, lease_owner = ?, lease_expires = ?, "
                 "attempts = attempts + 1, updated_at = ? WHERE id = ?",
-                (worker, now + lease_s, now, job_id),
+                (RUNNING, worker, now + lease_s, now, job_id),
             )
             job = conn.execute(
                 "SELECT jobs.id, rule, action, args_json, event_json, attempts, max_attempts, "
@@ -131,8 +139,8 @@ class SqliteQueue:
         with transaction(self.conn) as conn:
             changed = conn.execute(
                 "UPDATE jobs SET lease_expires = ?, updated_at = ? WHERE id = ? AND "
-                "lease_owner = ? AND state = 'running'",
-                (now + lease_s, now, job_id, worker),
+                "lease_owner = ? AND state = ?",
+                (now + lease_s, now, job_id, worker, RUNNING),
             ).rowcount
         return changed == 1
 
@@ -173,19 +181,15 @@ class SqliteQueue:
         with transaction(self.conn) as conn:
             row = conn.execute(
                 "SELECT attempts, max_attempts, cancel_requested FROM jobs WHERE id = ? AND "
-                "lease_owner = ? AND state = 'running'",
-                (job_id, worker),
+                "lease_owner = ? AND state = ?",
+                (job_id, worker, RUNNING),
             ).fetchone()
             if row is None:
                 return None
             attempts, max_attempts, cancel = int(row[0]), int(row[1]), bool(row[2])
             if transient and attempts < max_attempts and not cancel:
                 self._end_attempt(conn, job_id, now, "retry", reason, exit_code)
-                conn.execute(
-                    "UPDATE jobs SET state = 'queued', run_after = ?, lease_owner = NULL, "
-                    "lease_expires = NULL, updated_at = ?, reason = ? WHERE id = ?",
-                    (now + retry_delay_s, now, reason, job_id),
-                )
+                self._requeue(conn, job_id, now + retry_delay_s, now, reason)
                 return JobState.QUEUED
             state = JobState.CANCELLED if cancel else JobState.FAILED
             self._finish(conn, job_id, worker, now, state, reason, exit_code)
@@ -198,10 +202,10 @@ class SqliteQueue:
     def release(self, job_id: int, worker: str, now: float) -> bool:
         with transaction(self.conn) as conn:
             changed = conn.execute(
-                "UPDATE jobs SET state = 'queued', run_after = ?, lease_owner = NULL, "
+                "UPDATE jobs SET state = ?, run_after = ?, lease_owner = NULL, "
                 "lease_expires = NULL, attempts = attempts - 1, updated_at = ? WHERE id = ? "
-                "AND lease_owner = ? AND state = 'running'",
-                (now, now, job_id, worker),
+                "AND lease_owner = ? AND state = ?",
+                (QUEUED, now, now, job_id, worker, RUNNING),
             ).rowcount
             if changed:
                 self._end_attempt(conn, job_id, now, "handed back", "worker shut down", None)
@@ -213,8 +217,8 @@ class SqliteQueue:
         with transaction(self.conn) as conn:
             rows = conn.execute(
                 "SELECT id, attempts, max_attempts, cancel_requested FROM jobs "
-                "WHERE state = 'running' AND lease_expires < ?",
-                (now,),
+                "WHERE state = ? AND lease_expires < ?",
+                (RUNNING, now),
             ).fetchall()
             for job_id, attempts, max_attempts, cancel in rows:
                 reason = "lease expired: its worker died or stalled"
@@ -228,11 +232,7 @@ class SqliteQueue:
                     )
                 else:
                     state = JobState.QUEUED
-                    conn.execute(
-                        "UPDATE jobs SET state = 'queued', run_after = ?, lease_owner = NULL, "
-                        "lease_expires = NULL, updated_at = ?, reason = ? WHERE id = ?",
-                        (now, now, reason, job_id),
-                    )
+                    self._requeue(conn, job_id, now, now, reason)
                 out.append((int(job_id), state))
         return out
 
@@ -247,9 +247,9 @@ class SqliteQueue:
             state = JobState(row[0])
             if state == JobState.QUEUED:
                 conn.execute(
-                    "UPDATE jobs SET state = 'cancelled', finished_at = ?, updated_at = ?, "
+                    "UPDATE jobs SET state = ?, finished_at = ?, updated_at = ?, "
                     "reason = 'cancelled by operator' WHERE id = ?",
-                    (now, now, job_id),
+                    (CANCELLED, now, now, job_id),
                 )
                 return JobState.CANCELLED
             if state == JobState.RUNNING:
@@ -275,10 +275,10 @@ class SqliteQueue:
             if state not in (JobState.FAILED, JobState.CANCELLED, JobState.SUPERSEDED):
                 return state
             conn.execute(
-                "UPDATE jobs SET state = 'queued', run_after = ?, attempts = 0, "
+                "UPDATE jobs SET state = ?, run_after = ?, attempts = 0, "
                 "cancel_requested = 0, finished_at = NULL, reason = NULL, superseded_by = NULL, "
                 "coalesce_key = NULL, updated_at = ? WHERE id = ?",
-                (now, now, job_id),
+                (QUEUED, now, now, job_id),
             )
             return JobState.QUEUED
 
@@ -305,7 +305,7 @@ class SqliteQueue:
         """Cheap poll: is there anything to claim?"""
         return (
             self.conn.execute(
-                "SELECT 1 FROM jobs WHERE state = 'queued' AND run_after <= ? LIMIT 1", (now,)
+                "SELECT 1 FROM jobs WHERE state = ? AND run_after <= ? LIMIT 1", (QUEUED, now)
             ).fetchone()
             is not None
         )
@@ -326,12 +326,22 @@ class SqliteQueue:
         changed = conn.execute(
             "UPDATE jobs SET state = ?, finished_at = ?, updated_at = ?, reason = ?, "
             "summary = coalesce(?, summary), lease_owner = NULL, lease_expires = NULL "
-            "WHERE id = ? AND lease_owner = ? AND state = 'running'",
-            (state.value, now, now, reason, summary, job_id, worker),
+            "WHERE id = ? AND lease_owner = ? AND state = ?",
+            (state.value, now, now, reason, summary, job_id, worker, RUNNING),
         ).rowcount
         if changed:
             self._end_attempt(conn, job_id, now, state.value, reason, exit_code)
         return changed == 1
+
+    @staticmethod
+    def _requeue(
+        conn: sqlite3.Connection, job_id: int, run_after: float, now: float, reason: str
+    ) -> None:
+        conn.execute(
+            "UPDATE jobs SET state = ?, run_after = ?, lease_owner = NULL, lease_expires = NULL, "
+            "updated_at = ?, reason = ? WHERE id = ?",
+            (QUEUED, run_after, now, reason, job_id),
+        )
 
     @staticmethod
     def _end_attempt(
