@@ -3,30 +3,29 @@ reader and writer (the watcher writes, `edgehook doctor` reads)."""
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
-from core.store import transaction
+from core.store import Connection, transaction
 
 
-def row(conn: sqlite3.Connection, artifact: str) -> dict[str, Any] | None:
+def row(conn: Connection, artifact: str) -> dict[str, Any] | None:
     """The alias's row as a column -> value dict, or None before its first poll."""
     cursor = conn.execute("SELECT * FROM watched WHERE artifact = ?", (artifact,))
     found = cursor.fetchone()
     if found is None:
         return None
-    return dict(zip([c[0] for c in cursor.description], found, strict=True))
+    return dict(zip([c[0] for c in cursor.description or ()], found, strict=True))
 
 
-def all_rows(conn: sqlite3.Connection) -> dict[str, dict[str, Any]]:
+def all_rows(conn: Connection) -> dict[str, dict[str, Any]]:
     """Every alias's row by artifact name."""
     cursor = conn.execute("SELECT * FROM watched")
-    names = [c[0] for c in cursor.description]
+    names = [c[0] for c in cursor.description or ()]
     return {r[0]: dict(zip(names, r, strict=True)) for r in cursor.fetchall()}
 
 
 def acted(
-    conn: sqlite3.Connection,
+    conn: Connection,
     artifact: str,
     *,
     artifact_id: str,
@@ -49,7 +48,7 @@ def acted(
         )
 
 
-def polled_ok(conn: sqlite3.Connection, artifact: str, now: float) -> None:
+def polled_ok(conn: Connection, artifact: str, now: float) -> None:
     """A good poll that found the alias where it was."""
     with transaction(conn):
         conn.execute(
@@ -59,7 +58,7 @@ def polled_ok(conn: sqlite3.Connection, artifact: str, now: float) -> None:
         )
 
 
-def poll_failed(conn: sqlite3.Connection, artifact: str, error: str, now: float) -> None:
+def poll_failed(conn: Connection, artifact: str, error: str, now: float) -> None:
     """A failed poll: the error kept, failures counted."""
     with transaction(conn):
         conn.execute(

@@ -24,7 +24,14 @@ import json
 import sqlite3
 from typing import Any
 
-from core.store import Committed, Delivery, commit_deliveries, insert_delivery, transaction
+from core.store import (
+    Committed,
+    Connection,
+    Delivery,
+    commit_deliveries,
+    insert_delivery,
+    transaction,
+)
 from pipeline.records import AttemptRow, Job, JobRow, JobState
 
 __all__ = ["AttemptRow", "Job", "JobRow", "JobState", "SqliteQueue"]
@@ -32,6 +39,9 @@ __all__ = ["AttemptRow", "Job", "JobRow", "JobState", "SqliteQueue"]
 
 QUEUED, RUNNING = JobState.QUEUED.value, JobState.RUNNING.value
 CANCELLED, SUPERSEDED = JobState.CANCELLED.value, JobState.SUPERSEDED.value
+
+_NOTHING = -1
+_CLAIM_TRIES = 3
 
 _ROW = (
     "SELECT jobs.id, state, rule, action, attempts, max_attempts, created_at, updated_at, "
@@ -41,7 +51,7 @@ _ROW = (
 
 
 class SqliteQueue:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     # -- the receiver's side -----------------------------------------------------------------
@@ -81,53 +91,69 @@ class SqliteQueue:
     # -- the worker's side -------------------------------------------------------------------
 
     def claim(self, worker: str, lease_s: float, now: float) -> Job | None:
-        with transaction(self.conn) as conn:
-            row = conn.execute(
-                "SELECT id, coalesce_key FROM jobs WHERE state = ? AND run_after <= ? "
-                "ORDER BY id LIMIT 1",
-                (QUEUED, now),
-            ).fetchone()
-            if row is None:
-                return None
-            job_id, key = int(row[0]), row[1]
-            if key is not None:
-                newest = int(
-                    conn.execute(
-                        "SELECT max(id) FROM jobs WHERE state = ? AND coalesce_key = ?",
-                        (QUEUED, key),
-                    ).fetchone()[0]
-                )
-                reason = f"superseded by job {newest}"
+        for _ in range(_CLAIM_TRIES):
+            with transaction(self.conn) as conn:
+                job_id = self._pick(conn, now)
+                if job_id is None:
+                    continue  # another worker is collapsing that key: try again
+                if job_id == _NOTHING:
+                    return None
                 conn.execute(
-                    "UPDATE jobs SET state = ?, superseded_by = ?, finished_at = ?, "
-                    "updated_at = ?, reason = ? WHERE state = ? AND coalesce_key = ? AND id < ?",
-                    (SUPERSEDED, newest, now, now, reason, QUEUED, key, newest),
+                    "UPDATE jobs SET state = ?, lease_owner = ?, lease_expires = ?, "
+                    "attempts = attempts + 1, updated_at = ? WHERE id = ?",
+                    (RUNNING, worker, now + lease_s, now, job_id),
                 )
-                job_id = newest
+                job = conn.execute(
+                    "SELECT jobs.id, rule, action, args_json, event_json, attempts, "
+                    "max_attempts, created_at FROM jobs JOIN events ON events.id = jobs.event_id "
+                    "WHERE jobs.id = ?",
+                    (job_id,),
+                ).fetchone()
+                conn.execute(
+                    "INSERT INTO attempts (job_id, number, worker, started_at) VALUES (?, ?, ?, ?)",
+                    (job_id, job[5], worker, now),
+                )
+                return _job(job)
+        return None
+
+    def _pick(self, conn: Connection, now: float) -> int | None:
+        """The job to claim (_NOTHING: none runnable; None: try again), with the older queued
+        jobs of its coalesce key superseded. On PostgreSQL the oldest runnable row is locked
+        with SKIP LOCKED, so workers on other hosts take the next one instead of waiting; a
+        coalesce key is collapsed under a transaction advisory lock, taken without waiting
+        (a waiting claimer would hold a row the lock's holder must supersede: a deadlock)."""
+        postgres = not isinstance(conn, sqlite3.Connection)
+        row = conn.execute(
+            "SELECT id, coalesce_key FROM jobs WHERE state = ? AND run_after <= ? "  # noqa: S608
+            "ORDER BY id LIMIT 1" + (" FOR UPDATE SKIP LOCKED" if postgres else ""),
+            (QUEUED, now),
+        ).fetchone()
+        if row is None:
+            return _NOTHING
+        job_id, key = int(row[0]), row[1]
+        if key is None:
+            return job_id
+        if postgres:
+            locked = conn.execute("SELECT pg_try_advisory_xact_lock(hashtext(?))", (key,))
+            if not locked.fetchone()[0]:
+                return None
+            # every queued row of the key, locked (a claimer holding one briefly lets it go)
             conn.execute(
-                "UPDATE jobs SET state = ?, lease_owner = ?, lease_expires = ?, "
-                "attempts = attempts + 1, updated_at = ? WHERE id = ?",
-                (RUNNING, worker, now + lease_s, now, job_id),
+                "SELECT id FROM jobs WHERE state = ? AND coalesce_key = ? FOR UPDATE",
+                (QUEUED, key),
             )
-            job = conn.execute(
-                "SELECT jobs.id, rule, action, args_json, event_json, attempts, max_attempts, "
-                "created_at FROM jobs JOIN events ON events.id = jobs.event_id WHERE jobs.id = ?",
-                (job_id,),
-            ).fetchone()
+        newest = int(
             conn.execute(
-                "INSERT INTO attempts (job_id, number, worker, started_at) VALUES (?, ?, ?, ?)",
-                (job_id, job[5], worker, now),
-            )
-        return Job(
-            id=int(job[0]),
-            rule=job[1],
-            action=job[2],
-            args=json.loads(job[3]),
-            event=json.loads(job[4]),
-            attempt=int(job[5]),
-            max_attempts=int(job[6]),
-            created_at=float(job[7]),
+                "SELECT max(id) FROM jobs WHERE state = ? AND coalesce_key = ?", (QUEUED, key)
+            ).fetchone()[0]
         )
+        reason = f"superseded by job {newest}"
+        conn.execute(
+            "UPDATE jobs SET state = ?, superseded_by = ?, finished_at = ?, "
+            "updated_at = ?, reason = ? WHERE state = ? AND coalesce_key = ? AND id < ?",
+            (SUPERSEDED, newest, now, now, reason, QUEUED, key, newest),
+        )
+        return newest
 
     def superseded_by(self, job_id: int) -> list[int]:
         rows = self.conn.execute(
@@ -180,8 +206,8 @@ class SqliteQueue:
         """The job's new state, or None if this worker no longer held it."""
         with transaction(self.conn) as conn:
             row = conn.execute(
-                "SELECT attempts, max_attempts, cancel_requested FROM jobs WHERE id = ? AND "
-                "lease_owner = ? AND state = ?",
+                "SELECT attempts, max_attempts, cancel_requested FROM jobs WHERE id = ? AND "  # noqa: S608
+                "lease_owner = ? AND state = ?" + _for_update(conn),
                 (job_id, worker, RUNNING),
             ).fetchone()
             if row is None:
@@ -216,8 +242,8 @@ class SqliteQueue:
         out = []
         with transaction(self.conn) as conn:
             rows = conn.execute(
-                "SELECT id, attempts, max_attempts, cancel_requested FROM jobs "
-                "WHERE state = ? AND lease_expires < ?",
+                "SELECT id, attempts, max_attempts, cancel_requested FROM jobs "  # noqa: S608
+                "WHERE state = ? AND lease_expires < ?" + _for_update(conn, skip_locked=True),
                 (RUNNING, now),
             ).fetchall()
             for job_id, attempts, max_attempts, cancel in rows:
@@ -241,7 +267,10 @@ class SqliteQueue:
     def request_cancel(self, job_id: int, now: float) -> JobState | None:
         """Queued: cancelled at once. Running: flagged; its worker kills it. None: no job."""
         with transaction(self.conn) as conn:
-            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = conn.execute(
+                "SELECT state FROM jobs WHERE id = ?" + _for_update(conn),  # noqa: S608
+                (job_id,),
+            ).fetchone()
             if row is None:
                 return None
             state = JobState(row[0])
@@ -268,7 +297,10 @@ class SqliteQueue:
     def retry(self, job_id: int, now: float) -> JobState | None:
         """A failed, cancelled or superseded job queued again with a fresh set of attempts."""
         with transaction(self.conn) as conn:
-            row = conn.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = conn.execute(
+                "SELECT state FROM jobs WHERE id = ?" + _for_update(conn),  # noqa: S608
+                (job_id,),
+            ).fetchone()
             if row is None:
                 return None
             state = JobState(row[0])
@@ -314,7 +346,7 @@ class SqliteQueue:
 
     def _finish(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         job_id: int,
         worker: str,
         now: float,
@@ -334,9 +366,7 @@ class SqliteQueue:
         return changed == 1
 
     @staticmethod
-    def _requeue(
-        conn: sqlite3.Connection, job_id: int, run_after: float, now: float, reason: str
-    ) -> None:
+    def _requeue(conn: Connection, job_id: int, run_after: float, now: float, reason: str) -> None:
         conn.execute(
             "UPDATE jobs SET state = ?, run_after = ?, lease_owner = NULL, lease_expires = NULL, "
             "updated_at = ?, reason = ? WHERE id = ?",
@@ -345,7 +375,7 @@ class SqliteQueue:
 
     @staticmethod
     def _end_attempt(
-        conn: sqlite3.Connection,
+        conn: Connection,
         job_id: int,
         now: float,
         outcome: str,
@@ -357,6 +387,27 @@ class SqliteQueue:
             "WHERE id = (SELECT max(id) FROM attempts WHERE job_id = ?) AND finished_at IS NULL",
             (now, outcome, reason, exit_code, job_id),
         )
+
+
+def _for_update(conn: Connection, *, skip_locked: bool = False) -> str:
+    """PostgreSQL: lock the rows read for the update that follows (SQLite's BEGIN IMMEDIATE
+    already holds the whole database)."""
+    if isinstance(conn, sqlite3.Connection):
+        return ""
+    return " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
+
+
+def _job(row: Any) -> Job:
+    return Job(
+        id=int(row[0]),
+        rule=row[1],
+        action=row[2],
+        args=json.loads(row[3]),
+        event=json.loads(row[4]),
+        attempt=int(row[5]),
+        max_attempts=int(row[6]),
+        created_at=float(row[7]),
+    )
 
 
 def _job_row(row: Any) -> JobRow:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-import sqlite3
 import threading
 import time
 import uuid
@@ -36,7 +35,7 @@ from core.deliveries import delivery
 from core.errors import Rejection
 from core.event import Event
 from core.rules import match
-from core.store import WATCH_CLIENT, commit_deliveries, open_store
+from core.store import WATCH_CLIENT, Connection, commit_deliveries, open_store
 
 log = structlog.get_logger("edgehook.watch")
 Audit = Callable[..., None]  # (kind, **fields): a line in the watcher's audit chain
@@ -152,7 +151,7 @@ class Watcher:
 
     def poll(self) -> list[Outcome]:
         """Resolve every watched alias once; returns what became of each."""
-        conn = open_store(self.config.store_path)
+        conn = open_store(self.config.store_target)
         try:
             outcomes = [self._one(conn, name) for name in self.config.watch.artifacts]
         finally:
@@ -182,7 +181,7 @@ class Watcher:
         self._polls = self._unchanged = self._errors = 0
         self._summary_at = self.clock() if now is None else now
 
-    def _one(self, conn: sqlite3.Connection, name: str) -> Outcome:
+    def _one(self, conn: Connection, name: str) -> Outcome:
         now = self.clock()
         row = watched.row(conn, name)
         try:
@@ -224,9 +223,7 @@ class Watcher:
         )
         return outcome
 
-    def _act(
-        self, conn: sqlite3.Connection, name: str, found: Resolved, first_sight: bool
-    ) -> Outcome:
+    def _act(self, conn: Connection, name: str, found: Resolved, first_sight: bool) -> Outcome:
         """Commit the event for a version seen for the first time, as a webhook would."""
         version = found.version
         if first_sight and self.config.watch.on_first_sight == "record":

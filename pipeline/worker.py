@@ -370,7 +370,7 @@ def run_worker(config: Config, env: Mapping[str, str], *, once: bool) -> int:
     audit_key = load_audit_key(config, env)
     wandb_key = load_wandb_key(config, env)
     lock = WorkerLock(config.data_dir)
-    conn = open_store(config.store_path)
+    conn = open_store(config.store_target)
     audit = AuditLog(config.audit_dir / "worker", audit_key, config.audit, clock=time.time)
     try:
         return Worker(config, SqliteQueue(conn), audit, env, wandb_key).run(once=once)
