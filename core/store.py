@@ -194,7 +194,7 @@ def open_store(path: Path | str, *, busy_timeout_s: float = 2.0) -> Connection:
         # psycopg only where a PostgreSQL store is configured: the receiver stays small
         from core import pgstore
 
-        return pgstore.open_store(path, timeout_s=max(busy_timeout_s, 5.0))
+        return pgstore.open_store(path, timeout_s=max(busy_timeout_s, 2.0))
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         conn = connect(path, busy_timeout_s=busy_timeout_s)

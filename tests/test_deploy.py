@@ -111,16 +111,20 @@ def test_compose_publishes_no_port_and_the_tunnel_shares_the_receivers_network(
     compose: dict[str, object],
 ) -> None:
     svc = services(compose)
-    assert set(svc) == {"receiver", "worker", "predictor", "watch", "tunnel"}
+    assert set(svc) == {"receiver", "worker", "predictor", "watch", "tunnel", "postgres"}
+    # the predictor: the device's applications; postgres (profile): loopback unless
+    # POSTGRES_BIND names the address the other machines reach
+    loopback = {"predictor": "8091", "postgres": "5432"}
     for name, service in svc.items():
-        if name == "predictor":  # the device's applications reach it on the host's loopback
+        if name in loopback:
             published = service["ports"]
             assert isinstance(published, list) and len(published) == 1
             port = published[0]  # compose v1 keeps the short form; v2 writes the long one
+            number = loopback[name]
             if isinstance(port, str):
-                assert port.removesuffix("/tcp") == "127.0.0.1:8091:8091", port
+                assert port.removesuffix("/tcp") == f"127.0.0.1:{number}:{number}", port
             else:
-                assert (port["host_ip"], str(port["published"])) == ("127.0.0.1", "8091"), port
+                assert (port["host_ip"], str(port["published"])) == ("127.0.0.1", number), port
         else:
             assert "ports" not in service, name
         assert service.get("network_mode") != "host", name

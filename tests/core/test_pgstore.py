@@ -23,6 +23,7 @@ from core.store import (
     open_store,
 )
 from pipeline.queue import SqliteQueue
+from pipeline.sandbox import job_environment
 
 
 def delivery(
@@ -198,3 +199,13 @@ def test_a_store_url_of_another_kind_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(None, {"EDGEHOOK_STORE_URL": "mysql://db/x"}, cwd=tmp_path)
     assert "neither `sqlite` nor a postgresql:// URL" in str(caught.value)
+
+
+def test_a_rule_cannot_pass_the_store_url_to_a_job(tmp_path: Path) -> None:
+    url = f"postgresql://edgehook:{PASSWORD}@db/edgehook"
+    worker_env = {"EDGEHOOK_STORE_URL": url, "EDGEHOOK_STORE_URL_FILE": "/run/x", "LAB": "1"}
+    allow = ["EDGEHOOK_STORE_URL", "EDGEHOOK_STORE_URL_FILE", "LAB"]
+    env = job_environment(allow, worker_env, None, tmp_path, {})
+    assert env["LAB"] == "1"
+    assert "EDGEHOOK_STORE_URL" not in env and "EDGEHOOK_STORE_URL_FILE" not in env
+    assert PASSWORD not in repr(env)
