@@ -25,6 +25,7 @@ from typing import Any
 
 from core.errors import ConfigError
 from core.rules import Rule, parse_rules
+from core.secretfiles import read_secret_file_bytes
 from core.sections import (
     CLIENT_IP_HEADERS,
     SECTIONS,
@@ -38,6 +39,7 @@ from core.sections import (
     PredictorConfig,
     SecretFiles,
     ServerConfig,
+    StoreConfig,
     TrainingConfig,
     TunnelConfig,
     WatchConfig,
@@ -63,6 +65,7 @@ __all__ = [
     "PredictorConfig",
     "SecretFiles",
     "ServerConfig",
+    "StoreConfig",
     "TrainingConfig",
     "TunnelConfig",
     "WatchConfig",
@@ -95,6 +98,7 @@ class Config:
     predictor: PredictorConfig = field(default_factory=PredictorConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
     rules: tuple[Rule, ...] = ()
 
     @property
@@ -104,6 +108,11 @@ class Config:
     @property
     def store_path(self) -> Path:
         return self.data_dir / "edgehook.db"
+
+    @property
+    def store_target(self) -> Path | str:
+        """What open_store opens: the SQLite file, or the PostgreSQL URL."""
+        return self.store.url if self.store.url != "sqlite" else self.store_path
 
     @property
     def audit_dir(self) -> Path:
@@ -291,6 +300,18 @@ def _secrets(secrets: SecretFiles, _t: Table, env: Mapping[str, str]) -> SecretF
     return replace(secrets, model_signing_key_file=Path(override)) if override else secrets
 
 
+def _store(store: StoreConfig, t: Table, env: Mapping[str, str]) -> StoreConfig:
+    url = env.get("EDGEHOOK_STORE_URL") or store.url
+    file_name = env.get("EDGEHOOK_STORE_URL_FILE")
+    if file_name:
+        url = read_secret_file_bytes(Path(file_name), "EDGEHOOK_STORE_URL_FILE").decode().strip()
+    if url != "sqlite" and not url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError(
+            t.key("url"), "is neither `sqlite` nor a postgresql:// URL", "see docs/postgresql.md"
+        )
+    return replace(store, url=url)
+
+
 _Check = Callable[[Any, Table, Mapping[str, str]], Any]
 _checks: dict[str, _Check] = {
     "server": _server,
@@ -298,6 +319,7 @@ _checks: dict[str, _Check] = {
     "artifacts": _artifacts,
     "models": _models,
     "secrets": _secrets,
+    "store": _store,
     "training": _training,
     "watch": _watch,
 }

@@ -10,6 +10,8 @@ EDGEHOOK_WANDB_API_KEY[_FILE]  the worker's W&B API key, given only to jobs whos
                                lists WANDB_API_KEY in env_allow
 EDGEHOOK_CONSOLE_TOKEN[_FILE]  the operator console's token (its API's bearer token and its
                                login password)
+EDGEHOOK_STORE_URL[_FILE]      a postgresql:// store URL (it may hold a password): read
+                               with the config (core/config.py), checked the same way
 
 A secret shorter than MIN_LENGTH, or in a file that group or others may read or write, is
 refused: a leaked or guessable secret lets anyone queue jobs on the device.
@@ -18,13 +20,16 @@ refused: a leaked or guessable secret lets anyone queue jobs on the device.
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from core.config import Config
 from core.errors import ConfigError
+from core.secretfiles import read_secret_file_bytes
+
+__all__ = ["Secrets", "load_audit_key", "load_secrets", "load_wandb_key", "read_secret_file",
+           "read_secret_file_bytes", "write_secret_file"]  # fmt: skip
 
 MIN_LENGTH = 24
 
@@ -114,27 +119,6 @@ def _one(env_name: str, config_file: Path | None, config_key: str, env: Mapping[
 def read_secret_file(path: Path, key: str) -> bytes:
     data = read_secret_file_bytes(path, key)
     return _checked(key, data.strip(), f"write a longer secret to {path}")
-
-
-def read_secret_file_bytes(path: Path, key: str) -> bytes:
-    """A secret file's bytes, refused when group or others may read or write it."""
-    try:
-        info = path.stat()
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(
-            key,
-            f"cannot read {path} ({exc.strerror})",
-            "check the path and that this user may read it",
-        ) from exc
-    if info.st_mode & (stat.S_IRGRP | stat.S_IROTH | stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError(
-            key,
-            f"{path} is readable or writable by group or others "
-            f"(mode {stat.S_IMODE(info.st_mode):o})",
-            f"run: chmod 600 {path}",
-        )
-    return data
 
 
 def _checked(key: str, value: bytes, fix: str) -> bytes:

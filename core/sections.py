@@ -127,6 +127,18 @@ class DedupeConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    url: str = setting(
+        "sqlite",
+        "`sqlite` (`edgehook.db` in the data dir) or `postgresql://...` (docs/postgresql.md); "
+        "also `$EDGEHOOK_STORE_URL`, `$EDGEHOOK_STORE_URL_FILE` (for a password)",
+    )
+
+    def __repr__(self) -> str:  # the URL may hold a password: never printed
+        return "StoreConfig(url=<redacted>)"
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     lease_s: float = setting(30.0, "job lease", minimum=2.0, maximum=3600.0)
     heartbeat_s: float = setting(
@@ -377,6 +389,7 @@ SECTIONS: list[tuple[str, type[Any]]] = [
     ("rate_limit", Limits),
     ("audit", AuditConfig),
     ("dedupe", DedupeConfig),
+    ("store", StoreConfig),
     ("secrets", SecretFiles),
     ("worker", WorkerConfig),
     ("models", ModelsConfig),

@@ -8,13 +8,22 @@ deliveries into one transaction (committer.py) to keep that affordable on eMMC/S
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias, overload
 
 from core.errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from core.pgstore import PgStore
+
+# A store connection: SQLite's own, or core.pgstore's pool with the same interface.
+Connection: TypeAlias = "sqlite3.Connection | PgStore"
 
 # Each entry migrates the schema from version N-1 to N; applied in order at start-up.
 MIGRATIONS: tuple[str, ...] = (
@@ -108,6 +117,20 @@ MIGRATIONS: tuple[str, ...] = (
     );
     """,
 )
+
+
+class JobState(str, Enum):
+    """A job's states: the `state` column's whole vocabulary (the queue moves jobs between them)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SUPERSEDED = "superseded"
+
+
+QUEUED = JobState.QUEUED.value
 WATCH_CLIENT = "watch"  # the `client` of events the watcher commits
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -121,9 +144,19 @@ def connect(path: Path, *, busy_timeout_s: float = 2.0) -> sqlite3.Connection:
     return conn
 
 
-@contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+@overload
+def transaction(conn: sqlite3.Connection) -> AbstractContextManager[sqlite3.Connection]: ...
+@overload
+def transaction(conn: Connection) -> AbstractContextManager[Connection]: ...
+def transaction(conn: Connection) -> AbstractContextManager[Connection]:
     """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error. Every write goes through here."""
+    if isinstance(conn, sqlite3.Connection):
+        return _sqlite_transaction(conn)
+    return conn.transaction()
+
+
+@contextmanager
+def _sqlite_transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
@@ -150,8 +183,18 @@ def migrate(conn: sqlite3.Connection) -> int:
     return found
 
 
-def open_store(path: Path, *, busy_timeout_s: float = 2.0) -> sqlite3.Connection:
-    """Connect and migrate; StoreUnavailable with a readable reason when that fails."""
+@overload
+def open_store(path: Path, *, busy_timeout_s: float = 2.0) -> sqlite3.Connection: ...
+@overload
+def open_store(path: Path | str, *, busy_timeout_s: float = 2.0) -> Connection: ...
+def open_store(path: Path | str, *, busy_timeout_s: float = 2.0) -> Connection:
+    """Connect and migrate (a Path: SQLite; a postgresql:// URL: PostgreSQL); StoreUnavailable
+    with a readable reason when that fails."""
+    if isinstance(path, str):
+        # psycopg only where a PostgreSQL store is configured: the receiver stays small
+        from core import pgstore
+
+        return pgstore.open_store(path, timeout_s=max(busy_timeout_s, 2.0))
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         conn = connect(path, busy_timeout_s=busy_timeout_s)
@@ -159,6 +202,38 @@ def open_store(path: Path, *, busy_timeout_s: float = 2.0) -> sqlite3.Connection
     except (sqlite3.Error, OSError) as exc:
         raise StoreUnavailable(f"cannot open the store at {path}: {exc}") from exc
     return conn
+
+
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """A connection that can neither create the file nor write (`edgehook doctor`)."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def schema_version(path: Path) -> int:
+    """The schema version of an existing store, read without migrating it."""
+    try:
+        with contextlib.closing(open_read_only(path)) as conn:
+            return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.Error as exc:
+        raise StoreUnavailable(f"{path} cannot be read: {exc}") from exc
+
+
+def migrate_target(target: Path | str) -> tuple[int, int, str]:
+    """`edgehook store migrate`: (the version found, the version now, where, redacted)."""
+    if isinstance(target, str):
+        from core import pgstore  # psycopg: only for a PostgreSQL store
+
+        pg = pgstore.PgStore(target)
+        try:
+            return pgstore.migrate(pg), pgstore.SCHEMA_VERSION, pg.where
+        finally:
+            pg.close()
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.closing(connect(target)) as conn:
+            return migrate(conn), SCHEMA_VERSION, str(target)
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreUnavailable(f"cannot open the store at {target}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -195,12 +270,16 @@ class Committed:
 
 
 def commit_deliveries(
-    conn: sqlite3.Connection, deliveries: Sequence[Delivery], duplicate_window_s: float
+    conn: Connection, deliveries: Sequence[Delivery], duplicate_window_s: float
 ) -> list[Committed]:
     """Commit each delivery and its job in one transaction, or find the job of an identical
     delivery (the same bytes, or the same canonical JSON) received within the window, or
     drop an event about a version this device produced. All or nothing: on error nothing
     is committed."""
+    if not isinstance(conn, sqlite3.Connection):
+        from core import pgstore  # loaded already: conn came from it
+
+        return pgstore.commit_deliveries(conn, deliveries, duplicate_window_s)
     results = []
     with transaction(conn):
         for d in deliveries:
@@ -217,40 +296,29 @@ def commit_deliveries(
             if row is not None:
                 results.append(Committed(job_id=int(row[0]), duplicate=True))
                 continue
-            event_id = conn.execute(
-                "INSERT INTO events (received_at, request_id, client, body_sha256, event_type, "
-                "version_string, event_json, canonical_sha256, dedupe_key) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    d.received_at,
-                    d.request_id,
-                    d.client,
-                    d.body_sha256,
-                    d.event_type,
-                    d.version_string,
-                    d.event_json,
-                    d.canonical_sha256,
-                    d.dedupe_key,
-                ),
-            ).lastrowid
-            job_id = conn.execute(
-                "INSERT INTO jobs (event_id, rule, action, args_json, created_at, updated_at, "
-                "run_after, coalesce_key, max_attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event_id,
-                    d.rule,
-                    d.action,
-                    d.args_json,
-                    d.received_at,
-                    d.received_at,
-                    d.received_at,
-                    d.coalesce_key,
-                    d.max_attempts,
-                ),
-            ).lastrowid
-            assert job_id is not None
+            job_id = insert_delivery(conn, d)
             results.append(Committed(job_id=job_id, duplicate=False))
     return results
+
+
+def insert_delivery(conn: Connection, d: Delivery) -> int:
+    """Insert an event and its queued job; the one place that writes either table's rows
+    (the caller holds the transaction). Returns the job's id."""
+    event_id = conn.execute(
+        "INSERT INTO events (received_at, request_id, client, body_sha256, event_type, "
+        "version_string, event_json, canonical_sha256, dedupe_key) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        (d.received_at, d.request_id, d.client, d.body_sha256, d.event_type, d.version_string,
+         d.event_json, d.canonical_sha256, d.dedupe_key),
+    ).fetchone()[0]  # fmt: skip
+    job_id = conn.execute(
+        "INSERT INTO jobs (event_id, rule, action, args_json, state, created_at, updated_at, "
+        "run_after, coalesce_key, max_attempts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "RETURNING id",
+        (event_id, d.rule, d.action, d.args_json, QUEUED, d.received_at, d.received_at,
+         d.received_at, d.coalesce_key, d.max_attempts),
+    ).fetchone()[0]  # fmt: skip
+    return int(job_id)
 
 
 # Driven from the digest index, then jobs by event: both indexed, whatever the store's size.
@@ -277,9 +345,7 @@ def _across_sources(d: Delivery, earlier: float) -> tuple[str, tuple[object, ...
 PRODUCED_QUERY = "SELECT 1 FROM produced WHERE version_string = ? OR artifact_id = ? LIMIT 1"
 
 
-def produced_here(
-    conn: sqlite3.Connection, version_string: str | None, artifact_id: str | None
-) -> bool:
+def produced_here(conn: Connection, version_string: str | None, artifact_id: str | None) -> bool:
     """True when this device uploaded that artifact version (its own output re-firing)."""
     if version_string is None and artifact_id is None:
         return False

@@ -6,16 +6,20 @@ imported only for their own checks (this is a command, not the receiver process)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sqlite3
+import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from core import watched
 from core.config import Config, is_loopback
-from core.errors import EdgehookError
+from core.errors import EdgehookError, StoreUnavailable
+from core.store import SCHEMA_VERSION, open_read_only, open_store, schema_version
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 SEVERITY = {PASS: 0, WARN: 1, FAIL: 2}
@@ -124,17 +128,17 @@ def _data_dir(config: Config) -> Iterator[Finding]:
 
 
 def _store(config: Config) -> Iterator[Finding]:
-    from core.store import SCHEMA_VERSION
-
+    if isinstance(config.store_target, str):
+        yield from _postgres(config, config.store_target)
+        return
     path = config.store_path
     if not path.exists():
         yield Finding(WARN, "store", f"{path} does not exist yet (created by the first serve)")
         return
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    except sqlite3.Error as exc:
-        yield Finding(FAIL, "store", f"{path} cannot be read: {exc}")
+        version = schema_version(path)
+    except StoreUnavailable as exc:
+        yield Finding(FAIL, "store", str(exc))
         return
     if version == SCHEMA_VERSION:
         yield Finding(PASS, "store", f"schema version {version} (current)")
@@ -153,6 +157,40 @@ def _store(config: Config) -> Iterator[Finding]:
         )
 
 
+def _postgres(config: Config, url: str) -> Iterator[Finding]:
+    """Reachable, the schema's version, and this host's clock against the database's: a
+    skew near the lease lets one host's worker requeue another's live job."""
+    from core import pgstore  # psycopg: only for a PostgreSQL store
+
+    try:
+        store = pgstore.PgStore(url, timeout_s=5.0)
+    except StoreUnavailable as exc:
+        yield Finding(FAIL, "store", str(exc))
+        return
+    try:
+        version = pgstore.schema_version(store)
+        before = time.time()
+        database = pgstore.database_time(store)
+        skew = abs(database - (before + time.time()) / 2)
+    except StoreUnavailable as exc:
+        yield Finding(FAIL, "store", str(exc))
+        return
+    finally:
+        store.close()
+    current = pgstore.SCHEMA_VERSION
+    if version == current:
+        yield Finding(PASS, "store", f"{store.where}: reachable, schema version {version}")
+    elif version < current:
+        yield Finding(WARN, "store", f"{store.where}: schema version {version}; run "
+                      f"`edgehook store migrate` (or the next start) for {current}")  # fmt: skip
+    else:
+        yield Finding(FAIL, "store", f"schema version {version} is newer than this edgehook "
+                      f"({current}): upgrade edgehook")  # fmt: skip
+    lease = config.worker.lease_s
+    status = PASS if skew < lease / 10 else WARN if skew < lease / 2 else FAIL
+    yield Finding(status, "clock", f"{skew:.2f} s from the database's clock (lease {lease:g} s)")
+
+
 def _watch(config: Config) -> Iterator[Finding]:
     """Per watched alias: the version acted on, the last good poll, the last error."""
     if not config.watch.artifacts:
@@ -165,11 +203,13 @@ def _watch(config: Config) -> Iterator[Finding]:
         return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
     rows: dict[str, dict[str, object]] = {}
-    if config.store_path.exists():
-        with sqlite3.connect(f"file:{config.store_path}?mode=ro", uri=True) as conn:
-            conn.row_factory = sqlite3.Row
+    if isinstance(config.store_target, str):
+        with contextlib.closing(open_store(config.store_target)) as pg:
+            rows = watched.all_rows(pg)
+    elif config.store_path.exists():
+        with contextlib.closing(open_read_only(config.store_path)) as conn:
             try:
-                rows = {r["artifact"]: dict(r) for r in conn.execute("SELECT * FROM watched")}
+                rows = watched.all_rows(conn)
             except sqlite3.OperationalError:  # a store from before pull mode: no table yet
                 rows = {}
     for name in config.watch.artifacts:

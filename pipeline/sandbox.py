@@ -25,6 +25,7 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _TAIL_BYTES = 64 * 1024
+STORE_URL_NAMES = ("EDGEHOOK_STORE_URL",)
 
 
 def job_environment(
@@ -47,6 +48,8 @@ def job_environment(
         if name == "WANDB_API_KEY":
             if wandb_key:
                 env[name] = wandb_key
+        elif name.startswith(STORE_URL_NAMES):
+            continue  # the store's URL may hold its password: no rule passes it on
         elif name in worker_env:
             env[name] = worker_env[name]
     env.update(extra)

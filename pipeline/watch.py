@@ -20,20 +20,27 @@ from __future__ import annotations
 import hashlib
 import random
 import re
-import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
+from core import watched
 from core.admit import IGNORED_TEXT, Admission, Source, Verdict, admit_now
 from core.config import Config
 from core.event import Event
-from core.store import WATCH_CLIENT, Committed, Delivery, commit_deliveries, open_store, transaction
+from core.store import (
+    WATCH_CLIENT,
+    Committed,
+    Connection,
+    Delivery,
+    commit_deliveries,
+    open_store,
+)
 
 log = structlog.get_logger("edgehook.watch")
 Audit = Callable[..., None]  # (kind, **fields): a line in the watcher's audit chain
@@ -149,7 +156,7 @@ class Watcher:
 
     def poll(self) -> list[Outcome]:
         """Resolve every watched alias once; returns what became of each."""
-        conn = open_store(self.config.store_path)
+        conn = open_store(self.config.store_target)
         try:
             outcomes = [self._one(conn, name) for name in self.config.watch.artifacts]
         finally:
@@ -179,13 +186,13 @@ class Watcher:
         self._polls = self._unchanged = self._errors = 0
         self._summary_at = self.clock() if now is None else now
 
-    def _one(self, conn: sqlite3.Connection, name: str) -> Outcome:
+    def _one(self, conn: Connection, name: str) -> Outcome:
         now = self.clock()
-        row = _row(conn, name)
+        row = watched.row(conn, name)
         try:
             found = self.resolve(name)
         except WatchError as exc:
-            _failed(conn, name, exc, now)
+            watched.poll_failed(conn, name, f"{exc.kind}: {exc}", now)
             previous = row.get("last_error") if row else None
             if previous is None or not str(previous).startswith(exc.kind + ":"):
                 log.warning("watch_failed", artifact=name, error=exc.kind, detail=str(exc))
@@ -196,21 +203,18 @@ class Watcher:
             log.info("watch_recovered", artifact=name)
             self.audit("watch_recovered", source="watch", artifact=name)
         if row and row.get("artifact_id") == found.artifact_id:
-            _ok(conn, name, now)
+            watched.polled_ok(conn, name, now)
             return Outcome(name, "unchanged", version=found.version)
         outcome = self._act(conn, name, found, first_sight=not (row and row.get("artifact_id")))
-        with transaction(conn):
-            conn.execute(
-                "INSERT INTO watched (artifact, artifact_id, version_string, acted_at, job_id, "
-                "outcome, last_poll_at, last_ok_at, last_error, failures) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 0) ON CONFLICT (artifact) DO UPDATE SET "
-                "artifact_id = excluded.artifact_id, version_string = excluded.version_string, "
-                "acted_at = excluded.acted_at, job_id = excluded.job_id, "
-                "outcome = excluded.outcome, last_poll_at = excluded.last_poll_at, "
-                "last_ok_at = excluded.last_ok_at, last_error = NULL, failures = 0",
-                (name, found.artifact_id, _exact(name, found.version), now, outcome.job_id,
-                 f"{outcome.outcome}: {outcome.detail}", now, now),
-            )  # fmt: skip
+        watched.acted(
+            conn,
+            name,
+            artifact_id=found.artifact_id,
+            version_string=_exact(name, found.version),
+            job_id=outcome.job_id,
+            outcome=f"{outcome.outcome}: {outcome.detail}",
+            now=now,
+        )
         log.info("watch_moved", artifact=name, version=found.version, outcome=outcome.outcome,
                  detail=outcome.detail, job_id=outcome.job_id)  # fmt: skip
         self.audit(
@@ -224,9 +228,7 @@ class Watcher:
         )
         return outcome
 
-    def _act(
-        self, conn: sqlite3.Connection, name: str, found: Resolved, first_sight: bool
-    ) -> Outcome:
+    def _act(self, conn: Connection, name: str, found: Resolved, first_sight: bool) -> Outcome:
         """Commit the event for a version seen for the first time, as a webhook would."""
         version = found.version
         if first_sight and self.config.watch.on_first_sight == "record":
@@ -301,31 +303,3 @@ def _event_bytes(event: Event) -> bytes:
     import json
 
     return json.dumps(event.as_dict(), sort_keys=True).encode()
-
-
-def _row(conn: sqlite3.Connection, name: str) -> Mapping[str, Any] | None:
-    cursor = conn.execute("SELECT * FROM watched WHERE artifact = ?", (name,))
-    found = cursor.fetchone()
-    if found is None:
-        return None
-    return dict(zip([c[0] for c in cursor.description], found, strict=True))
-
-
-def _ok(conn: sqlite3.Connection, name: str, now: float) -> None:
-    with transaction(conn):
-        conn.execute(
-            "UPDATE watched SET last_poll_at = ?, last_ok_at = ?, last_error = NULL, "
-            "failures = 0 WHERE artifact = ?",
-            (now, now, name),
-        )
-
-
-def _failed(conn: sqlite3.Connection, name: str, exc: WatchError, now: float) -> None:
-    with transaction(conn):
-        conn.execute(
-            "INSERT INTO watched (artifact, last_poll_at, last_error, last_error_at, failures) "
-            "VALUES (?, ?, ?, ?, 1) ON CONFLICT (artifact) DO UPDATE SET "
-            "last_poll_at = excluded.last_poll_at, last_error = excluded.last_error, "
-            "last_error_at = excluded.last_error_at, failures = watched.failures + 1",
-            (name, now, f"{exc.kind}: {exc}", now),
-        )

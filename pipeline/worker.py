@@ -24,7 +24,7 @@ import structlog
 
 from core.audit import AuditLog
 from core.config import Config
-from core.errors import EXIT_TRANSIENT, EdgehookError
+from core.errors import EXIT_TRANSIENT, EdgehookError, StoreUnavailable
 from core.rules import Rule
 from pipeline.jobs import JobResult, prepare
 from pipeline.outcomes import PUBLISH_RULE, Outcomes
@@ -41,6 +41,7 @@ from pipeline.sandbox import (
 
 log = structlog.get_logger("edgehook.worker")
 REAP_EVERY_S = 1.0
+STORE_RETRY_S = 0.5  # between tries while the store is unavailable
 CANCEL_CHECK_EVERY_S = 0.5
 
 
@@ -105,22 +106,33 @@ class Worker:
         self.audit.record("worker_start", worker=self.id, pid=os.getpid())
         try:
             while True:
-                now, tick = self.clock(), self.monotonic()
-                self._supervise(now, tick)
-                if tick - self._last_reap >= REAP_EVERY_S:
-                    self._reap(now, tick)
-                if not self.stopping:
-                    self._claim(now)
-                if self.stopping and self._finish_stopping(now, tick):
-                    break
-                if once and not self.running and not self.queue.runnable(self.clock()):
-                    break
+                try:
+                    if self._step(once):
+                        break
+                except StoreUnavailable as exc:
+                    # PostgreSQL restarting or out of reach: jobs keep running; the next step
+                    # heartbeats, and a lease lost meanwhile stops its job (heartbeat False)
+                    log.warning("worker_store_unavailable", error=str(exc))
+                    self.outputs.wait(STORE_RETRY_S)
+                    continue
                 self.outputs.wait(self.settings.poll_s)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self.audit.record("worker_stop", worker=self.id)
         return 0
+
+    def _step(self, once: bool) -> bool:
+        """One turn of the loop; True when the worker is done."""
+        now, tick = self.clock(), self.monotonic()
+        self._supervise(now, tick)
+        if tick - self._last_reap >= REAP_EVERY_S:
+            self._reap(now, tick)
+        if not self.stopping:
+            self._claim(now)
+        if self.stopping and self._finish_stopping(now, tick):
+            return True
+        return once and not self.running and not self.queue.runnable(self.clock())
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if not self.stopping:
@@ -370,7 +382,7 @@ def run_worker(config: Config, env: Mapping[str, str], *, once: bool) -> int:
     audit_key = load_audit_key(config, env)
     wandb_key = load_wandb_key(config, env)
     lock = WorkerLock(config.data_dir)
-    conn = open_store(config.store_path)
+    conn = open_store(config.store_target)
     audit = AuditLog(config.audit_dir / "worker", audit_key, config.audit, clock=time.time)
     try:
         return Worker(config, SqliteQueue(conn), audit, env, wandb_key).run(once=once)

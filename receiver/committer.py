@@ -19,7 +19,7 @@ from pathlib import Path
 import structlog
 
 from core.errors import StoreUnavailable
-from core.store import Committed, Delivery, commit_deliveries, connect
+from core.store import Committed, Connection, Delivery, commit_deliveries, connect, open_store
 
 log = structlog.get_logger("edgehook.committer")
 _Item = tuple[Delivery, asyncio.Future[Committed], asyncio.AbstractEventLoop]
@@ -29,20 +29,20 @@ _STOP = None
 class Committer:
     def __init__(
         self,
-        path: Path,
+        path: Path | str,
         duplicate_window_s: float,
         *,
         max_batch: int = 512,
         busy_timeout_s: float = 2.0,
-        connect_fn: Callable[[Path], sqlite3.Connection] | None = None,
+        connect_fn: Callable[[Path | str], Connection] | None = None,
     ) -> None:
         self._path = path
         self._window = duplicate_window_s
         self._max_batch = max_batch
-        self._connect = connect_fn or (lambda p: connect(p, busy_timeout_s=busy_timeout_s))
+        self._connect = connect_fn or (lambda p: _connect(p, busy_timeout_s))
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="edgehook-committer", daemon=True)
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Connection | None = None
 
     def start(self) -> None:
         self._thread.start()
@@ -85,7 +85,7 @@ class Committer:
             results: list[Committed] | BaseException = commit_deliveries(
                 self._conn, [item[0] for item in batch], self._window
             )
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, StoreUnavailable) as exc:
             log.warning("store_commit_failed", error=str(exc), batch=len(batch))
             self._drop_connection()
             results = StoreUnavailable(str(exc))
@@ -96,9 +96,16 @@ class Committer:
     def _drop_connection(self) -> None:
         # A failed connection may be in a bad state (read-only, disk full): reopen next time.
         if self._conn is not None:
-            with contextlib.suppress(sqlite3.Error):
+            with contextlib.suppress(sqlite3.Error, StoreUnavailable):
                 self._conn.close()
             self._conn = None
+
+
+def _connect(target: Path | str, busy_timeout_s: float) -> Connection:
+    # SQLite: a plain connection (the server migrated at start); PostgreSQL: a pool
+    if isinstance(target, str):
+        return open_store(target, busy_timeout_s=busy_timeout_s)
+    return connect(target, busy_timeout_s=busy_timeout_s)
 
 
 def _resolve(future: asyncio.Future[Committed], outcome: Committed | BaseException) -> None:

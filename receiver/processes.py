@@ -67,7 +67,7 @@ def serve_processes(config: Config, env: Mapping[str, str], host: str, port: int
     load_secrets(config, env)
     load_audit_key(config, env)
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    open_store(config.store_path).close()
+    open_store(config.store_target).close()
     _listener(host, port).close()  # the address is free and ours: one line here if not
     stopping = False
     children: dict[int, int] = {}  # pid -> worker number

@@ -43,7 +43,7 @@ def make_services(
     secrets = load_secrets(config, env)
     audit_key = load_audit_key(config, env)
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    open_store(config.store_path).close()
+    open_store(config.store_target).close()
     return Services(
         config=config,
         secrets=secrets,
@@ -55,7 +55,7 @@ def make_services(
             config.audit,
             clock=clock,
         ),
-        committer=Committer(config.store_path, config.duplicate_window_s),
+        committer=Committer(config.store_target, config.duplicate_window_s),
         clock=clock,
         monotonic=monotonic,
     )

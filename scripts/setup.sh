@@ -20,6 +20,9 @@ for tool in curl openssl wrk webhook docker-compose systemd-analyze unshare chro
   [ "$tool" = unshare ] && package=util-linux
   command -v "$tool" >/dev/null || missing+=("$package")
 done
+# postgresql: the store and queue tests on PostgreSQL (tests/pg.py starts a throwaway cluster)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null \
+  || missing+=(postgresql)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "setup: installing ${missing[*]}" >&2

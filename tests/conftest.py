@@ -16,11 +16,13 @@ import pytest
 from starlette.testclient import TestClient
 
 from core.config import Config, load_config
+from core.store import open_store
 from edgehook.init import run_init
 from receiver.app import build_app
 from receiver.server import make_services
 from receiver.services import Services
 from receiver.signatures import sign
+from tests.pg import TEMPLATE, Cluster, binaries
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -215,3 +217,26 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             red=True,
             bold=True,
         )
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """One PostgreSQL cluster for the session (tests/pg.py), with a migrated template."""
+    bin_dir = binaries()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (scripts/setup.sh installs it)")
+    cluster = Cluster(bin_dir)
+    cluster.start()
+    try:
+        cluster.admin(f"CREATE DATABASE {TEMPLATE}")
+        open_store(cluster.url(TEMPLATE)).close()
+        yield cluster
+    finally:
+        cluster.stop("immediate")
+        cluster.remove()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster) -> str:
+    """A database of this test's own, migrated."""
+    return pg_cluster.fresh_database()

@@ -112,14 +112,18 @@ def test_compose_publishes_no_port_and_the_tunnel_shares_the_receivers_network(
     compose: dict[str, object],
 ) -> None:
     svc = services(compose)
-    assert set(svc) == {"receiver", "worker", "predictor", "console", "watch", "tunnel"}
-    loopback = {"predictor": "8091", "console": "8092"}
+    assert set(svc) == {
+        "receiver", "worker", "predictor", "console", "watch", "tunnel", "postgres"
+    }
+    # the predictor: the device's applications; the console: the operator; postgres
+    # (profile): loopback unless POSTGRES_BIND names the address the other machines reach
+    loopback = {"predictor": "8091", "console": "8092", "postgres": "5432"}
     for name, service in svc.items():
-        if name in loopback:  # the device's applications, the operator: the host's loopback
-            number = loopback[name]
+        if name in loopback:
             published = service["ports"]
             assert isinstance(published, list) and len(published) == 1
             port = published[0]  # compose v1 keeps the short form; v2 writes the long one
+            number = loopback[name]
             if isinstance(port, str):
                 assert port.removesuffix("/tcp") == f"127.0.0.1:{number}:{number}", port
             else:

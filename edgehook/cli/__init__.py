@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 from core.errors import ConfigError, EdgehookError
 from edgehook import __version__
-from edgehook.cli import audit, console, jobs, models, predictor, serve, setup, watch
+from edgehook.cli import audit, console, jobs, models, predictor, serve, setup, store, watch
 from edgehook.cli.common import add_global_options, examples
 
-GROUPS = (setup, serve, watch, jobs, models, predictor, console, audit)
+GROUPS = (setup, serve, watch, jobs, models, predictor, console, audit, store)
 EXIT_CONFIG, EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 1, 70, 130
 
 

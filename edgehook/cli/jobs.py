@@ -96,7 +96,7 @@ _Action = Callable[[SqliteQueue, Config, argparse.Namespace, Mapping[str, str]],
 def _with_queue(action: _Action) -> Callable[[argparse.Namespace, Mapping[str, str]], int]:
     def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         loaded = config(args, env)
-        conn = open_store(loaded.store_path)
+        conn = open_store(loaded.store_target)
         try:
             return action(SqliteQueue(conn), loaded, args, env)
         finally:

@@ -44,7 +44,7 @@ def run_watch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             'set artifacts.source = "wandb"',
         )
     key = load_audit_key(loaded, env)
-    open_store(loaded.store_path).close()
+    open_store(loaded.store_target).close()
 
     def record(kind: str, **fields: Any) -> None:
         audit.append(loaded.audit_dir / "watch", key, loaded.audit, kind, **fields)

@@ -1,5 +1,5 @@
-"""The queue contract. Every implementation runs these (today: SQLite; PostgreSQL later
-joins the `queue` fixture's params)."""
+"""The queue contract. Every implementation runs these: SQLite and PostgreSQL (the `queue`
+fixture's params)."""
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,9 +12,12 @@ from pipeline.queue import JobState, SqliteQueue
 LEASE = 30.0
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqliteQueue]:
-    conn = open_store(tmp_path / "edgehook.db")
+    target = (
+        tmp_path / "edgehook.db" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    )
+    conn = open_store(target)
     yield SqliteQueue(conn)
     conn.close()
 

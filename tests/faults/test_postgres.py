@@ -1,0 +1,75 @@
+"""PostgreSQL faults (rows of tests/faults/README.md): the database out of reach mid-burst,
+and a worker cut off past its lease on another host."""
+
+from __future__ import annotations
+
+import asyncio
+
+from core.store import Committed, Delivery, open_store
+from pipeline.queue import SqliteQueue
+from receiver.committer import Committer
+from tests.pg import Cluster
+
+
+def delivery(body: str) -> Delivery:
+    return Delivery(
+        received_at=100.0,
+        request_id=body,
+        client="203.0.113.1",
+        body_sha256=body,
+        event_type="ADD_ARTIFACT_ALIAS",
+        version_string="e/p/c:v1",
+        event_json="{}",
+        rule="r",
+        action="download",
+        args_json="{}",
+    )
+
+
+def burst(committer: Committer, prefix: str, count: int) -> list[Committed | BaseException]:
+    async def send() -> list[Committed | BaseException]:
+        sent = [committer.commit(delivery(f"{prefix}{n}")) for n in range(count)]
+        return await asyncio.gather(*sent, return_exceptions=True)
+
+    return asyncio.run(send())
+
+
+def test_database_out_of_reach_mid_burst_commits_nothing_then_recovers(
+    pg_cluster: Cluster,
+) -> None:
+    url = pg_cluster.fresh_database()
+    name = url.split("?")[0].rsplit("/", 1)[1]
+    committer = Committer(url, 60.0, busy_timeout_s=1.0)
+    committer.start()
+    try:
+        before = burst(committer, "a", 20)
+        pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        pg_cluster.admin(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"  # noqa: S608
+        )
+        during = burst(committer, "b", 20)
+        pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        after = burst(committer, "c", 20)
+    finally:
+        committer.stop()
+    assert all(isinstance(r, Committed) and not r.duplicate for r in before + after)
+    # every one refused (the receiver answers 503 for these), none committed
+    assert {type(r).__name__ for r in during} == {"StoreUnavailable"}
+    store = open_store(url)
+    bodies = {r[0] for r in store.execute("SELECT body_sha256 FROM events").fetchall()}
+    store.close()
+    assert len(bodies) == 40 and not any(b.startswith("b") for b in bodies)
+
+
+def test_database_restart_while_workers_hold_leases(pg_cluster: Cluster, pg_url: str) -> None:
+    """The whole server restarts: leases live in the database, so they survive; the worker's
+    pool reconnects and its heartbeat and completion go through (no process restarted)."""
+    worker = SqliteQueue(open_store(pg_url))
+    job_id = worker.enqueue(delivery("r"), 60).job_id
+    assert worker.claim("host-a", 30, now=101.0) is not None
+    pg_cluster.stop("fast")
+    pg_cluster.start()
+    assert worker.heartbeat(job_id, "host-a", 30, now=110.0) is True  # type: ignore[arg-type]
+    assert worker.reap_expired(now=130.0) == []
+    assert worker.complete(job_id, "host-a", now=131.0) is True  # type: ignore[arg-type]
+    assert worker.get(job_id).state == "succeeded"  # type: ignore[arg-type,union-attr]
