@@ -4,14 +4,15 @@ scripts and people see one truth. Reads only: the store, the audit chains, the r
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from core import watched as core_watched
 from core.auditread import records
 from core.config import Config
+from core.store import Connection
 from pipeline.queue import JobRow, JobState, SqliteQueue
 
 STATES = tuple(s.value for s in JobState)
@@ -35,25 +36,30 @@ def job_dict(row: JobRow) -> dict[str, Any]:
     return values
 
 
-def queue_depth(conn: sqlite3.Connection) -> dict[str, int]:
+def queue_depth(conn: Connection) -> dict[str, int]:
     counts = dict.fromkeys(STATES, 0)
-    for state, n in conn.execute("SELECT state, count(*) FROM jobs GROUP BY state"):
+    for state, n in conn.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall():
         counts[str(state)] = int(n)
     return counts
 
 
-def oldest_queued(conn: sqlite3.Connection) -> float | None:
-    row = conn.execute("SELECT min(created_at) FROM jobs WHERE state = 'queued'").fetchone()
+def oldest_queued(conn: Connection) -> float | None:
+    row = conn.execute(
+        "SELECT min(created_at) FROM jobs WHERE state = ?", (JobState.QUEUED.value,)
+    ).fetchone()
     return None if row is None or row[0] is None else float(row[0])
 
 
-def watched(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    cursor = conn.execute(
-        "SELECT artifact, version_string, outcome, last_poll_at, last_ok_at, last_error, "
-        "last_error_at, failures FROM watched ORDER BY artifact"
-    )
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor]
+WATCHED_FIELDS = (
+    "artifact", "version_string", "outcome", "last_poll_at", "last_ok_at", "last_error",
+    "last_error_at", "failures",
+)
+
+
+def watched(conn: Connection) -> list[dict[str, Any]]:
+    """Each watched alias, by name, read through the table's owner (core/watched.py)."""
+    rows = core_watched.all_rows(conn)
+    return [{k: rows[name][k] for k in WATCHED_FIELDS} for name in sorted(rows)]
 
 
 def jobs_page(

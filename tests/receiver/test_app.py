@@ -319,7 +319,7 @@ def test_read_only_store_gives_503_then_resumes(workspace: Workspace, clock: Clo
     client, services = make_client(workspace.config(), clock)
     path = services.config.store_path
 
-    def read_only(p: Path) -> sqlite3.Connection:
+    def read_only(p: Path | str) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{p}?mode=ro", uri=True, isolation_level=None)
 
     services.committer = Committer(path, 86400.0, connect_fn=read_only)
