@@ -32,9 +32,9 @@ from core.sections import (
     AuditConfig,
     DedupeConfig,
     General,
-    Limits,
     ModelsConfig,
     PredictorConfig,
+    RateLimits,
     SecretFiles,
     ServerConfig,
     TrainingConfig,
@@ -56,9 +56,9 @@ __all__ = [
     "AuditConfig",
     "Config",
     "DedupeConfig",
-    "Limits",
     "ModelsConfig",
     "PredictorConfig",
+    "RateLimits",
     "SecretFiles",
     "ServerConfig",
     "TrainingConfig",
@@ -80,7 +80,7 @@ class Config:
     data_dir: Path
     path: Path | None = None
     server: ServerConfig = field(default_factory=ServerConfig)
-    rate_limit: Limits = field(default_factory=Limits)
+    rate_limit: RateLimits = field(default_factory=RateLimits)
     audit: AuditConfig = field(default_factory=AuditConfig)
     secrets: SecretFiles = field(default_factory=SecretFiles)
     worker: WorkerConfig = field(default_factory=WorkerConfig)

@@ -1,6 +1,6 @@
 """edgehook's one exception hierarchy, and the exit codes a job child reports failures with.
 
-receiver/app.py maps these to HTTP answers, pipeline/worker.py to job outcomes, and
+receiver/answers.py turns these into HTTP answers, pipeline/worker.py to job outcomes, and
 edgehook/cli to exit codes. A job child exits 0 on success, EXIT_TRANSIENT (75, sysexits'
 EX_TEMPFAIL) when the failure may pass (network, W&B unavailable) and the worker should retry
 with backoff, and anything else for a failure retrying cannot fix. Command actions may use

@@ -59,7 +59,8 @@ class ServerConfig:
     )
     workers: int = setting(
         1,
-        "receiver processes sharing one listening socket; 2 or more on a multi-core device "
+        "receiver processes on one port, each with its own listening socket (SO_REUSEPORT); "
+        "2 or more on a multi-core device "
         "answer a forged flood about twice as fast (each keeps its own rate budgets and "
         "audit chain, `audit/receiver-N`)",
         minimum=1,
@@ -86,7 +87,7 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
-class Limits:
+class RateLimits:
     """The receiver's per-client token buckets (receiver/ratelimit.py)."""
 
     requests_per_second: float = setting(
@@ -350,7 +351,7 @@ class WatchConfig:
 SECTIONS: list[tuple[str, type[Any]]] = [
     ("", General),
     ("server", ServerConfig),
-    ("rate_limit", Limits),
+    ("rate_limit", RateLimits),
     ("audit", AuditConfig),
     ("dedupe", DedupeConfig),
     ("secrets", SecretFiles),

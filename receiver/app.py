@@ -1,13 +1,16 @@
-"""The receiver's ASGI app, built in one place; the checks read top to bottom.
+"""The receiver's ASGI app, built in one place; the checks read top to bottom, in README's
+order (receiver/checks.py declares it as CHECKS):
 
-  Gate (gate.py)   every request -> one audit line; then screen.py, from the head alone:
-                   1 rate limit (429), 2 Content-Type (415), 3 declared length (413),
-                   4 bearer token (401)
-  _webhook         5 capped body read (413/408), 6 signature (401), 7 JSON (400),
-                   8 rule + args (200 ignored / 422), 9 dedupe + 10 durable commit
-                   (200 duplicate / 202 / 503)
-The token is checked before the body is read, so an unauthenticated caller cannot make the
-receiver read 64 KiB.
+  screen.py   from the head alone: 1 one Authorization and one signature (400), 2 bearer
+              token (right: no rate budget spent, on to 5), 3 rate limit (429, only
+              without the right token), 4 Content-Type (415), declared length (413), then
+              the wrong token's refusal (401)
+  _webhook    5 capped body read (413/408/499), 6 signature (401), 7 JSON (400); then
+              core/admit.py: 8 rule + args (200 ignored / 422), 9 dedupe + 10 durable
+              commit (200 duplicate / 202 / 503)
+Checks 1-6 are decided in the HTTP protocol (fastpath.py) whenever it can, else by the Gate
+(gate.py, which also writes every request's audit line) and here. The token is checked
+before the body is read, so a caller without it cannot make the receiver read 64 KiB.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from receiver.answers import answer, refusal
 from receiver.bodies import BODY_TIMEOUT, CLIENT_LEFT, read_capped
 from receiver.checks import prove
 from receiver.gate import INTERNAL_ERROR, Gate
-from receiver.payload import canonical_digest, normalise, parse_body
+from receiver.payload import canonical_digest, parse_body, to_event
 from receiver.record import SCOPE_KEY, RequestRecord
 from receiver.screen import WEBHOOK_PATHS
 from receiver.services import Services
@@ -89,7 +92,7 @@ async def _webhook(svc: Services, request: Request) -> Response:
         digest = record.body_sha256
         assert digest is not None  # prove() recorded it
         data = parse_body(body, max_depth=config.max_json_depth)
-        event = normalise(data)
+        event = to_event(data)
         record.event = event.summary()
         source = Source(
             record.received_at, record.request_id, record.client, digest, canonical_digest(data)

@@ -94,7 +94,7 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def normalise(data: Mapping[str, Any]) -> Event:
+def to_event(data: Mapping[str, Any]) -> Event:
     """The Event a parsed body describes, or Rejection(400) saying which field is wrong."""
     nested = data.get("client_payload")
     sources = [nested, data] if isinstance(nested, dict) else [data]

@@ -1,4 +1,5 @@
-"""`server.workers` > 1: several receiver processes answering on one port.
+"""`edgehook serve`: one receiver process, or (`server.workers` > 1) several answering on
+one port, each with a listening socket of its own.
 
 One Python process answers about 18,000 refusals a second here; a Go server does three
 times that on the same cores. The parent checks the address, forks the receivers (each
@@ -28,14 +29,40 @@ from core.config import Config
 from core.credentials import load_audit_key, load_secrets
 from core.errors import ConfigError
 from core.store import open_store
+from receiver.server import check_bind, make_services, uvicorn_config
 
 log = structlog.get_logger("edgehook.serve")
 RESPAWN_DELAY_S = 1.0
 
 
-def serve_processes(config: Config, env: Mapping[str, str], host: str, port: int) -> int:
-    from receiver.server import make_services, uvicorn_config
+def serve(
+    config: Config,
+    env: Mapping[str, str],
+    *,
+    allow_public: bool,
+    host: str | None = None,
+    port: int | None = None,
+) -> int:
+    """Run the receiver; `host`/`port` (the command line's) win over the config's."""
+    key = "server.host" if host is None else "--host"
+    host = config.server.host if host is None else host
+    port = config.server.port if port is None else port
+    check_bind(host, allow_public or config.server.allow_public_bind, key)
+    if config.server.workers > 1:
+        return serve_processes(config, env, host, port)
+    services = make_services(config, env)
+    server = uvicorn.Server(uvicorn_config(services, host, port))
+    log.info(
+        "serving",
+        url=f"http://{host}:{port}/webhook",
+        data_dir=str(config.data_dir),
+        rules=[rule.name for rule in config.rules],
+    )
+    server.run()
+    return 0 if server.started else 1
 
+
+def serve_processes(config: Config, env: Mapping[str, str], host: str, port: int) -> int:
     # Fail here, once, with the one-line error, rather than in every child.
     load_secrets(config, env)
     load_audit_key(config, env)

@@ -1,10 +1,11 @@
 """Checks 1-4: what can be decided from a request's head alone, before its body is read.
 
-For POST /webhook: 1 Content-Type (415), 2 declared Content-Length (413), one
-Authorization and one X-Wandb-Signature at most (400), 3 bearer token: a request that
-carries the right token goes on to the signature check and spends no rate budget; any
-other (4) spends the client's budget (429 once spent) and then fails auth (401). Every
-other path spends the budget too. So a genuine delivery is never refused for rate, whatever
+For POST /webhook, in README's order (checks.py's CHECKS): 1 one Authorization and one
+X-Wandb-Signature at most (400); 2 the bearer token: a request that carries the right one
+spends no rate budget and goes on to the body and its signature (checks 5-6); 3 any other
+spends the client's budget (429 once spent); 4 Content-Type (415), the declared
+Content-Length (413), and then the wrong token's refusal (401). Every other path spends
+the budget too. So a genuine delivery is never refused for rate, whatever
 its address did before: forged traffic from the address W&B's deliveries come from costs
 only the forgers. A plain function over the head and the limiter; gate.py turns the
 verdict into an answer.

@@ -1,4 +1,6 @@
-"""`edgehook serve`: build the services once, then run the app under uvicorn on loopback."""
+"""One receiver process: its services built once, the app under uvicorn on loopback, and
+the open-files limit its connections need. `edgehook serve` starts one or several of them
+(processes.py)."""
 
 from __future__ import annotations
 
@@ -130,32 +132,3 @@ def connection_capacity(wanted: int) -> int:
         )
         return fits
     return wanted
-
-
-def serve(
-    config: Config,
-    env: Mapping[str, str],
-    *,
-    allow_public: bool,
-    host: str | None = None,
-    port: int | None = None,
-) -> int:
-    """Run the receiver; `host`/`port` (the command line's) win over the config's."""
-    key = "server.host" if host is None else "--host"
-    host = config.server.host if host is None else host
-    port = config.server.port if port is None else port
-    check_bind(host, allow_public or config.server.allow_public_bind, key)
-    if config.server.workers > 1:
-        from receiver.processes import serve_processes
-
-        return serve_processes(config, env, host, port)
-    services = make_services(config, env)
-    server = uvicorn.Server(uvicorn_config(services, host, port))
-    log.info(
-        "serving",
-        url=f"http://{host}:{port}/webhook",
-        data_dir=str(config.data_dir),
-        rules=[rule.name for rule in config.rules],
-    )
-    server.run()
-    return 0 if server.started else 1

@@ -6,7 +6,7 @@ the signature header parser.
     python -m tests.fuzz.atheris_targets args fuzz-corpus/args -max_total_time=600
     python -m tests.fuzz.atheris_targets signature fuzz-corpus/signature -max_total_time=600
 
-The properties: parse_body + normalise either return an Event whose fields are the strict
+The properties: parse_body + to_event either return an Event whose fields are the strict
 types W&B sends, each name one safe path component, or raise Rejection with a 400 (nothing
 else: any other exception is a crash libFuzzer reports); a str argument the rule accepts
 can travel to a job (environment and argv: no NUL, valid UTF-8), or is refused with a 422;
@@ -29,7 +29,7 @@ with atheris.instrument_imports():
     from core.names import path_component
     from core.rules import ArgSpec, Rule
     from pipeline.sandbox import command_environment
-    from receiver.payload import normalise, parse_body
+    from receiver.payload import parse_body, to_event
     from receiver.signatures import parse_signature, signature_valid
 
 SECRET = b"s" * 32
@@ -44,7 +44,7 @@ ARG_RULE = Rule(
 
 def payload(data: bytes) -> None:
     try:
-        event = normalise(parse_body(data, max_depth=16))
+        event = to_event(parse_body(data, max_depth=16))
     except Rejection as exc:
         assert exc.status == 400, exc.status
         return

@@ -4,17 +4,17 @@ import pytest
 
 from core.errors import Rejection
 from edgehook.template import RECOMMENDED_TEMPLATE, SAMPLE_VALUES, sample_body
-from receiver.payload import normalise, parse_body
+from receiver.payload import parse_body, to_event
 
 
 def refused(body: bytes, depth: int = 16) -> Rejection:
     with pytest.raises(Rejection) as exc:
-        normalise(parse_body(body, max_depth=depth))
+        to_event(parse_body(body, max_depth=depth))
     return exc.value
 
 
 def test_recommended_template_rendered_normalises() -> None:
-    event = normalise(parse_body(sample_body(), max_depth=16))
+    event = to_event(parse_body(sample_body(), max_depth=16))
     assert event.event_type == "ADD_ARTIFACT_ALIAS"
     assert (event.entity, event.project, event.collection) == (
         "my-team",
@@ -38,7 +38,7 @@ def test_client_payload_nesting_and_link_artifact_synonym() -> None:
             "args": {"epochs": "2"},
         },
     }
-    event = normalise(parse_body(json.dumps(body).encode(), max_depth=16))
+    event = to_event(parse_body(json.dumps(body).encode(), max_depth=16))
     assert event.event_type == "LINK_MODEL"
     assert event.version_string == "t/p/m:prod"
     assert event.args == {"epochs": "2"}
@@ -51,7 +51,7 @@ def test_empty_and_unrendered_fields_and_args_count_as_absent() -> None:
         "alias": "${alias}",
         "args": {"epochs": "", "lr": "${artifact_metadata.lr}", "seed": "4"},
     }
-    event = normalise(parse_body(json.dumps(body).encode(), max_depth=16))
+    event = to_event(parse_body(json.dumps(body).encode(), max_depth=16))
     assert event.alias is None and event.tag is None
     assert event.args == {"seed": "4"}
 
@@ -93,5 +93,5 @@ def test_summary_never_contains_args() -> None:
         "artifact_version_string": "a/b/c:v1",
         "args": {"message": "secret-ish"},
     }
-    event = normalise(parse_body(json.dumps(body).encode(), max_depth=16))
+    event = to_event(parse_body(json.dumps(body).encode(), max_depth=16))
     assert "secret-ish" not in event.summary()

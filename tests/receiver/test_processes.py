@@ -1,5 +1,6 @@
 """The receiver's fast path for refusals (answered in the protocol, keep-alive intact) and
-`server.workers` > 1: several receiver processes on one socket, supervised."""
+`server.workers` > 1: several receiver processes on one port (each its own
+SO_REUSEPORT socket), supervised."""
 
 from __future__ import annotations
 
