@@ -93,9 +93,12 @@ class SignedSender(threading.Thread):
         self.job_ids: list[int] = []
 
     def run(self) -> None:
-        i = 0
+        i, due = 0, time.perf_counter()
         while not self.stop.is_set():
             i += 1
+            # On a schedule (not a pause after each answer), so a slow answer does not thin
+            # out the sample.
+            due += self.interval
             status, ms, job_id = signed_request(
                 self.port, self.path, self.token, self.secret, self.encode, f"bench{self.tag}{i}"
             )
@@ -103,7 +106,7 @@ class SignedSender(threading.Thread):
             self.latencies.append(ms)
             if job_id is not None:
                 self.job_ids.append(job_id)
-            self.stop.wait(self.interval)
+            self.stop.wait(max(0.0, due - time.perf_counter()))
 
 
 @dataclass
@@ -155,6 +158,21 @@ def genuine_run(
     )
 
 
+def receiver_latencies(audit_dir: Path, job_ids: list[int]) -> list[float]:
+    """The receiver's own latency (head parsed to answer, its audit lines' `latency_ms`) of
+    the deliveries that made these jobs: what the client's figure holds besides its own
+    connection, scheduling and reading."""
+    wanted, found = set(job_ids), []
+    for path in audit_dir.rglob("*.jsonl"):
+        for line in path.read_text(errors="replace").splitlines():
+            if '"job_id"' not in line:
+                continue
+            fields = json.loads(line)
+            if fields.get("job_id") in wanted and "latency_ms" in fields:
+                found.append(float(fields["latency_ms"]))
+    return found
+
+
 def hold_connections(port: int, count: int) -> list[socket.socket]:
     """Idle sockets, heads that never end, and bodies trickling after a forged head."""
     held = []
@@ -176,7 +194,19 @@ def bench_genuine(
     args: argparse.Namespace, port: int, pid: int, home: Path, token: str, secret: bytes
 ) -> list[Genuine]:
     store = home / "data" / "edgehook.db"
+    count = max(5, round(args.duration * args.signed_rate))
     results = [
+        # The floods' deliveries without a flood, same rate and sender: their baseline.
+        genuine_run(
+            f"no flood, {args.signed_rate:g}/s (the floods' baseline)",
+            port,
+            count,
+            args.signed_rate,
+            token,
+            secret,
+            pid,
+            store,
+        ),
         genuine_run(
             f"burst of {args.burst} from one address at 30/s",
             port,
@@ -186,11 +216,10 @@ def bench_genuine(
             secret,
             pid,
             store,
-        )
+        ),
     ]
     held = hold_connections(port, args.connections)
     try:
-        count = max(5, round(args.duration * args.signed_rate))
         results.append(
             genuine_run(
                 f"{args.connections:,} idle / slow-head / trickling connections held",

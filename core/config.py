@@ -34,9 +34,9 @@ from core.sections import (
     ConsoleConfig,
     DedupeConfig,
     General,
-    Limits,
     ModelsConfig,
     PredictorConfig,
+    RateLimits,
     SecretFiles,
     ServerConfig,
     StoreConfig,
@@ -60,9 +60,9 @@ __all__ = [
     "Config",
     "ConsoleConfig",
     "DedupeConfig",
-    "Limits",
     "ModelsConfig",
     "PredictorConfig",
+    "RateLimits",
     "SecretFiles",
     "ServerConfig",
     "StoreConfig",
@@ -85,7 +85,7 @@ class Config:
     data_dir: Path
     path: Path | None = None
     server: ServerConfig = field(default_factory=ServerConfig)
-    rate_limit: Limits = field(default_factory=Limits)
+    rate_limit: RateLimits = field(default_factory=RateLimits)
     audit: AuditConfig = field(default_factory=AuditConfig)
     secrets: SecretFiles = field(default_factory=SecretFiles)
     worker: WorkerConfig = field(default_factory=WorkerConfig)

@@ -12,13 +12,13 @@ import ipaddress
 import math
 from collections import OrderedDict
 
-from core.config import Limits
+from core.config import RateLimits
 
 
 class RateLimiter:
     """Verdicts only; the HTTP layer turns a denial into 429 + Retry-After."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: RateLimits) -> None:
         self.limits = limits
         self._fail_rate = limits.auth_failures_per_minute / 60.0
         # client key -> [request tokens, auth-failure tokens, time of last refill]

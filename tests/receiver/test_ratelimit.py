@@ -1,7 +1,7 @@
-from core.config import Limits
+from core.config import RateLimits
 from receiver.ratelimit import RateLimiter, client_key
 
-LIMITS = Limits(
+LIMITS = RateLimits(
     requests_per_second=2.0,
     burst=4,
     auth_failures_per_minute=6.0,
