@@ -29,9 +29,9 @@ def run_predictor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     from core import audit
     from core.credentials import load_audit_key
-    from pipeline.models import signing
     from pipeline.models.predictor import Measured, Metrics, build_app
     from pipeline.models.serving import ActiveModel
+    from pipeline.models.trust import SigningPolicy
     from receiver.server import check_bind
 
     loaded = config(args, env)
@@ -54,8 +54,7 @@ def run_predictor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     active = ActiveModel(
         loaded.models_dir,
-        signing.trusted_keys(loaded.secrets.model_signing_key_file, loaded.models.trusted_keys),
-        allow_unsigned=loaded.models.allow_unsigned,
+        SigningPolicy.from_config(loaded),
         engine=settings.engine,
         interval_s=settings.follow_interval_s,
         report=report,

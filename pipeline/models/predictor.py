@@ -83,11 +83,19 @@ class Metrics:
             "active models refused (unsigned, untrusted, tampered, unloadable)",
             registry=self.registry,
         )
+        self.failures = Counter(
+            "edgehook_predictor_failures",
+            "errors inside the app or the model follower, by where",
+            ["where"],
+            registry=self.registry,
+        )
 
     def report(self, kind: str, **_fields: Any) -> None:
         if kind == "model_refused":
             self.load_failures.inc()
-        else:
+        elif kind == "follow_failed":
+            self.failures.labels("follower").inc()
+        elif kind in ("model_loaded", "model_swapped"):
             self.swaps.inc()
 
 
