@@ -300,7 +300,7 @@ def _training(training: TrainingConfig, t: Table, _env: Mapping[str, str]) -> Tr
     if artifact is not None and not is_artifact_name(artifact):
         raise ConfigError(
             t.key("pretrained_artifact"),
-            f"'{artifact[:80]}' is not an artifact name",
+            f"{artifact[:80]!r} is not an artifact name",
             "use entity/project/name:alias",
         )
     return training
@@ -311,7 +311,7 @@ def _watch(watch: WatchConfig, t: Table, _env: Mapping[str, str]) -> WatchConfig
         if not is_artifact_name(name):
             raise ConfigError(
                 t.key("artifacts"),
-                f"'{name[:80]}' is not an artifact alias",
+                f"{name[:80]!r} is not an artifact alias",
                 "use entity/project/name:alias, as in W&B's artifact page",
             )
     if len(set(watch.artifacts)) != len(watch.artifacts):

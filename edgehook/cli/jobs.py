@@ -19,7 +19,7 @@ from typing import Any
 from core.config import Config
 from core.errors import EdgehookError
 from core.store import open_store
-from edgehook.cli.common import Subparsers, add_command, config, operator_audit
+from edgehook.cli.common import Subparsers, add_command, config, operator_audit, whole
 from pipeline.queue import JobRow, JobState, SqliteQueue
 
 _COLUMNS = (
@@ -73,11 +73,11 @@ def register(sub: Subparsers) -> None:
         ("retry", "queue a failed, cancelled or superseded job again", _retry),
     ):
         j = add_command(jobs_sub, name, text, f"edgehook jobs {name} 12")
-        j.add_argument("job_id", type=int)
+        j.add_argument("job_id", type=whole(1, 2**63 - 1))
         if name == "show":
             j.add_argument("--json", action="store_true")
         if name == "logs":
-            j.add_argument("--attempt", type=int, help="default: the latest")
+            j.add_argument("--attempt", type=whole(1, 2**31), help="default: the latest")
         j.set_defaults(func=_with_queue(_one_job(action)))
 
 

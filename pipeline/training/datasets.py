@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from core import bounded
 from core.errors import JobError
 from core.names import label_problem
 from pipeline.training.images import fit
@@ -39,6 +40,7 @@ from pipeline.training.model import AUTO_MAX_SIZE, EDGEHOOK_CNN, MIN_SIZE, TORCH
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp"})
 MAX_IMAGES = 200_000
 MAX_SIDE = 8192
+MAX_NPZ_BYTES = 16 << 30
 MAX_CLASSES = 1000  # what a model's spec allows (metadata.MAX_CLASSES)
 EXPECTED = (
     "an image-folder tree (one folder per class), CIFAR-10 python batches "
@@ -278,6 +280,15 @@ def _class_names(names: list[str], what: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _npz_names(names: np.ndarray, file: str) -> tuple[str, ...]:
+    if names.ndim != 1 or names.size > MAX_CLASSES or names.dtype.kind not in "US":
+        raise JobError(f"{file}: classes must list at most {MAX_CLASSES} names (strings)")
+    return tuple(
+        n.decode("utf-8", "surrogateescape") if isinstance(n, bytes) else str(n)
+        for n in names.tolist()
+    )
+
+
 def _check_labels(y: np.ndarray, classes: tuple[str, ...], layout: str) -> None:
     if not 2 <= len(y) <= MAX_IMAGES:
         raise JobError(f"{layout}: {len(y)} readable images; need between 2 and {MAX_IMAGES}")
@@ -287,18 +298,17 @@ def _check_labels(y: np.ndarray, classes: tuple[str, ...], layout: str) -> None:
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     try:
-        with np.load(path, allow_pickle=False) as data:
+        # Opened here (a regular file, never a FIFO) and closed here, whatever np.load thinks.
+        handle = os.fdopen(bounded.open_regular(path, MAX_NPZ_BYTES), "rb")
+    except bounded.Unreadable as exc:
+        raise JobError(str(exc)) from exc
+    try:
+        with handle, np.load(handle, allow_pickle=False) as data:
             x = data["x"] if "x" in data else data["images"]
             y = data["y"] if "y" in data else data["labels"]
-            names = data["classes"] if "classes" in data else np.asarray([])
-            if names.ndim != 1 or names.size > MAX_CLASSES or names.dtype.kind not in "UiS":
-                raise JobError(
-                    f"{path.name}: classes must list at most {MAX_CLASSES} names (strings)"
-                )
-            classes = tuple(
-                n.decode("utf-8", "surrogateescape") if isinstance(n, bytes) else str(n)
-                for n in names.tolist()
-            )
+            classes: tuple[str, ...] = ()
+            if "classes" in data:
+                classes = _npz_names(data["classes"], path.name)
     except KeyError as exc:
         raise JobError(f"{path.name} needs arrays x (or images) and y (or labels)") from exc
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
