@@ -29,10 +29,19 @@ def run_predictor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     from core import audit
     from core.credentials import load_audit_key
-    from pipeline.models.predictor import Measured, Metrics, build_app
+    from pipeline.models.predictor import (
+        HEAD_TIMEOUT_S,
+        KEEP_ALIVE_S,
+        MAX_CONNECTIONS,
+        MAX_HEAD_BYTES,
+        Measured,
+        Metrics,
+        build_app,
+    )
     from pipeline.models.serving import ActiveModel
     from pipeline.models.trust import SigningPolicy
-    from receiver.server import check_bind
+    from receiver.protocol import bounded_protocol
+    from receiver.server import check_bind, connection_capacity
 
     loaded = config(args, env)
     settings = loaded.predictor
@@ -69,16 +78,30 @@ def run_predictor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         model=current.name if current else None,
         engine=current.engine.name if current else None,
     )
+
+    def refused(_peer: Any, status: int, reason: str) -> None:  # below the app: counted
+        metrics.requests.labels("other", str(status)).inc()
+
+    # The receiver's connection table: a slow or missing head is 408, idle keep-alive
+    # connections close and are evicted first, the open-files limit raised to fit.
+    http = bounded_protocol(
+        MAX_HEAD_BYTES,
+        HEAD_TIMEOUT_S,
+        max_connections=connection_capacity(MAX_CONNECTIONS),
+        on_refused=refused,
+    )
     server = uvicorn.Server(
         uvicorn.Config(
-            Measured(build_app(active, settings, metrics), metrics),
+            Measured(build_app(active, settings, metrics), metrics, report),
             host=host,
             port=bind_port,
             server_header=False,
             access_log=False,  # /metrics counts requests; bodies are never logged
             log_config=None,
             lifespan="off",
-            timeout_keep_alive=5,
+            http=http,
+            limit_concurrency=None,
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
     )
     try:

@@ -13,14 +13,16 @@ follows promotions (pipeline/models/serving.py); until one is active, /predict a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import json
+import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime, timezone
 from typing import Any
 
+import anyio
 import numpy as np
 import structlog
 from prometheus_client import (
@@ -31,15 +33,15 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from core import bounded
 from core.errors import Rejection
 from core.sections import PredictorConfig
 from pipeline.models.serving import ActiveModel, Loaded, rank
-from pipeline.training.images import decode
+from pipeline.training.images import decode, pixels_in
 
 log = structlog.get_logger("edgehook.predictor")
 # The body types /predict takes, and the one Pillow format each may hold.
@@ -53,6 +55,20 @@ IMAGE_TYPES: dict[str, tuple[str, ...]] = {
 }
 BATCH_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "PPM")
 MAX_TOP_K = 100
+MAX_JSON_DEPTH = 8  # {"images": [...]} is two levels
+# Hostile load: decodes at once (each may hold a max_pixels image), and how many may wait
+# for one before the answer is 503 (a client retries; memory stays bounded).
+DECODERS = max(2, min(8, os.cpu_count() or 2))
+MAX_WAITING = 256
+BATCH_PIXELS = 2  # a batch's images together: at most this many times max_pixels
+BODY_TIMEOUT_S = 30.0  # a body still arriving after this is 408
+# The connection table below the app (receiver/protocol.py): a head must arrive within
+# HEAD_TIMEOUT_S; idle keep-alive connections close after KEEP_ALIVE_S and are the first
+# evicted when MAX_CONNECTIONS are open.
+HEAD_TIMEOUT_S = 10.0
+KEEP_ALIVE_S = 5
+MAX_HEAD_BYTES = 16384
+MAX_CONNECTIONS = 4096
 
 
 class Metrics:
@@ -106,12 +122,26 @@ def _error(status: int, error: str, detail: str) -> JSONResponse:
 
 def _top_k(request: Request) -> int:
     text = request.query_params.get("top_k", "5")
-    if not text.isdigit() or not 1 <= int(text) <= MAX_TOP_K:
+    # ASCII digits only: str.isdigit accepts '²' and Arabic-Indic digits, which int() refuses
+    # or reads as another number.
+    if (
+        not (text.isascii() and text.isdigit() and len(text) <= 3)
+        or not 1 <= int(text) <= MAX_TOP_K
+    ):
         raise Rejection(400, "bad_top_k", f"top_k must be a whole number from 1 to {MAX_TOP_K}")
     return int(text)
 
 
 async def _body(request: Request, limit: int) -> bytes:
+    try:
+        return await asyncio.wait_for(_read_body(request, limit), BODY_TIMEOUT_S)
+    except asyncio.TimeoutError as exc:
+        raise Rejection(
+            408, "body_timeout", f"the body did not arrive in {BODY_TIMEOUT_S:g} s"
+        ) from exc
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise Rejection(413, "too_large", f"the body is over {limit} bytes")
@@ -126,9 +156,9 @@ async def _body(request: Request, limit: int) -> bytes:
 
 def _batch(body: bytes, config: PredictorConfig) -> list[bytes]:
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Rejection(400, "bad_json", "the body is not JSON") from exc
+        data = bounded.loads(body, "the body", MAX_JSON_DEPTH)
+    except bounded.Unreadable as exc:
+        raise Rejection(400, "bad_json", str(exc)) from exc
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list) or not images:
         raise Rejection(
@@ -141,7 +171,8 @@ def _batch(body: bytes, config: PredictorConfig) -> list[bytes]:
         if not isinstance(text, str):
             raise Rejection(400, "bad_base64", f"images[{index}] is not a base64 string")
         try:
-            out.append(base64.b64decode(text, validate=True))
+            # Line breaks are base64's own (MIME, `base64` from coreutils wraps at 76).
+            out.append(base64.b64decode(text.replace("\r", "").replace("\n", ""), validate=True))
         except (binascii.Error, ValueError) as exc:
             raise Rejection(400, "bad_base64", f"images[{index}] is not valid base64") from exc
     return out
@@ -151,6 +182,13 @@ def _classify(
     loaded: Loaded, blobs: list[bytes], formats: tuple[str, ...], top_k: int, max_pixels: int
 ) -> list[list[dict[str, Any]]]:
     channels, size, _ = loaded.shape
+    total = sum(pixels_in(blob, formats) for blob in blobs)  # headers only
+    if total > BATCH_PIXELS * max_pixels:
+        raise Rejection(
+            413,
+            "too_many_pixels",
+            f"the images hold {total} pixels together; at most {BATCH_PIXELS * max_pixels}",
+        )
     pixels = []
     for index, blob in enumerate(blobs):
         try:
@@ -167,7 +205,35 @@ def _classify(
     ]
 
 
-def build_app(active: ActiveModel, config: PredictorConfig, metrics: Metrics) -> Starlette:
+class Decoders:
+    """At most DECODERS requests decode and run at once; up to MAX_WAITING more wait their
+    turn, anything beyond is answered 503 at once."""
+
+    def __init__(self, decoders: int = DECODERS, waiting: int = MAX_WAITING) -> None:
+        self.limiter = anyio.CapacityLimiter(decoders)
+        self.max_waiting = waiting
+        self.waiting = 0
+
+    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        if self.limiter.borrowed_tokens >= self.limiter.total_tokens and (
+            self.waiting >= self.max_waiting
+        ):
+            raise Rejection(503, "busy", "too many images are being classified; retry")
+        self.waiting += 1
+        try:
+            return await anyio.to_thread.run_sync(function, *args, limiter=self.limiter)
+        finally:
+            self.waiting -= 1
+
+
+def build_app(
+    active: ActiveModel,
+    config: PredictorConfig,
+    metrics: Metrics,
+    decoders: Decoders | None = None,
+) -> Starlette:
+    decoding = decoders or Decoders()
+
     async def predict(request: Request) -> Response:
         top_k = _top_k(request)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -186,9 +252,7 @@ def build_app(active: ActiveModel, config: PredictorConfig, metrics: Metrics) ->
             blobs, formats = _batch(body, config), BATCH_FORMATS
         else:
             blobs, formats = [body], IMAGE_TYPES[kind]
-        results = await run_in_threadpool(
-            _classify, loaded, blobs, formats, top_k, config.max_pixels
-        )
+        results = await decoding.run(_classify, loaded, blobs, formats, top_k, config.max_pixels)
         metrics.images.inc(len(blobs))
         if kind == "application/json":
             answer: dict[str, Any] = {
@@ -238,11 +302,16 @@ def build_app(active: ActiveModel, config: PredictorConfig, metrics: Metrics) ->
 
 
 class Measured:
-    """Counts every answer by path and status, and times /predict (pure ASGI)."""
+    """Counts every answer by path and status, and times /predict (pure ASGI). An error the
+    app did not answer becomes a 500 here, counted, and reported (logged with its trace
+    and audited) once per distinct error, so a request that keeps failing the same way
+    cannot flood the log."""
 
-    def __init__(self, app: Any, metrics: Metrics) -> None:
+    def __init__(self, app: Any, metrics: Metrics, report: Any = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.report = report or (lambda kind, **fields: None)
+        self._reported: set[str] = set()
 
     async def __call__(
         self,
@@ -256,13 +325,32 @@ class Measured:
         started = time.perf_counter()
         status = [500]
 
+        started_answer = [False]
+
         async def sending(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                started_answer[0] = True
             await send(message)
 
         try:
             await self.app(scope, receive, send=sending)
+        except Exception as exc:  # Starlette answered 500 already, or nobody did
+            self.metrics.failures.labels("app").inc()
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            if error not in self._reported and len(self._reported) < 1000:
+                self._reported.add(error)
+                log.error("request_failed", error=error, exc_info=True)
+                self.report("request_failed", path=scope.get("path", ""), error=error)
+            if not started_answer[0]:
+                await sending(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b'{"error":"internal"}'})
         finally:
             path = scope.get("path", "")
             known = path if path in ("/predict", "/healthz", "/metrics") else "other"

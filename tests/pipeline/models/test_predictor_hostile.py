@@ -1,0 +1,175 @@
+"""The predictor under hostile input (issue 21, item 4): every bad request is a precise
+4xx, a failure inside the app a counted 500 reported once, a bad model refused by the
+follower without a traceback flood, 16-bit images decoded by their bit depth, decodes
+capped."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+pytest.importorskip("torch")
+
+from core.errors import Rejection
+from core.sections import PredictorConfig
+from pipeline.models import registry
+from pipeline.models.modelfile import save
+from pipeline.models.predictor import Decoders, Measured, Metrics, build_app
+from pipeline.models.serving import ActiveModel
+from pipeline.models.trust import SigningPolicy
+from pipeline.training import synthetic
+from pipeline.training.datasets import read_dataset
+from pipeline.training.images import decode
+from pipeline.training.train import TrainConfig, train
+
+UNSIGNED = SigningPolicy((), allow_unsigned=True)
+
+
+def png(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("hostile")
+    synthetic.write_npz(root / "data", *synthetic.make(per_class=20, size=16))
+    trained = train(read_dataset(root / "data"), TrainConfig(epochs=1, lr=0.05), log=lambda _: None)
+    save(root / "model", trained, sources=["test"])
+    return root / "model"
+
+
+@pytest.fixture
+def client(model: Path, tmp_path: Path) -> Iterator[tuple[TestClient, Metrics]]:
+    registry.install(tmp_path / "models", model, "m", activate=True)
+    metrics = Metrics()
+    active = ActiveModel(tmp_path / "models", UNSIGNED, report=metrics.report)
+    assert active.refresh()
+    settings = PredictorConfig(max_pixels=10_000, max_batch=4)
+    with TestClient(Measured(build_app(active, settings, metrics), metrics)) as test_client:
+        yield test_client, metrics
+
+
+def grey(side: int = 16) -> bytes:
+    return png(np.full((side, side), 128, np.uint8))
+
+
+@pytest.mark.parametrize("top_k", ["\u00b2", "\u0661", "00000000001", "0", "101", "-1"])
+def test_top_k_is_ascii_digits_within_bounds(
+    top_k: str, client: tuple[TestClient, Metrics]
+) -> None:
+    answer = client[0].post(
+        "/predict", params={"top_k": top_k}, content=grey(), headers={"content-type": "image/png"}
+    )
+    assert (answer.status_code, answer.json()["error"]) == (400, "bad_top_k")
+
+
+def test_deep_json_is_400(client: tuple[TestClient, Metrics]) -> None:
+    body = b'{"images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    answer = client[0].post("/predict", content=body, headers={"content-type": "application/json"})
+    assert answer.status_code == 400
+    assert answer.json() == {"error": "bad_json", "detail": "the body nests deeper than 8 levels"}
+
+
+def test_base64_with_line_breaks_is_accepted(client: tuple[TestClient, Metrics]) -> None:
+    wrapped = base64.encodebytes(grey()).decode("ascii")  # 76 characters a line, as coreutils
+    assert "\n" in wrapped.strip()
+    answer = client[0].post("/predict", json={"images": [wrapped, wrapped.replace("\n", "\r\n")]})
+    assert answer.status_code == 200 and len(answer.json()["results"]) == 2
+
+
+def test_a_batch_has_a_pixel_budget(client: tuple[TestClient, Metrics]) -> None:
+    image = base64.b64encode(grey(80)).decode()  # 6,400 pixels, under max_pixels alone
+    answer = client[0].post("/predict", json={"images": [image] * 4})
+    assert answer.status_code == 413
+    assert answer.json() == {
+        "error": "too_many_pixels",
+        "detail": "the images hold 25600 pixels together; at most 20000",
+    }
+
+
+def test_16_bit_images_are_scaled_by_their_depth_not_stretched() -> None:
+    uniform = np.full((40, 60), 0x8080, np.uint16)
+    assert set(decode(png(uniform), 16, 1).ravel().tolist()) == {128}
+    ramp = np.tile(np.array([0, 0xFFFF], np.uint16), (8, 4))
+    assert set(decode(png(ramp), 8, 1).ravel().tolist()) <= set(range(256))
+    dark = np.full((8, 8), 0x0100, np.uint16)  # a dark image stays dark
+    assert set(decode(png(dark), 8, 1).ravel().tolist()) == {1}
+
+
+def test_decodes_beyond_the_cap_and_the_queue_are_503() -> None:
+    async def scenario() -> int:
+        decoders = Decoders(decoders=1, waiting=1)
+        gate = threading.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(decoders.run, gate.wait)
+            while decoders.limiter.borrowed_tokens < 1:  # the first decode has started
+                await anyio.sleep(0.001)
+            try:
+                await decoders.run(gate.wait)
+            except Rejection as exc:
+                status = exc.status
+            gate.set()
+        return status
+
+    assert anyio.run(scenario) == 503
+
+
+@pytest.mark.parametrize("height", ["Infinity", "16.5", '"16"'])
+def test_a_model_with_a_broken_spec_is_refused_by_the_follower(
+    height: str, model: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(model, broken)
+    text = (broken / "model.json").read_text()
+    meta = json.loads(text)
+    (broken / "model.json").write_text(
+        text.replace(f'"height":{meta["spec"]["height"]}', f'"height":{height}')
+    )
+    registry.install(tmp_path / "models", model, "good", activate=True)
+    shutil.copytree(broken, tmp_path / "models" / "broken")
+    reports: list[tuple[str, dict[str, Any]]] = []
+    active = ActiveModel(
+        tmp_path / "models", UNSIGNED, report=lambda k, **f: reports.append((k, f))
+    )
+    assert active.refresh()
+    registry._write(tmp_path / "models", {"active": "broken", "history": ["good"]})
+    assert not active.refresh() and not active.refresh()
+    assert [kind for kind, _ in reports] == ["model_loaded", "model_refused"]
+    assert active.model().name == "good"
+    reason = str(reports[-1][1]["reason"])
+    assert "height" in reason or "Infinity" in reason, reason
+
+
+def test_an_error_inside_the_app_is_a_counted_500_reported_once() -> None:
+    def broken(_request: Any) -> Any:
+        raise RuntimeError("boom")
+
+    metrics = Metrics()
+    reports: list[tuple[str, dict[str, Any]]] = []
+    app = Measured(
+        Starlette(routes=[Route("/predict", broken, methods=["POST"])]),
+        metrics,
+        lambda kind, **fields: reports.append((kind, fields)),
+    )
+    with TestClient(app, raise_server_exceptions=False) as test_client:
+        for _ in range(3):
+            assert test_client.post("/predict").status_code == 500
+    assert metrics.failures.labels("app")._value.get() == 3
+    assert reports == [("request_failed", {"path": "/predict", "error": "RuntimeError: boom"})]
