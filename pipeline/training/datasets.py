@@ -41,6 +41,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp"})
 MAX_IMAGES = 200_000
 MAX_SIDE = 8192
 MAX_NPZ_BYTES = 16 << 30
+MAX_BATCH_BYTES = 1 << 30  # one CIFAR python batch is 31 MB
 MAX_CLASSES = 1000  # what a model's spec allows (metadata.MAX_CLASSES)
 EXPECTED = (
     "an image-folder tree (one folder per class), CIFAR-10 python batches "
@@ -191,7 +192,8 @@ def split(count: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    # Regular files only: PIL opening a FIFO would wait for a writer forever.
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def _scan_folders(folders: list[Path]) -> Source:
@@ -358,9 +360,12 @@ class _ArraysOnly(pickle.Unpickler):
 
 def _unpickle(path: Path) -> dict[Any, Any]:
     try:
-        data = _ArraysOnly(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        raw = bounded.read_bytes(path, MAX_BATCH_BYTES)
+        data = _ArraysOnly(io.BytesIO(raw), encoding="bytes").load()
     except JobError:
         raise
+    except bounded.Unreadable as exc:
+        raise JobError(str(exc)) from exc
     except Exception as exc:
         raise JobError(f"{path.name} is not a CIFAR python batch ({type(exc).__name__})") from exc
     if not isinstance(data, dict):

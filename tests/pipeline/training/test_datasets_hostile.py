@@ -77,3 +77,14 @@ def test_npz_class_names_must_be_text(tmp_path: Path) -> None:
     )
     with pytest.raises(JobError, match=r"d\.npz: the class 'b\\x07' contains the control"):
         scan(tmp_path)
+
+
+def test_a_fifo_among_the_images_is_passed_over_not_waited_on(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        Image.new("L", (8, 8)).save(tmp_path / folder / "1.png")
+    os.mkfifo(tmp_path / "a" / "2.png")
+    source = scan(tmp_path)
+    assert source.classes == ("a", "b") and len(source.labels) == 2
