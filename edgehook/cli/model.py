@@ -20,6 +20,7 @@ from core.names import printable
 from core.sections import ARCHS
 from edgehook.cli.common import Subparsers, add_command, config, operator_audit
 from pipeline.models import registry
+from pipeline.models.signing import Verified
 
 
 def register(sub: Subparsers) -> None:
@@ -150,7 +151,7 @@ def run_verify(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0
 
 
-def _verify_artifact(loaded: Config, name: str, trusted: tuple[str, ...]) -> object:
+def _verify_artifact(loaded: Config, name: str, trusted: tuple[str, ...]) -> Verified:
     from pipeline.artifacts import fetch
     from pipeline.models import signing
 

@@ -65,7 +65,7 @@ class ModelSpec:
             raise JobError(
                 f"model architecture {arch!r} is not one edgehook builds ({', '.join(ARCHS)})"
             )
-        sizes = {
+        sizes: dict[str, Any] = {
             k: data.get(k) for k in ("in_channels", "height", "width", "num_classes", "channels")
         }
         bad = [k for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int)]

@@ -8,6 +8,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,13 +45,13 @@ def device_signed(workspace: Workspace, source: Path, target: Path) -> Path:
     return target
 
 
-def rewrite_weights(model: Path, change: Callable[[dict[str, object]], None]) -> None:
+def rewrite_weights(model: Path, change: Callable[[dict[str, Any]], None]) -> None:
     """Change the weights file and keep model.json's digest consistent (what a careless or
     hostile signer would publish), unsigned."""
     from safetensors.torch import load_file, save_file
 
     tensors = load_file(str(model / "model.safetensors"))
-    change(tensors)  # type: ignore[arg-type]
+    change(tensors)
     save_file(tensors, str(model / "model.safetensors"))
     meta = json.loads((model / "model.json").read_text())
     meta["weights_sha256"] = sha256(model / "model.safetensors")
@@ -118,8 +119,10 @@ def test_export_and_install_refuse_numbers_infer_refuses(
     def change(tensors: dict[str, torch.Tensor]) -> None:
         if tensor not in tensors:
             assert tensor == "extra.tensor" or tensor.startswith("features"), sorted(tensors)
-            name = tensor if tensor == "extra.tensor" else next(
-                k for k in tensors if k.endswith(".weight_scales")
+            name = (
+                tensor
+                if tensor == "extra.tensor"
+                else next(k for k in tensors if k.endswith(".weight_scales"))
             )
             tensors[name] = torch.full_like(tensors.get(name, torch.ones(1)), value)
             return
