@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from core import bounded
 from core.errors import EdgehookError, JobError
 from core.names import printable
 from core.sections import ARCHS
@@ -146,6 +147,7 @@ def _dataset_path(path: Path) -> Path:
 
 
 MAX_TOP_K = 100
+MAX_IMAGE_BYTES = 256 << 20
 
 
 def top_k(text: str) -> int:
@@ -221,7 +223,11 @@ def _read(path: Path, spec: dict[str, int]) -> Any:
     from pipeline.training.images import decode
 
     try:
-        pixels = decode(path.read_bytes(), spec["height"], spec["in_channels"])
+        # A FIFO or device named as an image is refused, not waited on.
+        data = bounded.read_bytes(path, MAX_IMAGE_BYTES)
+        pixels = decode(data, spec["height"], spec["in_channels"])
+    except bounded.Unreadable as exc:
+        raise JobError(str(exc)) from exc
     except (OSError, ValueError) as exc:
         raise JobError(f"{path} is not a readable image") from exc
     return pixels.astype("float32") / 255.0
