@@ -23,6 +23,13 @@ from pipeline.models import registry
 
 
 def register(sub: Subparsers) -> None:
+    _register_train(sub)
+    _register_infer(sub)
+    model.register(sub)
+    _register_keys(sub)
+
+
+def _register_train(sub: Subparsers) -> None:
     p = add_command(
         sub,
         "train",
@@ -57,6 +64,8 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="one batch of each phase")
     p.set_defaults(func=run_train)
 
+
+def _register_infer(sub: Subparsers) -> None:
     p = add_command(
         sub,
         "infer",
@@ -76,8 +85,8 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_infer)
 
-    model.register(sub)
 
+def _register_keys(sub: Subparsers) -> None:
     keys = add_command(
         sub, "keys", "this device's model signing key", "edgehook keys init", "edgehook keys show"
     )
