@@ -236,7 +236,7 @@ def _read(path: Path, spec: dict[str, int]) -> Any:
         data = bounded.read_bytes(path, MAX_IMAGE_BYTES)
         pixels = decode(data, spec["height"], spec["in_channels"])
     except bounded.Unreadable as exc:
-        raise JobError(str(exc)) from exc
+        raise JobError(f"{path} is not a readable image ({exc})") from exc
     except (OSError, ValueError) as exc:
         raise JobError(f"{path} is not a readable image") from exc
     return pixels.astype("float32") / 255.0
