@@ -16,13 +16,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import os
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime, timezone
 from typing import Any
 
-import anyio
 import numpy as np
 import structlog
 from prometheus_client import (
@@ -40,6 +38,7 @@ from starlette.routing import Route
 from core import bounded
 from core.errors import Rejection
 from core.sections import PredictorConfig
+from pipeline.models.decoding import Decoders, PixelBudget
 from pipeline.models.serving import ActiveModel, Loaded, rank
 from pipeline.training.images import decode, pixels_in
 
@@ -56,10 +55,6 @@ IMAGE_TYPES: dict[str, tuple[str, ...]] = {
 BATCH_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "PPM")
 MAX_TOP_K = 100
 MAX_JSON_DEPTH = 8  # {"images": [...]} is two levels
-# Hostile load: decodes at once (each may hold a max_pixels image), and how many may wait
-# for one before the answer is 503 (a client retries; memory stays bounded).
-DECODERS = max(2, min(8, os.cpu_count() or 2))
-MAX_WAITING = 256
 BATCH_PIXELS = 2  # a batch's images together: at most this many times max_pixels
 BODY_TIMEOUT_S = 30.0  # a body still arriving after this is 408
 # The connection table below the app (receiver/protocol.py): a head must arrive within
@@ -179,51 +174,36 @@ def _batch(body: bytes, config: PredictorConfig) -> list[bytes]:
 
 
 def _classify(
-    loaded: Loaded, blobs: list[bytes], formats: tuple[str, ...], top_k: int, max_pixels: int
+    loaded: Loaded,
+    blobs: list[bytes],
+    formats: tuple[str, ...],
+    top_k: int,
+    max_pixels: int,
+    budget: PixelBudget,
 ) -> list[list[dict[str, Any]]]:
     channels, size, _ = loaded.shape
-    total = sum(pixels_in(blob, formats) for blob in blobs)  # headers only
-    if total > BATCH_PIXELS * max_pixels:
+    sizes = [pixels_in(blob, formats) for blob in blobs]  # headers only
+    if sum(sizes) > BATCH_PIXELS * max_pixels:
         raise Rejection(
             413,
             "too_many_pixels",
-            f"the images hold {total} pixels together; at most {BATCH_PIXELS * max_pixels}",
+            f"the images hold {sum(sizes)} pixels together; at most {BATCH_PIXELS * max_pixels}",
         )
     pixels = []
-    for index, blob in enumerate(blobs):
-        try:
-            pixels.append(decode(blob, size, channels, formats, max_pixels))
-        except ValueError as exc:
-            where = f"images[{index}]" if len(blobs) > 1 else "the body"
-            kinds = "/".join(formats)
-            detail = f"{where} is not a readable {kinds} image: {exc}"
-            raise Rejection(400, "not_an_image", detail) from exc
+    with budget.taking(min(max(sizes), max_pixels)):  # a batch decodes one image at a time
+        for index, blob in enumerate(blobs):
+            try:
+                pixels.append(decode(blob, size, channels, formats, max_pixels))
+            except ValueError as exc:
+                where = f"images[{index}]" if len(blobs) > 1 else "the body"
+                kinds = "/".join(formats)
+                detail = f"{where} is not a readable {kinds} image: {exc}"
+                raise Rejection(400, "not_an_image", detail) from exc
     batch = (np.stack(pixels) / np.float32(255)).astype(np.float32)
     return [
         [{"label": label, "score": score} for label, score in p.top]
         for p in rank(loaded, loaded.engine.run(batch), top_k)
     ]
-
-
-class Decoders:
-    """At most DECODERS requests decode and run at once; up to MAX_WAITING more wait their
-    turn, anything beyond is answered 503 at once."""
-
-    def __init__(self, decoders: int = DECODERS, waiting: int = MAX_WAITING) -> None:
-        self.limiter = anyio.CapacityLimiter(decoders)
-        self.max_waiting = waiting
-        self.waiting = 0
-
-    async def run(self, function: Callable[..., Any], *args: Any) -> Any:
-        if self.limiter.borrowed_tokens >= self.limiter.total_tokens and (
-            self.waiting >= self.max_waiting
-        ):
-            raise Rejection(503, "busy", "too many images are being classified; retry")
-        self.waiting += 1
-        try:
-            return await anyio.to_thread.run_sync(function, *args, limiter=self.limiter)
-        finally:
-            self.waiting -= 1
 
 
 def build_app(
@@ -232,7 +212,7 @@ def build_app(
     metrics: Metrics,
     decoders: Decoders | None = None,
 ) -> Starlette:
-    decoding = decoders or Decoders()
+    decoding = decoders or Decoders(pixels=config.max_pixels)
 
     async def predict(request: Request) -> Response:
         top_k = _top_k(request)
@@ -252,7 +232,9 @@ def build_app(
             blobs, formats = _batch(body, config), BATCH_FORMATS
         else:
             blobs, formats = [body], IMAGE_TYPES[kind]
-        results = await decoding.run(_classify, loaded, blobs, formats, top_k, config.max_pixels)
+        results = await decoding.run(
+            _classify, loaded, blobs, formats, top_k, config.max_pixels, decoding.budget
+        )
         metrics.images.inc(len(blobs))
         if kind == "application/json":
             answer: dict[str, Any] = {

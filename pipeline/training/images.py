@@ -24,6 +24,10 @@ def fit(image: Any, size: int, channels: int) -> np.ndarray:
         image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
     mode = "L" if channels == 1 else "RGB"
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        # Cropped and resized in their own depth first, then scaled to 8 bits: the
+        # full-size image is never copied (8000x5000 at 16 bits is 80 MB decoded).
+        if image.size != (size, size):
+            image = ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
         image = _eight_bit(image)
     pixels = image.convert(mode)
     if pixels.size != (size, size):
@@ -35,8 +39,7 @@ def fit(image: Any, size: int, channels: int) -> np.ndarray:
 def _eight_bit(image: Any) -> Any:
     """A 16-bit (or 32-bit integer, or float) grey image as 8 bits, scaled by its bit depth
     (a value's top byte: a uniform grey stays that grey, nothing is stretched), in integer
-    arithmetic on one array of the image's size (no float64 copy: 8000x5000 is 80 MB of
-    16-bit pixels, not a gigabyte)."""
+    arithmetic (no float64 copy: 8000x5000 would be a gigabyte)."""
     from PIL import Image
 
     values = np.asarray(image)

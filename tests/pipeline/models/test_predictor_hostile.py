@@ -26,8 +26,9 @@ pytest.importorskip("torch")
 from core.errors import Rejection
 from core.sections import PredictorConfig
 from pipeline.models import registry
+from pipeline.models.decoding import Decoders, PixelBudget
 from pipeline.models.modelfile import save
-from pipeline.models.predictor import Decoders, Measured, Metrics, build_app
+from pipeline.models.predictor import Measured, Metrics, build_app
 from pipeline.models.serving import ActiveModel
 from pipeline.models.trust import SigningPolicy
 from pipeline.training import synthetic
@@ -129,6 +130,49 @@ def test_decodes_beyond_the_cap_and_the_queue_are_503() -> None:
         return status
 
     assert anyio.run(scenario) == 503
+
+
+def test_decodes_share_a_pixel_budget() -> None:
+    budget = PixelBudget(100)
+    both_inside = threading.Barrier(2, timeout=10)
+
+    def small() -> None:
+        with budget.taking(40):
+            both_inside.wait()  # two small images decode at once (40 + 40 <= 100)
+
+    threads = [threading.Thread(target=small) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert budget.in_use == 0
+
+    order: list[str] = []
+    inside, release = threading.Event(), threading.Event()
+
+    def large() -> None:
+        with budget.taking(80):
+            inside.set()
+            release.wait(10)
+            order.append("large done")
+
+    def another() -> None:
+        with budget.taking(50):  # 80 + 50 > 100: waits for the large one
+            order.append("another decoded")
+
+    first = threading.Thread(target=large)
+    first.start()
+    assert inside.wait(10)
+    second = threading.Thread(target=another)
+    second.start()
+    second.join(timeout=0.2)
+    assert second.is_alive() and order == []
+    release.set()
+    first.join()
+    second.join()
+    assert order == ["large done", "another decoded"]
+    with budget.taking(1000):  # larger than the budget: decodes alone
+        assert budget.in_use == 1000
 
 
 @pytest.mark.parametrize("height", ["Infinity", "16.5", '"16"'])
