@@ -9,7 +9,9 @@ import base64
 import io
 import json
 import shutil
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ pytest.importorskip("torch")
 
 from core.errors import Rejection
 from core.sections import PredictorConfig
+from edgehook.cli.predictor import http_server
 from pipeline.models import registry
 from pipeline.models.decoding import Decoders, PixelBudget
 from pipeline.models.modelfile import save
@@ -35,6 +38,7 @@ from pipeline.training import synthetic
 from pipeline.training.datasets import read_dataset
 from pipeline.training.images import decode
 from pipeline.training.train import TrainConfig, train
+from tests.conftest import free_port
 
 UNSIGNED = SigningPolicy((), allow_unsigned=True)
 
@@ -217,3 +221,68 @@ def test_an_error_inside_the_app_is_a_counted_500_reported_once() -> None:
             assert test_client.post("/predict").status_code == 500
     assert metrics.failures.labels("app")._value.get() == 3
     assert reports == [("request_failed", {"path": "/predict", "error": "RuntimeError: boom"})]
+
+
+@pytest.fixture
+def served(
+    model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[int, Metrics]]:
+    """The predictor's own server (http_server) in a thread, with half-second timeouts."""
+    import pipeline.models.predictor as predictor_module
+
+    monkeypatch.setattr(predictor_module, "BODY_TIMEOUT_S", 0.5)
+    registry.install(tmp_path / "models", model, "m", activate=True)
+    metrics = Metrics()
+    active = ActiveModel(tmp_path / "models", UNSIGNED, report=metrics.report)
+    assert active.refresh()
+    port = free_port()
+    app = Measured(build_app(active, PredictorConfig(), metrics), metrics)
+    server = http_server(app, metrics, "127.0.0.1", port, head_timeout_s=0.5, keep_alive_s=0.5)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:  # the listening socket is open
+        assert time.monotonic() < deadline and thread.is_alive()
+        time.sleep(0.01)
+    yield port, metrics
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def until_closed(sock: socket.socket) -> bytes:
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+def test_a_head_that_never_ends_is_408_and_closed(served: tuple[int, Metrics]) -> None:
+    port, metrics = served
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+        assert until_closed(sock).startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert metrics.requests.labels("other", "408")._value.get() == 1
+
+
+def test_a_body_that_never_ends_is_408(served: tuple[int, Metrics]) -> None:
+    port, _ = served
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b"\x89PNG\r\n\x1a\n"
+        )
+        answer = sock.recv(65536)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body) == {
+        "error": "body_timeout",
+        "detail": "the body did not arrive in 0.5 s",
+    }
+
+
+def test_an_idle_keep_alive_connection_is_closed(served: tuple[int, Metrics]) -> None:
+    port, _ = served
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = until_closed(sock)  # answered, then closed once idle for 0.5 s
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.count(b"HTTP/1.1") == 1
