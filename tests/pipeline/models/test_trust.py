@@ -187,3 +187,14 @@ def test_registry_install_refuses_other_metadata_under_a_registered_name(
 
 def test_allow_unsigned_is_one_answer(trained_dir: Path) -> None:
     assert SigningPolicy((), allow_unsigned=True).accept(trained_dir) == UNCHECKED
+
+
+def test_export_to_a_place_it_cannot_write_is_one_line(
+    workspace: Workspace, trained_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = device_signed(workspace, trained_dir, tmp_path / "model")
+    out = "/proc/edgehook-test/m.onnx"
+    assert run(workspace, "model", "export", str(model), "--format", "onnx", "--out", out) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("edgehook: ") and "/proc/edgehook-test" in err
+    assert "internal error" not in err
