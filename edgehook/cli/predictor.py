@@ -86,7 +86,7 @@ def http_server(
     port: int,
     *,
     head_timeout_s: float | None = None,
-    keep_alive_s: float | None = None,
+    keep_alive_s: int | None = None,
 ) -> Any:
     """The predictor's uvicorn server over the receiver's connection table: a slow or
     missing head is 408, idle keep-alive connections close after `keep_alive_s` and are

@@ -64,7 +64,7 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def client(model: Path, tmp_path: Path) -> Iterator[tuple[TestClient, Metrics]]:
     registry.install(tmp_path / "models", model, "m", activate=True)
     metrics = Metrics()
-    active = ActiveModel(tmp_path / "models", UNSIGNED, report=metrics.report)
+    active = ActiveModel(tmp_path / "models", UNSIGNED, engine="torch-int8", report=metrics.report)
     assert active.refresh()
     settings = PredictorConfig(max_pixels=10_000, max_batch=4)
     with TestClient(Measured(build_app(active, settings, metrics), metrics)) as test_client:
@@ -227,17 +227,17 @@ def test_an_error_inside_the_app_is_a_counted_500_reported_once() -> None:
 def served(
     model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[int, Metrics]]:
-    """The predictor's own server (http_server) in a thread, with half-second timeouts."""
+    """The predictor's own server (http_server) in a thread, with short timeouts."""
     import pipeline.models.predictor as predictor_module
 
     monkeypatch.setattr(predictor_module, "BODY_TIMEOUT_S", 0.5)
     registry.install(tmp_path / "models", model, "m", activate=True)
     metrics = Metrics()
-    active = ActiveModel(tmp_path / "models", UNSIGNED, report=metrics.report)
+    active = ActiveModel(tmp_path / "models", UNSIGNED, engine="torch-int8", report=metrics.report)
     assert active.refresh()
     port = free_port()
     app = Measured(build_app(active, PredictorConfig(), metrics), metrics)
-    server = http_server(app, metrics, "127.0.0.1", port, head_timeout_s=0.5, keep_alive_s=0.5)
+    server = http_server(app, metrics, "127.0.0.1", port, head_timeout_s=1.5, keep_alive_s=1)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -284,5 +284,7 @@ def test_an_idle_keep_alive_connection_is_closed(served: tuple[int, Metrics]) ->
     port, _ = served
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        answer = until_closed(sock)  # answered, then closed once idle for 0.5 s
+        # answered, then closed once idle for 1 s (before the 1.5 s head timeout, as in
+        # production: 5 s and 10 s)
+        answer = until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.count(b"HTTP/1.1") == 1
