@@ -118,6 +118,19 @@ def test_16_bit_images_are_scaled_by_their_depth_not_stretched() -> None:
     assert set(decode(png(dark), 8, 1).ravel().tolist()) == {1}
 
 
+def test_deep_grey_images_of_every_mode_keep_their_grey() -> None:
+    from PIL import Image
+
+    from pipeline.training.images import fit
+
+    pgm = b"P5\n40 30\n65535\n" + np.full((30, 40), 0x8080, ">u2").tobytes()  # 16-bit netpbm
+    assert set(decode(pgm, 16, 1).ravel().tolist()) == {128}
+    assert decode(pgm, 16, 3).shape == (3, 16, 16)
+    assert set(decode(pgm, 16, 3).ravel().tolist()) == {128}
+    for mode, value in (("I;16B", 0x8080), ("I", 0x8080), ("F", 128.0)):
+        assert set(fit(Image.new(mode, (40, 30), value), 16, 1).ravel().tolist()) == {128}, mode
+
+
 def test_decodes_beyond_the_cap_and_the_queue_are_503() -> None:
     async def scenario() -> int:
         decoders = Decoders(decoders=1, waiting=1)
