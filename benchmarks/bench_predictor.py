@@ -1,7 +1,8 @@
 """The predictor against calling the same engine in-process, on real digit scans: latency
 (p50/p99) and throughput at batch 1, one client and 8 concurrent clients; requests failed
 while `edgehook model install` swaps the active model 10 times under load (target 0) and
-how long each swap took to serve; the predictor's RSS.
+how long each swap took to serve; the predictor's RSS; then the hostile-load section
+(benchmarks/predictor_hostile.py: 1,000 idle connections, 64 worst-case images at once).
 
     .venv/bin/python benchmarks/bench_predictor.py            # ~1 minute
     .venv/bin/python benchmarks/bench_predictor.py --smoke    # a few seconds of each
@@ -35,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import predictor_hostile  # noqa: E402
 from benchmarks.reporting import arguments, write  # noqa: E402
 
 
@@ -246,6 +248,8 @@ def main() -> int:
                 "install_to_serving_ms": percentiles(took) | {"max_ms": round(max(took), 1)},
             }
             figures["rss_mb"], figures["peak_rss_mb"] = rss_mb(process.pid)
+            if not args.smoke:  # about a minute: 1,000 idle sockets, 64 worst-case images
+                figures["hostile"] = predictor_hostile.measure(port, process.pid, images[0])
         finally:
             process.terminate()
             process.wait(timeout=20)
@@ -300,6 +304,8 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> int:
         )
     )
     rows.append(("predictor RSS / peak (MB)", f"{f['rss_mb']} / {f['peak_rss_mb']}", ""))
+    if "hostile" in f:
+        rows.extend(predictor_hostile.rows(f["hostile"]))
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = (
         f"# Predictor ({when})\n\nedgehook-cnn on real 8x8 digit scans (PNG), engine "

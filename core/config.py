@@ -23,7 +23,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from core import bounded
 from core.errors import ConfigError
+from core.names import ALIAS_FORBIDDEN, COLLECTION_FORBIDDEN, PROJECT_FORBIDDEN, name_problem
 from core.rules import Rule, parse_rules
 from core.secretfiles import read_secret_file_bytes
 from core.sections import (
@@ -76,6 +78,10 @@ __all__ = [
     "settings_markdown",
 ]
 DEFAULT_CONFIG_NAME = "edgehook.toml"
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 32  # tables and arrays; tomllib recurses once per level
+# TOML strings (basic, literal, multi-line), removed before brackets are counted.
+_TOML_STRINGS = re.compile(rb'""".*?"""|\'\'\'.*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'', re.S)
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
@@ -138,9 +144,16 @@ def find_config(explicit: str | None, env: Mapping[str, str], cwd: Path) -> Path
     if chosen:
         path = Path(chosen)
         if not path.is_file():
+            problem = (
+                "is a directory"
+                if path.is_dir()
+                else "is not a regular file"
+                if path.exists()
+                else "does not exist"
+            )
             raise ConfigError(
-                "--config",
-                f"{chosen} does not exist",
+                "--config" if explicit else "EDGEHOOK_CONFIG",
+                f"{chosen} {problem}",
                 "give the path of an existing file, or run `edgehook init`",
             )
         return path
@@ -155,11 +168,14 @@ def load_config(
     raw: dict[str, Any] = {}
     if path is not None:
         try:
-            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+            text = bounded.read_bytes(path, MAX_CONFIG_BYTES).decode("utf-8")
+            bounded.check_depth(_TOML_STRINGS.sub(b"", text.encode()), MAX_DEPTH, "the file")
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(str(path), f"is not valid TOML ({exc})", "fix the syntax") from exc
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(str(path), f"cannot be read ({exc})", "check the path") from exc
+        except (bounded.Unreadable, UnicodeDecodeError, RecursionError) as exc:
+            why = str(exc) if isinstance(exc, bounded.Unreadable) else type(exc).__name__
+            raise ConfigError(str(path), f"cannot be read ({why})", "check the path") from exc
     base = (path.parent if path is not None else cwd).resolve()
     top = Table(raw, "")
     read: dict[str, Any] = {}
@@ -168,10 +184,19 @@ def load_config(
         read[name] = _checks.get(name, _unchanged)(read_section(cls, section, base), section, env)
     rules = parse_rules(top.tables("rules"))
     general = read_section(General, top, base)  # the top table's own keys, then finish()
-    chosen_data_dir = data_dir or env.get("EDGEHOOK_DATA_DIR") or general.data_dir
+    # --data-dir and $EDGEHOOK_DATA_DIR are typed in a shell: relative to where it runs;
+    # the file's data_dir relative to the file.
+    given = data_dir or env.get("EDGEHOOK_DATA_DIR")
+    chosen = resolve(cwd.resolve(), given) if given else resolve(base, general.data_dir)
+    if chosen.exists() and not chosen.is_dir():
+        raise ConfigError(
+            "--data-dir" if data_dir else "EDGEHOOK_DATA_DIR" if given else "data_dir",
+            f"{chosen} is not a directory",
+            "name a directory (edgehook creates it when missing)",
+        )
     return Config(
         base_dir=base,
-        data_dir=resolve(base, chosen_data_dir),
+        data_dir=chosen,
         path=path,
         device_id=general.device_id or socket.gethostname(),
         rules=rules,
@@ -248,8 +273,21 @@ def _models(models: ModelsConfig, t: Table, _env: Mapping[str, str]) -> ModelsCo
 
 
 def is_artifact_name(text: str) -> bool:
-    """entity/project/name:alias (a W&B artifact), as opposed to a file path."""
-    return re.fullmatch(r"[^/:]+/[^/:]+/[^/:]+:[^/:]+", text) is not None
+    """entity/project/name:alias (a W&B artifact), as opposed to a file path: each part a
+    name W&B allows (core/names.py: no newline, NUL or control character), and neither
+    entity nor project `.` or `..` (they become path components of a local source)."""
+    found = re.fullmatch(r"([^/:]+)/([^/:]+)/([^/:]+):([^/:]+)", text)
+    if found is None:
+        return False
+    entity, project, collection, alias = found.groups()
+    problems = (
+        name_problem(entity, PROJECT_FORBIDDEN),
+        name_problem(project, PROJECT_FORBIDDEN),
+        name_problem(collection, COLLECTION_FORBIDDEN),
+        name_problem(alias, ALIAS_FORBIDDEN),
+    )
+    dots = {entity, project, collection} & {".", ".."}
+    return not dots and all(problem is None for problem in problems)
 
 
 def _training(training: TrainingConfig, t: Table, _env: Mapping[str, str]) -> TrainingConfig:
@@ -274,7 +312,7 @@ def _training(training: TrainingConfig, t: Table, _env: Mapping[str, str]) -> Tr
     if artifact is not None and not is_artifact_name(artifact):
         raise ConfigError(
             t.key("pretrained_artifact"),
-            f"'{artifact[:80]}' is not an artifact name",
+            f"{artifact[:80]!r} is not an artifact name",
             "use entity/project/name:alias",
         )
     return training
@@ -285,7 +323,7 @@ def _watch(watch: WatchConfig, t: Table, _env: Mapping[str, str]) -> WatchConfig
         if not is_artifact_name(name):
             raise ConfigError(
                 t.key("artifacts"),
-                f"'{name[:80]}' is not an artifact alias",
+                f"{name[:80]!r} is not an artifact alias",
                 "use entity/project/name:alias, as in W&B's artifact page",
             )
     if len(set(watch.artifacts)) != len(watch.artifacts):

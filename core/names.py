@@ -63,3 +63,32 @@ def path_component(name: str) -> str:
         else:
             out.append(char)
     return "".join(out) or "%00"
+
+
+LABEL_MAXLEN = 200
+
+
+def label_problem(value: str) -> str | None:
+    """Why `value` cannot be a class name (None when it can): text that prints, is valid
+    UTF-8 (no lone surrogates: a folder name that was not UTF-8) and has no control
+    characters, at most LABEL_MAXLEN characters."""
+    if not value:
+        return "is empty"
+    if len(value) > LABEL_MAXLEN:
+        return f"is longer than {LABEL_MAXLEN} characters"
+    problem = text_problem(value)
+    if problem is None and any(unicodedata.category(c) in ("Zl", "Zp") for c in value):
+        return "contains a line separator"
+    return problem
+
+
+def printable(value: str) -> str:
+    """`value` for a terminal: control characters, lone surrogates and line separators
+    escaped (\\x1b, \\udcff), everything else as it is."""
+    out = []
+    for char in value:
+        if "\ud800" <= char <= "\udfff" or unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            out.append(char.encode("unicode_escape", "backslashreplace").decode("ascii"))
+        else:
+            out.append(char)
+    return "".join(out)

@@ -7,6 +7,7 @@ the whole of what config validation needs.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -110,6 +111,9 @@ class Table:
 def _bounded(key: str, value: Any, minimum: Any, maximum: Any) -> Any:
     if value is None:
         return value
+    # NaN compares false with every bound, so it would pass them all: refused first.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(key, f"is {value}, not a finite number", "write a number such as 1.5")
     if minimum is not None and value < minimum:
         raise ConfigError(key, f"is {value}, below the minimum {minimum}", f"use >= {minimum}")
     if maximum is not None and value > maximum:

@@ -23,6 +23,7 @@ from typing import Any
 from core.config import Config
 from core.rules import Rule
 from pipeline.models import registry
+from pipeline.models.trust import SigningPolicy
 from pipeline.queue import Job
 from pipeline.sandbox import command_environment
 
@@ -53,6 +54,10 @@ class JobSpec:
     trusted_keys: list[str] = field(default_factory=list)
     allow_unsigned: bool = False
     training: dict[str, Any] = field(default_factory=dict)  # the config's [training] table
+
+    def policy(self) -> SigningPolicy:
+        """The worker's signing policy, as handed to this job (public keys only)."""
+        return SigningPolicy(tuple(self.trusted_keys), self.allow_unsigned)
 
     def write(self, job_dir: Path) -> Path:
         path = job_dir / SPEC
@@ -109,7 +114,7 @@ def _typed(data: dict[str, Any], key: str, kind: type, default: Any) -> Any:
 
 
 def prepare(
-    job: Job, rule: Rule, job_dir: Path, config: Config, trusted_keys: Callable[[], list[str]]
+    job: Job, rule: Rule, job_dir: Path, config: Config, policy: Callable[[], SigningPolicy]
 ) -> tuple[list[str], dict[str, str]]:
     """The child's argv and its edgehook variables; job.json written for a built-in action."""
     extra = {"EDGEHOOK_JOB_ID": str(job.id), "EDGEHOOK_JOB_DIR": str(job_dir)}
@@ -134,7 +139,7 @@ def prepare(
         ),
         # deploy and fine-tuning check signatures in the child, before loading anything:
         # public keys only, never the private one.
-        trusted_keys=trusted_keys() if rule.action in ("deploy", "retrain") else [],
+        trusted_keys=list(policy().trusted_keys) if rule.action in ("deploy", "retrain") else [],
         allow_unsigned=config.models.allow_unsigned,
         training={
             k: str(v) if isinstance(v, Path) else v for k, v in asdict(config.training).items()

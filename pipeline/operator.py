@@ -16,7 +16,8 @@ from typing import Any
 from core import audit
 from core.config import Config
 from core.errors import EdgehookError, JobError
-from pipeline.models import registry, signing
+from pipeline.models import registry
+from pipeline.models.trust import SigningPolicy
 from pipeline.queue import JobState, SqliteQueue
 
 RETRYABLE = (JobState.FAILED, JobState.CANCELLED, JobState.SUPERSEDED)
@@ -119,16 +120,10 @@ def activate(config: Config, key: bytes, who: Operator, name: str) -> str:
     current = registry.state(config.models_dir)
     if current["active"] == name:
         raise ActionRefused(409, f"model {name} is already active")
-    if config.models.allow_unsigned:
-        signer = "unchecked (models.allow_unsigned = true)"
-    else:
-        trusted = signing.trusted_keys(
-            config.secrets.model_signing_key_file, config.models.trusted_keys
-        )
-        try:
-            signer = signing.verify(path, trusted).key_id
-        except JobError as exc:
-            raise ActionRefused(409, f"model {name} is not verified: {exc}") from exc
+    try:
+        signer = SigningPolicy.from_config(config).accept(path)
+    except JobError as exc:
+        raise ActionRefused(409, f"model {name} is not verified: {exc}") from exc
     decision = registry.install(config.models_dir, path, name, activate=True)
     record(
         config,

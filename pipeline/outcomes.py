@@ -18,6 +18,7 @@ from core.errors import JobError
 from core.rules import WANDB_ENV, Rule
 from pipeline.jobs import JobResult
 from pipeline.models import registry, signing
+from pipeline.models.trust import UNCHECKED, SigningPolicy
 from pipeline.queue import Job, SqliteQueue
 
 log = structlog.get_logger("edgehook.outcomes")
@@ -48,6 +49,7 @@ class Outcomes:
         self.audit_job = audit_job
         self.clock = clock
         self.publish_rule = publish_rule
+        self._policy: SigningPolicy | None = None
 
     def accept(self, job: Job, job_dir: Path, result: JobResult) -> str:
         """What became of the model a successful job reported, as a summary suffix ("" when
@@ -58,12 +60,12 @@ class Outcomes:
             return "; " + self._deploy(job, job_dir, Path(result.deploy))
         return ""
 
-    def trusted_keys(self) -> list[str]:
-        """This device's public key and the configured others: what deploy and fine-tuning
-        accept (handed to jobs: public keys only)."""
-        return signing.trusted_keys(
-            self.config.secrets.model_signing_key_file, self.config.models.trusted_keys
-        )
+    def policy(self) -> SigningPolicy:
+        """What deploy and fine-tuning accept (handed to jobs: public keys only), built from
+        the config once, when a job first needs it."""
+        if self._policy is None:
+            self._policy = SigningPolicy.from_config(self.config)
+        return self._policy
 
     def _promote(self, job: Job, job_dir: Path, model: Path) -> str:
         _inside(job_dir, model)
@@ -109,11 +111,9 @@ class Outcomes:
         """Make a fetched model active, only if a trusted key signed it (checked again here,
         whatever the job said)."""
         _inside(job_dir, model)
-        if self.config.models.allow_unsigned:
+        signer = self.policy().accept(model)
+        if signer == UNCHECKED:
             log.warning("deploying_without_signature_check", job_id=job.id)
-            signer = "unchecked (models.allow_unsigned = true)"
-        else:
-            signer = signing.verify(model, self.trusted_keys()).key_id
         decision = registry.activate(self.config.models_dir, model, model_name(job))
         self.audit_job(job, "model_deployed", model=decision.name, signer=signer)
         return f"deployed {decision.name}, signed by {signer}"

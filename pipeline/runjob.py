@@ -20,6 +20,7 @@ from pipeline.artifacts import Fetched
 from pipeline.artifacts import fetch as fetch_artifact
 from pipeline.jobs import JobResult, JobSpec
 from pipeline.models.metadata import ModelMeta
+from pipeline.models.trust import UNCHECKED
 
 
 def fetch(spec: JobSpec, job_dir: Path) -> Fetched:
@@ -50,9 +51,9 @@ def retrain(spec: JobSpec, job_dir: Path) -> JobResult:
     signed it) on the dataset its metadata names. The worker signs and promotes."""
     from dataclasses import replace
 
-    from pipeline.models.inference import check_in_fresh_process, predict, speed
-    from pipeline.models.modelfile import METADATA, save
-    from pipeline.training.train import configure, load_data, train
+    from pipeline.models.modelfile import METADATA
+    from pipeline.recipe import make_model
+    from pipeline.training.train import configure
 
     got = fetch(spec, job_dir)
     previous, sources, origin = None, [got.version_string], "from scratch"
@@ -70,41 +71,26 @@ def retrain(spec: JobSpec, job_dir: Path) -> JobResult:
         training["channels"] = "grey" if previous.spec.in_channels == 1 else "rgb"
     else:
         pretrained = _pretrained(spec, job_dir, config.arch)
-    dataset = load_data(data_root, config, training, job_dir)
-    trained = train(
-        dataset,
+    model_dir = job_dir / "model"
+    made = make_model(
+        data_root,
+        model_dir,
         config,
+        training,
+        job_dir,
+        sources=sources,
         log=lambda line: print(line, flush=True),
         start_from=previous,
         pretrained=pretrained,
-    )
-    model_dir = job_dir / "model"
-    timing = speed(trained.int8, trained.spec.to_dict(), repeats=30)
-    print(
-        f"int8 latency {timing['int8_batch1_ms']} ms at batch 1 (fp32 "
-        f"{timing['fp32_batch1_ms']} ms); {timing['int8_batch64_per_s']:.0f} images/s at "
-        f"batch 64 (fp32 {timing['fp32_batch64_per_s']:.0f})",
-        flush=True,
-    )
-    meta = save(
-        model_dir,
-        trained,
-        sources=sources,
         device=spec.device_id,
-        extra={
-            "latency": timing,
-            "job_id": spec.job_id,
-            "dataset_layout": dataset.layout,
-            "origin": origin,
-        },
+        extra={"job_id": spec.job_id, "origin": origin},
+        timing=True,
     )
-    expected = predict(trained.int8, trained.held_out, trained.normalisation).argmax(1)
-    check = check_in_fresh_process(model_dir, trained.held_out, expected)
-    print(f"inference check: {check['agree']}/{check['samples']} predictions agree", flush=True)
-    metrics = meta.metrics
+    print(f"inference check: {made.agree}/{made.samples} predictions agree", flush=True)
+    metrics = made.meta.metrics
     return JobResult(
-        summary=f"{origin}, trained on {sources[0]} ({dataset.layout}, "
-        f"{len(dataset.labels)} images): int8 accuracy {metrics['int8_accuracy']:.3f}, "
+        summary=f"{origin}, trained on {sources[0]} ({made.layout}, "
+        f"{made.images} images): int8 accuracy {metrics['int8_accuracy']:.3f}, "
         f"QAT {metrics['qat_accuracy']:.3f}",
         model=str(model_dir),
     )
@@ -135,13 +121,9 @@ def _previous_model(spec: JobSpec, root: Path) -> tuple[Any, str]:
     """The model to fine-tune (signature checked before anything is loaded) and the dataset
     version it was trained on."""
     from pipeline.models.modelfile import load_for_finetune, read_metadata
-    from pipeline.models.signing import verify
     from pipeline.training.train import Previous
 
-    if spec.allow_unsigned:
-        print("WARNING: models.allow_unsigned = true: the signature is not checked", flush=True)
-    else:
-        verify(root, spec.trusted_keys)
+    _accept(spec, root)
     dataset = next((s for s in read_metadata(root).sources if ":" in s), None)
     if dataset is None:
         raise JobError("the model's metadata names no dataset to fine-tune on")
@@ -157,14 +139,9 @@ def deploy(spec: JobSpec, job_dir: Path) -> JobResult:
 
     from pipeline.models.inference import predict
     from pipeline.models.modelfile import load_int8
-    from pipeline.models.signing import verify
 
     got = fetch(spec, job_dir)
-    if spec.allow_unsigned:
-        print("WARNING: models.allow_unsigned = true: the signature is not checked", flush=True)
-        signer = "unchecked"
-    else:
-        signer = verify(got.root, spec.trusted_keys).key_id
+    signer = _accept(spec, got.root)
     model, meta = load_int8(got.root)
     shape = meta.spec
     probe = np.zeros((1, shape["in_channels"], shape["height"], shape["width"]), np.float32)
@@ -173,6 +150,14 @@ def deploy(spec: JobSpec, job_dir: Path) -> JobResult:
         summary=f"verified {got.version_string} (signed by {signer}) and rebuilt it as int8",
         deploy=str(got.root),
     )
+
+
+def _accept(spec: JobSpec, model_dir: Path) -> str:
+    """The worker's signing policy asked before a byte of the model is loaded."""
+    signer = spec.policy().accept(model_dir)
+    if signer == UNCHECKED:
+        print("WARNING: models.allow_unsigned = true: the signature is not checked", flush=True)
+    return signer
 
 
 def publish(spec: JobSpec, job_dir: Path) -> JobResult:
@@ -257,12 +242,13 @@ def _log_metrics(run: Any, meta: ModelMeta) -> None:
     for row in meta.metrics.get("epochs", []):
         run.log(row, step=int(row["epoch"]))
     classes, confusion = meta.classes, meta.metrics["confusion"]
-    table = wandb.Table(
+    table = wandb.Table(  # the counts that are not 0: 1,000 classes make a million cells
         columns=["true", "predicted", "count"],
         data=[
             [classes[i], classes[j], int(n)]
             for i, row in enumerate(confusion)
             for j, n in enumerate(row)
+            if n
         ],
     )
     rows = meta.metrics.get("per_class", [])

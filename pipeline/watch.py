@@ -33,6 +33,7 @@ from core import watched
 from core.admit import IGNORED_TEXT, Admission, Source, Verdict, admit_now
 from core.config import Config
 from core.event import Event
+from core.names import NAME_MAXLEN, text_problem
 from core.store import (
     WATCH_CLIENT,
     Committed,
@@ -58,7 +59,7 @@ class Resolved:
 
 class WatchError(Exception):
     """A poll that did not resolve an alias; `kind` is what the backoff and the state
-    line say: unreachable, server, rate_limited, auth, not_found."""
+    line say: unreachable, no_answer, bad_answer, server, rate_limited, auth, not_found."""
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)
@@ -68,13 +69,32 @@ class WatchError(Exception):
 Resolver = Callable[[str], Resolved]
 
 
+# What the SDK (its Go core) says when the answer is not W&B's JSON, or never comes, while
+# "verifying credentials": it raises AuthenticationError for those too (wandb 0.31).
+_NOT_WANDB = (
+    "invalid character",
+    "looking for beginning of value",
+    "unexpected eof",
+    "cannot unmarshal",
+    "expecting value",
+    "jsondecodeerror",
+    "<html",
+    "<!doctype",
+)
+_SILENT = ("did not respond in time", "timed out", "deadline exceeded")
+
+
 def classify(exc: BaseException) -> WatchError:
     """The wandb SDK's errors, by what the operator should do about them. The SDK names a
     failure to reach the server while checking credentials an AuthenticationError, so the
     HTTP status it gave up on decides first."""
     text = " / ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     lowered = text.lower()
-    if "http 429" in lowered:
+    if any(sign in lowered for sign in _NOT_WANDB):
+        kind = "bad_answer"  # HTML from a portal or proxy, bad JSON, garbage: not the key
+    elif any(sign in lowered for sign in _SILENT):
+        kind = "no_answer"
+    elif "http 429" in lowered:
         kind = "rate_limited"
     elif "http 401" in lowered or "http 403" in lowered or "no api key" in lowered:
         kind = "auth"
@@ -110,16 +130,30 @@ def wandb_resolver(api_key: str | None, timeout_s: int = 20) -> Resolver:
             artifact = api[0].artifact(name)
             metadata = artifact.metadata if isinstance(artifact.metadata, dict) else {}
             device = metadata.get("edgehook_device")
-            return Resolved(
-                str(artifact.version),
-                str(artifact.id),
-                device if isinstance(device, str) else None,
-            )
+            version, artifact_id = str(artifact.version), str(artifact.id)
         except Exception as exc:  # the SDK raises many kinds; each becomes a WatchError
             api.clear()  # a fresh client next time (credentials, connections)
             raise classify(exc) from exc
+        return checked(version, artifact_id, device if isinstance(device, str) else None)
 
     return resolve
+
+
+MAX_ID = 128  # W&B's artifact ids are short base64 strings (about 30 characters)
+
+
+def checked(version: str, artifact_id: str, device: str | None) -> Resolved:
+    """What the server said, if it is what W&B says: a version vN, an id of at most MAX_ID
+    printable ASCII characters; a device name within NAME_MAXLEN (else not ours)."""
+    if re.fullmatch(r"v[0-9]{1,9}", version) is None:
+        raise WatchError("bad_answer", f"W&B answered a version that is not vN ({version[:40]!r})")
+    if len(artifact_id) > MAX_ID or re.fullmatch(r"[!-~]+", artifact_id) is None:
+        raise WatchError(
+            "bad_answer", f"W&B answered an artifact id of {len(artifact_id)} characters"
+        )
+    if device is not None and (len(device) > NAME_MAXLEN or text_problem(device)):
+        device = None
+    return Resolved(version, artifact_id, device)
 
 
 @dataclass(frozen=True)

@@ -179,7 +179,7 @@ class Worker:
             job_dir = make_job_dir(
                 self.config.jobs_dir, job.id, job.attempt, self.settings.job_user
             )
-            argv, extra = prepare(job, rule, job_dir, self.config, self.outcomes.trusted_keys)
+            argv, extra = prepare(job, rule, job_dir, self.config, self.outcomes.policy)
             env = job_environment(rule.env_allow, self.env, self.wandb_key, job_dir, extra)
             process = spawn(argv, job_dir, env, self.limits, self.settings.job_user)
         except OSError as exc:

@@ -335,3 +335,15 @@ def test_the_worker_image_entrypoint_starts_and_stops_cleanly(
     assert process.returncode == 0, output
     verify = run_edgehook("audit", "verify", cwd=tmp_path, env=env)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_every_systemd_unit_raises_its_open_files_limit() -> None:
+    units = sorted((ROOT / "deploy" / "systemd").glob("*.service"))
+    assert units
+    for unit in units:
+        limits = [
+            int(line.split("=", 1)[1])
+            for line in unit.read_text().splitlines()
+            if line.startswith("LimitNOFILE=")
+        ]
+        assert limits and limits[0] >= 4096, unit.name

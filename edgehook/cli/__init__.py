@@ -54,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except OSError as exc:  # the machine's answer (read-only, not a directory, disk full)
+        if isinstance(exc, BrokenPipeError):
+            return 0
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"edgehook: {exc.strerror or type(exc).__name__}{where}", file=sys.stderr)
+        return EXIT_ERROR
     except BrokenPipeError:
         return 0
     except Exception as exc:

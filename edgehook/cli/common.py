@@ -64,6 +64,21 @@ def config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
     return load_config(find_config(args.config, env, cwd), env, cwd=cwd, data_dir=args.data_dir)
 
 
+def whole(low: int, high: int) -> Any:
+    """An argparse type: a whole number of ASCII digits from `low` to `high` (a job id past
+    SQLite's 64 bits, or '²', is refused by argparse in one line, exit 2)."""
+
+    def parse(text: str) -> int:
+        digits = text[1:] if text.startswith("-") else text
+        if not (digits.isascii() and digits.isdigit()) or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(
+                f"'{text[:40]}' is not a whole number from {low} to {high}"
+            )
+        return int(text)
+
+    return parse
+
+
 def port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"'{text}' is not a port (use 1-65535)")

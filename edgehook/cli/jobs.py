@@ -20,7 +20,13 @@ from core.config import Config
 from core.credentials import load_audit_key
 from core.errors import EdgehookError
 from core.store import open_store
-from edgehook.cli.common import Subparsers, add_command, config, shell_operator
+from edgehook.cli.common import (
+    Subparsers,
+    add_command,
+    config,
+    shell_operator,
+    whole,
+)
 from pipeline import operator
 from pipeline.queue import JobRow, SqliteQueue
 
@@ -75,11 +81,11 @@ def register(sub: Subparsers) -> None:
         ("retry", "queue a failed, cancelled or superseded job again", _retry),
     ):
         j = add_command(jobs_sub, name, text, f"edgehook jobs {name} 12")
-        j.add_argument("job_id", type=int)
+        j.add_argument("job_id", type=whole(1, 2**63 - 1))
         if name == "show":
             j.add_argument("--json", action="store_true")
         if name == "logs":
-            j.add_argument("--attempt", type=int, help="default: the latest")
+            j.add_argument("--attempt", type=whole(1, 2**31), help="default: the latest")
         j.set_defaults(func=_with_queue(_one_job(action)))
 
 

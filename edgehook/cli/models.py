@@ -13,15 +13,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from core.credentials import load_audit_key
+from core import bounded
 from core.errors import EdgehookError, JobError
+from core.names import printable
 from core.sections import ARCHS
-from edgehook.cli.common import Subparsers, add_command, config, operator_audit, shell_operator
-from pipeline import operator
+from edgehook.cli import model
+from edgehook.cli.common import Subparsers, add_command, config
 from pipeline.models import registry
 
 
 def register(sub: Subparsers) -> None:
+    _register_train(sub)
+    _register_infer(sub)
+    model.register(sub)
+    _register_keys(sub)
+
+
+def _register_train(sub: Subparsers) -> None:
     p = add_command(
         sub,
         "train",
@@ -56,6 +64,8 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="one batch of each phase")
     p.set_defaults(func=run_train)
 
+
+def _register_infer(sub: Subparsers) -> None:
     p = add_command(
         sub,
         "infer",
@@ -71,67 +81,12 @@ def register(sub: Subparsers) -> None:
         help="measure int8 vs fp32 latency (batch 1) and throughput (batch 64)",
     )
     p.add_argument("--model", type=Path, help="a model directory (default: the active model)")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=top_k, default=3, help=f"1 to {MAX_TOP_K} (default 3)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_infer)
 
-    model = add_command(
-        sub,
-        "model",
-        "the device's models: list, install, export, verify, roll back",
-        "edgehook model list",
-        "edgehook model rollback",
-    )
-    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
-    add_command(model_sub, "list", "models, the active one starred", "edgehook model list")
-    add_command(
-        model_sub, "rollback", "make the previous model active again", "edgehook model rollback"
-    )
-    verify = add_command(
-        model_sub,
-        "verify",
-        "check a model's signature: a directory, a signed file (FILE.sig beside it), or an "
-        "artifact name (configured source)",
-        "edgehook model verify ./model",
-        "edgehook model verify model.onnx",
-        "edgehook model verify team/proj/shapes-int8:v3",
-    )
-    verify.add_argument("path", type=Path)
-    imported = add_command(
-        model_sub,
-        "import-weights",
-        "convert torchvision's published weights (.pth) to safetensors, on a trusted machine",
-        "edgehook model import-weights resnet18-f37072fd.pth --arch resnet18 "
-        "--out resnet18.safetensors",
-    )
-    install = add_command(
-        model_sub,
-        "install",
-        "register a signed model directory and make it active (the predictor follows)",
-        "edgehook model install ./model",
-        "edgehook model install ./model --no-activate",
-    )
-    install.add_argument("path", type=Path, help="a model directory (model.safetensors, ...)")
-    install.add_argument(
-        "--no-activate", action="store_true", help="register it only; the active model stays"
-    )
-    export = add_command(
-        model_sub,
-        "export",
-        "write a model as ONNX (int8 QDQ; --fp32 for TensorRT), signed when this device signs",
-        "edgehook model export edgehook-data/models/job3-attempt1 --format onnx --out m.onnx",
-    )
-    export.add_argument("path", type=Path, help="a model directory")
-    export.add_argument("--format", choices=["onnx"], required=True)
-    export.add_argument("--out", type=Path, required=True)
-    export.add_argument(
-        "--fp32", action="store_true", help="the float network, no QDQ (see README: TensorRT)"
-    )
-    imported.add_argument("source", type=Path, help="the .pth file torchvision publishes")
-    imported.add_argument("--arch", required=True, choices=ARCHS[1:])
-    imported.add_argument("--out", type=Path, required=True)
-    model.set_defaults(func=run_model)
 
+def _register_keys(sub: Subparsers) -> None:
     keys = add_command(
         sub, "keys", "this device's model signing key", "edgehook keys init", "edgehook keys show"
     )
@@ -143,10 +98,10 @@ def register(sub: Subparsers) -> None:
 
 def run_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     loaded = config(args, env)
-    from pipeline.models.inference import check_in_fresh_process, predict
-    from pipeline.models.modelfile import save
-    from pipeline.training.train import configure, load_data, train
+    from pipeline.recipe import make_model
+    from pipeline.training.train import configure
 
+    data = _dataset_path(args.data)
     training = dataclasses.asdict(loaded.training)
     flags = {
         "arch": args.arch,
@@ -162,22 +117,22 @@ def run_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     pretrained = None
     weights = args.pretrained or loaded.training.pretrained_file
     if weights is not None:
-        from pipeline.models import signing
+        from pipeline.models.trust import SigningPolicy
         from pipeline.training.pretrained import load_pretrained
 
-        trusted = signing.trusted_keys(
-            loaded.secrets.model_signing_key_file, loaded.models.trusted_keys
-        )
+        trusted = SigningPolicy.from_config(loaded).trusted_keys
         pin = args.pretrained_sha256 or loaded.training.pretrained_sha256
-        pretrained = load_pretrained(Path(weights), train_config.arch, pin, trusted)
+        pretrained = load_pretrained(Path(weights), train_config.arch, pin, list(trusted))
     with tempfile.TemporaryDirectory(prefix="edgehook-train-") as workdir:
-        dataset = load_data(args.data, train_config, training, Path(workdir))
-        trained = train(dataset, train_config, pretrained=pretrained)
-    meta = save(
-        args.out, trained, sources=[str(args.data)], extra={"dataset_layout": dataset.layout}
-    )
-    expected = predict(trained.int8, trained.held_out, trained.normalisation).argmax(1)
-    check = check_in_fresh_process(args.out, trained.held_out, expected)
+        made = make_model(
+            data,
+            args.out,
+            train_config,
+            training,
+            Path(workdir),
+            sources=[str(args.data)],
+            pretrained=pretrained,
+        )
     signed = "unsigned (no secrets.model_signing_key_file configured)"
     if loaded.secrets.model_signing_key_file is not None:
         from pipeline.models import signing
@@ -185,10 +140,29 @@ def run_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         key = signing.load_private(loaded.secrets.model_signing_key_file)
         signed = f"signed by {signing.sign(args.out, key).key_id}"
     print(
-        f"wrote {args.out} (int8 accuracy {meta.int8_accuracy:.3f}, {signed}); "
-        f"inference check: {check['agree']}/{check['samples']} agree"
+        f"wrote {args.out} (int8 accuracy {made.meta.int8_accuracy:.3f}, {signed}); "
+        f"inference check: {made.agree}/{made.samples} agree"
     )
     return 0
+
+
+def _dataset_path(path: Path) -> Path:
+    """--data as given: a folder, or one .npz file (README and --help accept both)."""
+    if not path.exists():
+        raise EdgehookError(f"--data {path} does not exist")
+    if not path.is_dir() and path.suffix.lower() != ".npz":
+        raise EdgehookError(f"--data {path} is a file but not a .npz; give a folder or a .npz")
+    return path
+
+
+MAX_TOP_K = 100
+MAX_IMAGE_BYTES = 256 << 20
+
+
+def top_k(text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_TOP_K:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number from 1 to {MAX_TOP_K}")
+    return int(text)
 
 
 def run_infer(args: argparse.Namespace, env: Mapping[str, str]) -> int:
@@ -221,13 +195,13 @@ def run_infer(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     classes = meta.classes
     for path, row in zip(paths, probabilities, strict=True):
         top = row.argsort()[::-1][: args.top_k]
-        ranked = ", ".join(f"{classes[i]} {row[i]:.3f}" for i in top)
+        ranked = ", ".join(f"{printable(classes[i])} {row[i]:.3f}" for i in top)
         print(
             json.dumps(
                 {"image": str(path), "top": [[classes[i], round(float(row[i]), 4)] for i in top]}
             )
             if args.json
-            else f"{path}: {ranked}"
+            else f"{printable(str(path))}: {ranked}"
         )
     return 0
 
@@ -258,7 +232,11 @@ def _read(path: Path, spec: dict[str, int]) -> Any:
     from pipeline.training.images import decode
 
     try:
-        pixels = decode(path.read_bytes(), spec["height"], spec["in_channels"])
+        # A FIFO or device named as an image is refused, not waited on.
+        data = bounded.read_bytes(path, MAX_IMAGE_BYTES)
+        pixels = decode(data, spec["height"], spec["in_channels"])
+    except bounded.Unreadable as exc:
+        raise JobError(f"{path} is not a readable image ({exc})") from exc
     except (OSError, ValueError) as exc:
         raise JobError(f"{path} is not a readable image") from exc
     return pixels.astype("float32") / 255.0
@@ -284,114 +262,4 @@ def run_keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     else:
         public = signing.public_text(signing.load_private(path).public_key())
     print(f"{public}  (key id {signing.key_id(public)})")
-    return 0
-
-
-def run_model(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    loaded = config(args, env)
-    if args.model_command == "verify":
-        from pipeline.models import signing
-
-        trusted = signing.trusted_keys(
-            loaded.secrets.model_signing_key_file, loaded.models.trusted_keys
-        )
-        try:
-            if args.path.is_file():  # an exported file (ONNX) or weights, with FILE.sig
-                signer = signing.verify_file(args.path, trusted)
-            elif args.path.exists():
-                signer = signing.verify(args.path, trusted)
-            else:
-                # Not a directory here: an artifact name (entity/project/name:version).
-                from pipeline.artifacts import fetch
-
-                with tempfile.TemporaryDirectory(prefix="edgehook-verify-") as tmp:
-                    got = fetch(
-                        loaded.artifacts.source,
-                        loaded.artifacts.local_root,
-                        str(args.path),
-                        Path(tmp) / "model",
-                        loaded.artifacts.download_timeout_s,
-                    )
-                    signer = signing.verify(got.root, trusted)
-        except JobError as exc:
-            print(f"NOT VERIFIED: {exc}")
-            return 1
-        print(f"verified: signed by trusted key {signer.key_id}")
-        return 0
-    if args.model_command == "import-weights":
-        from pipeline.models import signing
-        from pipeline.training.pretrained import import_weights
-
-        digest = import_weights(args.source, args.arch, args.out)
-        print(f"wrote {args.out} ({args.arch}); pin it in the config:")
-        print(f'  [training]\n  pretrained_file = "{args.out}"\n  pretrained_sha256 = "{digest}"')
-        if loaded.secrets.model_signing_key_file is not None:
-            key = signing.load_private(loaded.secrets.model_signing_key_file)
-            signer = signing.sign_file(args.out, key)
-            print(f"or ship it with {args.out.name}.sig (signed by {signer.key_id})")
-        return 0
-    if args.model_command == "install":
-        return _install(loaded, env, args.path, activate=not args.no_activate)
-    if args.model_command == "export":
-        return _export(loaded, args.path, args.out, args.fp32)
-    if args.model_command == "rollback":
-        name = operator.rollback(loaded, load_audit_key(loaded, env), shell_operator())
-        print(f"active model: {name}")
-        return 0
-    current = registry.state(loaded.models_dir)
-    names = [*current["history"], current["active"]] if current["active"] else []
-    if not names:
-        print("no models yet")
-    for name in names:
-        marker = "*" if name == current["active"] else " "
-        meta = registry.read_metadata(loaded.models_dir / name)
-        print(
-            f"{marker} {name}  int8 accuracy {meta.int8_accuracy:.3f}  "
-            f"from {', '.join(meta.sources)}"
-        )
-    return 0
-
-
-def _install(loaded: Any, env: Mapping[str, str], path: Path, activate: bool) -> int:
-    """Verify (the trusted keys, as deploy does), register, and activate unless told not to;
-    audited in the operator chain. A model already registered under the same weights is
-    activated where it is."""
-    from pipeline.models import signing
-
-    if loaded.models.allow_unsigned:
-        meta = registry.read_metadata(path)
-        signer = "unchecked (models.allow_unsigned = true)"
-    else:
-        trusted = signing.trusted_keys(
-            loaded.secrets.model_signing_key_file, loaded.models.trusted_keys
-        )
-        signer = signing.verify(path, trusted).key_id
-        meta = registry.read_metadata(path)
-    name = f"installed-{meta.weights_sha256[:12]}"
-    decision = registry.install(loaded.models_dir, path, name, activate=activate)
-    operator_audit(
-        loaded,
-        env,
-        action="model_install",
-        model=name,
-        source=str(path),
-        signer=signer,
-        activated=activate,
-    )
-    print(f"{decision.reason}: {name}, signed by {signer}")
-    return 0
-
-
-def _export(loaded: Any, path: Path, out: Path, fp32: bool) -> int:
-    from pipeline.models import signing
-    from pipeline.models.onnxexport import export
-
-    props = export(path, out, fp32=fp32)
-    line = f"wrote {out}: {props['edgehook.quantization']}"
-    if loaded.secrets.model_signing_key_file is not None:
-        key = signing.load_private(loaded.secrets.model_signing_key_file)
-        line += f"; signed by {signing.sign_file(out, key).key_id} ({out.name}.sig)"
-    else:
-        line += "; unsigned (no secrets.model_signing_key_file configured)"
-    print(line)
     return 0

@@ -25,13 +25,12 @@ def register(sub: Subparsers) -> None:
 
 def run_predictor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     import structlog
-    import uvicorn
 
     from core import audit
     from core.credentials import load_audit_key
-    from pipeline.models import signing
     from pipeline.models.predictor import Measured, Metrics, build_app
     from pipeline.models.serving import ActiveModel
+    from pipeline.models.trust import SigningPolicy
     from receiver.server import check_bind
 
     loaded = config(args, env)
@@ -54,8 +53,7 @@ def run_predictor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
     active = ActiveModel(
         loaded.models_dir,
-        signing.trusted_keys(loaded.secrets.model_signing_key_file, loaded.models.trusted_keys),
-        allow_unsigned=loaded.models.allow_unsigned,
+        SigningPolicy.from_config(loaded),
         engine=settings.engine,
         interval_s=settings.follow_interval_s,
         report=report,
@@ -70,20 +68,60 @@ def run_predictor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         model=current.name if current else None,
         engine=current.engine.name if current else None,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            Measured(build_app(active, settings, metrics), metrics),
-            host=host,
-            port=bind_port,
-            server_header=False,
-            access_log=False,  # /metrics counts requests; bodies are never logged
-            log_config=None,
-            lifespan="off",
-            timeout_keep_alive=5,
-        )
+
+    server = http_server(
+        Measured(build_app(active, settings, metrics), metrics, report), metrics, host, bind_port
     )
     try:
         server.run()
     finally:
         active.close()
     return 0
+
+
+def http_server(
+    app: Any,
+    metrics: Any,
+    host: str,
+    port: int,
+    *,
+    head_timeout_s: float | None = None,
+    keep_alive_s: int | None = None,
+) -> Any:
+    """The predictor's uvicorn server over the receiver's connection table: a slow or
+    missing head is 408, idle keep-alive connections close after `keep_alive_s` and are
+    evicted first, the open-files limit raised to fit (a slow body is the app's 408)."""
+    import uvicorn
+
+    from pipeline.models.predictor import (
+        HEAD_TIMEOUT_S,
+        KEEP_ALIVE_S,
+        MAX_CONNECTIONS,
+        MAX_HEAD_BYTES,
+    )
+    from receiver.protocol import bounded_protocol
+    from receiver.server import connection_capacity
+
+    def refused(_peer: str, status: int, _reason: str) -> None:  # below the app: counted
+        metrics.requests.labels("other", str(status)).inc()
+
+    http = bounded_protocol(
+        MAX_HEAD_BYTES,
+        HEAD_TIMEOUT_S if head_timeout_s is None else head_timeout_s,
+        max_connections=connection_capacity(MAX_CONNECTIONS),
+        on_refused=refused,
+    )
+    return uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            server_header=False,
+            access_log=False,  # /metrics counts requests; bodies are never logged
+            log_config=None,
+            lifespan="off",
+            http=http,
+            limit_concurrency=None,
+            timeout_keep_alive=KEEP_ALIVE_S if keep_alive_s is None else keep_alive_s,
+        )
+    )

@@ -90,6 +90,8 @@ def _set_output(module: Any, tensors: dict[str, torch.Tensor], name: str) -> Non
     zero_point = int(_expect(tensors, f"{name}.zero_point", (1,)))
     if not (scale > 0 and scale < float("inf")):
         raise JobError(f"the int8 weights' {name}.scale is not a positive finite number")
+    if not 0 <= zero_point <= 255:  # uint8 activations
+        raise JobError(f"the int8 weights' {name}.zero_point {zero_point} is outside 0..255")
     if isinstance(module.scale, torch.Tensor):  # the input quantizer keeps them as buffers
         module.scale.fill_(scale)
         module.zero_point.fill_(zero_point)
@@ -118,6 +120,7 @@ def _weight(tensors: dict[str, torch.Tensor], name: str, shape: torch.Size) -> t
         or scales.shape != zero_points.shape
         or scales.numel() not in (1, shape[0])
         or not bool(torch.isfinite(scales).all() and (scales > 0).all())
+        or not bool(((zero_points >= -128) & (zero_points <= 127)).all())
     ):
         raise JobError(f"the int8 weights' {name}.weight is malformed")
     view = (-1,) + (1,) * (len(shape) - 1)

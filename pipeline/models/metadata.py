@@ -8,10 +8,23 @@ does not know are kept, untouched, in `extra` (a model made by a newer edgehook)
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from core.errors import JobError
+from core.names import label_problem
+
+MAX_CLASSES = 1000
+# The spec's whole numbers, each within what any architecture could take (training/model.py
+# checks each family's own bounds when it builds one).
+SPEC_INTS = {
+    "in_channels": (1, 3),
+    "height": (1, 4096),
+    "width": (1, 4096),
+    "num_classes": (2, MAX_CLASSES),
+    "channels": (1, 4096),
+}
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,8 @@ class ModelMeta:
 
     def to_json(self) -> str:
         values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        return json.dumps({**values, **self.extra}, indent=2)
+        # Compact: 1,000 classes' confusion matrix indented would be one line per count.
+        return json.dumps({**values, **self.extra}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, data: Any) -> ModelMeta:
@@ -58,6 +72,14 @@ class ModelMeta:
         if missing:
             raise JobError(f"model.json lacks {', '.join(missing)}")
         extra = {k: v for k, v in data.items() if k not in known}
+        _check_spec(values["spec"])
+        _check_normalisation(values["normalisation"], values["spec"]["in_channels"])
+        if len(values["classes"]) > MAX_CLASSES:
+            raise JobError(f"model.json lists more than {MAX_CLASSES} classes")
+        for index, name in enumerate(values["classes"]):
+            problem = label_problem(name)
+            if problem is not None:
+                raise JobError(f"model.json: class {index} {problem}")
         return cls(**values, extra=extra)
 
 
@@ -87,6 +109,34 @@ def _checked(name: str, value: Any) -> Any:
     if isinstance(value, list) and not all(isinstance(v, str) for v in value):
         raise JobError(f"model.json: {name} must list strings")
     return value
+
+
+def _check_spec(spec: dict[str, Any]) -> None:
+    if not isinstance(spec.get("arch"), str):
+        raise JobError("model.json: spec.arch is not a name")
+    for key, (low, high) in SPEC_INTS.items():
+        value = spec.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise JobError(f"model.json: spec.{key} is not a whole number from {low} to {high}")
+
+
+def _check_normalisation(norm: dict[str, Any], channels: int) -> None:
+    for key in ("mean", "std"):
+        values = norm.get(key)
+        if (
+            not isinstance(values, list)
+            or len(values) != channels
+            or not all(_number(v) and abs(v) <= 1e3 for v in values)
+            or (key == "std" and not all(v > 0 for v in values))
+        ):
+            raise JobError(
+                f"model.json: normalisation.{key} is not {channels} finite number(s)"
+                + (" above 0" if key == "std" else "")
+            )
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _required(f: Any) -> bool:

@@ -13,12 +13,13 @@ quarter of the fp32 model's size. Fine-tuning starts from their dequantized valu
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any
 
+from core import bounded
 from core.errors import JobError
 from pipeline.models.metadata import ModelMeta
 
@@ -27,7 +28,11 @@ METADATA = "model.json"
 SIGNATURE = "model.sig"
 ALLOWED = frozenset({WEIGHTS, METADATA, SIGNATURE})
 FORMAT = 3  # 3: any architecture (model.ARCHS); 2 held edgehook's first CNN only
-MAX_METADATA_BYTES = 1 << 20
+# 1,000 classes' confusion matrix (compact JSON, up to 7 digits a count) fits with room.
+MAX_METADATA_BYTES = 16 << 20
+MAX_WEIGHTS_BYTES = 1 << 30
+MAX_SIGNATURE_BYTES = 16 << 10
+LIMITS = {WEIGHTS: MAX_WEIGHTS_BYTES, METADATA: MAX_METADATA_BYTES, SIGNATURE: MAX_SIGNATURE_BYTES}
 
 
 def save(
@@ -72,8 +77,14 @@ def save(
 
 
 def read_metadata(directory: Path) -> ModelMeta:
-    """The metadata of a model directory that holds only what edgehook accepts (no torch)."""
-    if not directory.is_dir():
+    """The metadata of a model directory that holds only what edgehook accepts (no torch):
+    regular files within their sizes (no FIFO, device, directory or link out of the
+    directory), JSON of bounded depth with finite numbers, the weights' digest matching."""
+    try:
+        info = directory.stat()
+    except OSError as exc:
+        raise JobError(f"{directory} does not exist or cannot be read") from exc
+    if not stat.S_ISDIR(info.st_mode):
         raise JobError(f"{directory} is not a model directory")
     names = {p.name for p in directory.iterdir()}
     unexpected = sorted(names - ALLOWED)
@@ -84,13 +95,10 @@ def read_metadata(directory: Path) -> ModelMeta:
         )
     if WEIGHTS not in names or METADATA not in names:
         raise JobError(f"refusing the model: it needs {WEIGHTS} and {METADATA}")
-    path = directory / METADATA
-    if path.stat().st_size > MAX_METADATA_BYTES:
-        raise JobError(f"{METADATA} is larger than {MAX_METADATA_BYTES} bytes")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise JobError(f"{METADATA} is not JSON") from exc
+        data = bounded.read_json(directory / METADATA, MAX_METADATA_BYTES, inside=directory)
+    except bounded.Unreadable as exc:
+        raise JobError(f"refusing the model: {exc}") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise JobError(f"{METADATA} is not an edgehook model (format {FORMAT})")
     meta = ModelMeta.from_json(data)
@@ -145,8 +153,33 @@ def load_for_finetune(directory: Path) -> tuple[Any, ModelMeta, Any]:
 
 
 def sha256(path: Path) -> str:
+    """A file's digest: a regular file (JobError otherwise); one of a model's files also
+    within its size and inside its directory."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+    model_file = path.name in LIMITS
+    limit = LIMITS.get(path.name, MAX_WEIGHTS_BYTES)
+    try:
+        for block in bounded.chunks(path, limit, inside=path.parent if model_file else None):
             digest.update(block)
+    except bounded.Unreadable as exc:
+        raise JobError(f"refusing {'the model' if model_file else path.name}: {exc}") from exc
     return digest.hexdigest()
+
+
+def copy_model(source: Path, target: Path) -> None:
+    """Copy a model's files (only those edgehook accepts, each a regular file within its
+    size and inside `source`) into the new directory `target`, then check the copy: it is
+    what will be verified and loaded, whatever happens to `source` meanwhile."""
+    read_metadata(source)
+    target.mkdir(mode=0o700)
+    for name in sorted(ALLOWED):
+        if not (source / name).exists():
+            continue
+        try:
+            blocks = bounded.chunks(source / name, LIMITS[name], inside=source)
+            with (target / name).open("xb") as handle:
+                for block in blocks:
+                    handle.write(block)
+        except bounded.Unreadable as exc:
+            raise JobError(f"refusing the model: {exc}") from exc
+    read_metadata(target)

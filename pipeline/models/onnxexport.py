@@ -89,11 +89,16 @@ def _plain(tensors: dict[str, torch.Tensor], owner: str, role: str, current: Any
 
 def network(directory: Path, fp32: bool) -> tuple[nn.Module, ModelMeta, str]:
     """The serving network for export: int8 QDQ, or fp32; and a line saying which."""
-    from pipeline.models.int8 import qat_from_tensors
+    import copy
+
+    from pipeline.models.int8 import int8_from_tensors, qat_from_tensors
     from pipeline.models.modelfile import load_parts
     from pipeline.training.quantize import backend, quiet
 
     meta, model, _, tensors = load_parts(directory)
+    # The checks `infer` makes (scales finite and positive, zero points in range, no tensor
+    # the model has no place for), by the same function, before anything is exported.
+    int8_from_tensors(copy.deepcopy(model), tensors, backend())
     with quiet():
         qat = qat_from_tensors(model, tensors, backend(), meta.engine).eval()
         for name, module in list(qat.named_modules()):

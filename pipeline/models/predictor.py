@@ -13,9 +13,9 @@ follows promotions (pipeline/models/serving.py); until one is active, /predict a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
-import json
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime, timezone
@@ -31,15 +31,16 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from core import bounded
 from core.errors import Rejection
 from core.sections import PredictorConfig
+from pipeline.models.decoding import Decoders, PixelBudget
 from pipeline.models.serving import ActiveModel, Loaded, rank
-from pipeline.training.images import decode
+from pipeline.training.images import decode, pixels_in
 
 log = structlog.get_logger("edgehook.predictor")
 # The body types /predict takes, and the one Pillow format each may hold.
@@ -53,6 +54,16 @@ IMAGE_TYPES: dict[str, tuple[str, ...]] = {
 }
 BATCH_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "PPM")
 MAX_TOP_K = 100
+MAX_JSON_DEPTH = 8  # {"images": [...]} is two levels
+BATCH_PIXELS = 2  # a batch's images together: at most this many times max_pixels
+BODY_TIMEOUT_S = 30.0  # a body still arriving after this is 408
+# The connection table below the app (receiver/protocol.py): a head must arrive within
+# HEAD_TIMEOUT_S; idle keep-alive connections close after KEEP_ALIVE_S and are the first
+# evicted when MAX_CONNECTIONS are open.
+HEAD_TIMEOUT_S = 10.0
+KEEP_ALIVE_S = 5
+MAX_HEAD_BYTES = 16384
+MAX_CONNECTIONS = 4096
 
 
 class Metrics:
@@ -83,11 +94,19 @@ class Metrics:
             "active models refused (unsigned, untrusted, tampered, unloadable)",
             registry=self.registry,
         )
+        self.failures = Counter(
+            "edgehook_predictor_failures",
+            "errors inside the app or the model follower, by where",
+            ["where"],
+            registry=self.registry,
+        )
 
     def report(self, kind: str, **_fields: Any) -> None:
         if kind == "model_refused":
             self.load_failures.inc()
-        else:
+        elif kind == "follow_failed":
+            self.failures.labels("follower").inc()
+        elif kind in ("model_loaded", "model_swapped"):
             self.swaps.inc()
 
 
@@ -98,12 +117,26 @@ def _error(status: int, error: str, detail: str) -> JSONResponse:
 
 def _top_k(request: Request) -> int:
     text = request.query_params.get("top_k", "5")
-    if not text.isdigit() or not 1 <= int(text) <= MAX_TOP_K:
+    # ASCII digits only: str.isdigit accepts '²' and Arabic-Indic digits, which int() refuses
+    # or reads as another number.
+    if (
+        not (text.isascii() and text.isdigit() and len(text) <= 3)
+        or not 1 <= int(text) <= MAX_TOP_K
+    ):
         raise Rejection(400, "bad_top_k", f"top_k must be a whole number from 1 to {MAX_TOP_K}")
     return int(text)
 
 
 async def _body(request: Request, limit: int) -> bytes:
+    try:
+        return await asyncio.wait_for(_read_body(request, limit), BODY_TIMEOUT_S)
+    except asyncio.TimeoutError as exc:
+        raise Rejection(
+            408, "body_timeout", f"the body did not arrive in {BODY_TIMEOUT_S:g} s"
+        ) from exc
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise Rejection(413, "too_large", f"the body is over {limit} bytes")
@@ -118,9 +151,9 @@ async def _body(request: Request, limit: int) -> bytes:
 
 def _batch(body: bytes, config: PredictorConfig) -> list[bytes]:
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Rejection(400, "bad_json", "the body is not JSON") from exc
+        data = bounded.loads(body, "the body", MAX_JSON_DEPTH)
+    except bounded.Unreadable as exc:
+        raise Rejection(400, "bad_json", str(exc)) from exc
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list) or not images:
         raise Rejection(
@@ -133,25 +166,39 @@ def _batch(body: bytes, config: PredictorConfig) -> list[bytes]:
         if not isinstance(text, str):
             raise Rejection(400, "bad_base64", f"images[{index}] is not a base64 string")
         try:
-            out.append(base64.b64decode(text, validate=True))
+            # Line breaks are base64's own (MIME, `base64` from coreutils wraps at 76).
+            out.append(base64.b64decode(text.replace("\r", "").replace("\n", ""), validate=True))
         except (binascii.Error, ValueError) as exc:
             raise Rejection(400, "bad_base64", f"images[{index}] is not valid base64") from exc
     return out
 
 
 def _classify(
-    loaded: Loaded, blobs: list[bytes], formats: tuple[str, ...], top_k: int, max_pixels: int
+    loaded: Loaded,
+    blobs: list[bytes],
+    formats: tuple[str, ...],
+    top_k: int,
+    max_pixels: int,
+    budget: PixelBudget,
 ) -> list[list[dict[str, Any]]]:
     channels, size, _ = loaded.shape
+    sizes = [pixels_in(blob, formats) for blob in blobs]  # headers only
+    if sum(sizes) > BATCH_PIXELS * max_pixels:
+        raise Rejection(
+            413,
+            "too_many_pixels",
+            f"the images hold {sum(sizes)} pixels together; at most {BATCH_PIXELS * max_pixels}",
+        )
     pixels = []
-    for index, blob in enumerate(blobs):
-        try:
-            pixels.append(decode(blob, size, channels, formats, max_pixels))
-        except ValueError as exc:
-            where = f"images[{index}]" if len(blobs) > 1 else "the body"
-            kinds = "/".join(formats)
-            detail = f"{where} is not a readable {kinds} image: {exc}"
-            raise Rejection(400, "not_an_image", detail) from exc
+    with budget.taking(min(max(sizes), max_pixels)):  # a batch decodes one image at a time
+        for index, blob in enumerate(blobs):
+            try:
+                pixels.append(decode(blob, size, channels, formats, max_pixels))
+            except ValueError as exc:
+                where = f"images[{index}]" if len(blobs) > 1 else "the body"
+                kinds = "/".join(formats)
+                detail = f"{where} is not a readable {kinds} image: {exc}"
+                raise Rejection(400, "not_an_image", detail) from exc
     batch = (np.stack(pixels) / np.float32(255)).astype(np.float32)
     return [
         [{"label": label, "score": score} for label, score in p.top]
@@ -159,7 +206,14 @@ def _classify(
     ]
 
 
-def build_app(active: ActiveModel, config: PredictorConfig, metrics: Metrics) -> Starlette:
+def build_app(
+    active: ActiveModel,
+    config: PredictorConfig,
+    metrics: Metrics,
+    decoders: Decoders | None = None,
+) -> Starlette:
+    decoding = decoders or Decoders(pixels=config.max_pixels)
+
     async def predict(request: Request) -> Response:
         top_k = _top_k(request)
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -178,8 +232,8 @@ def build_app(active: ActiveModel, config: PredictorConfig, metrics: Metrics) ->
             blobs, formats = _batch(body, config), BATCH_FORMATS
         else:
             blobs, formats = [body], IMAGE_TYPES[kind]
-        results = await run_in_threadpool(
-            _classify, loaded, blobs, formats, top_k, config.max_pixels
+        results = await decoding.run(
+            _classify, loaded, blobs, formats, top_k, config.max_pixels, decoding.budget
         )
         metrics.images.inc(len(blobs))
         if kind == "application/json":
@@ -230,11 +284,16 @@ def build_app(active: ActiveModel, config: PredictorConfig, metrics: Metrics) ->
 
 
 class Measured:
-    """Counts every answer by path and status, and times /predict (pure ASGI)."""
+    """Counts every answer by path and status, and times /predict (pure ASGI). An error the
+    app did not answer becomes a 500 here, counted, and reported (logged with its trace
+    and audited) once per distinct error, so a request that keeps failing the same way
+    cannot flood the log."""
 
-    def __init__(self, app: Any, metrics: Metrics) -> None:
+    def __init__(self, app: Any, metrics: Metrics, report: Any = None) -> None:
         self.app = app
         self.metrics = metrics
+        self.report = report or (lambda kind, **fields: None)
+        self._reported: set[str] = set()
 
     async def __call__(
         self,
@@ -248,13 +307,32 @@ class Measured:
         started = time.perf_counter()
         status = [500]
 
+        started_answer = [False]
+
         async def sending(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                started_answer[0] = True
             await send(message)
 
         try:
             await self.app(scope, receive, send=sending)
+        except Exception as exc:  # Starlette answered 500 already, or nobody did
+            self.metrics.failures.labels("app").inc()
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            if error not in self._reported and len(self._reported) < 1000:
+                self._reported.add(error)
+                log.error("request_failed", error=error, exc_info=True)
+                self.report("request_failed", path=scope.get("path", ""), error=error)
+            if not started_answer[0]:
+                await sending(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send({"type": "http.response.body", "body": b'{"error":"internal"}'})
         finally:
             path = scope.get("path", "")
             known = path if path in ("/predict", "/healthz", "/metrics") else "other"

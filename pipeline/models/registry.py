@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core import bounded
 from core.errors import JobError
 from pipeline.models.metadata import ModelMeta
-from pipeline.models.modelfile import read_metadata
+from pipeline.models.modelfile import METADATA, copy_model, read_metadata, sha256
 
 __all__ = [
     "Decision",
@@ -30,6 +32,7 @@ __all__ = [
 ]
 
 REGISTRY = "registry.json"
+MAX_REGISTRY_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -43,8 +46,18 @@ def state(models_dir: Path) -> dict[str, Any]:
     path = models_dir / REGISTRY
     if not path.exists():
         return {"active": None, "history": []}
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else {"active": None, "history": []}
+    try:
+        data = bounded.read_json(path, MAX_REGISTRY_BYTES)
+    except bounded.Unreadable as exc:
+        raise JobError(f"the model registry {path} is damaged: {exc}") from exc
+    if not isinstance(data, dict):
+        return {"active": None, "history": []}
+    names = [data.get("active"), *(data.get("history") or [])]
+    if not isinstance(data.get("history", []), list) or not all(
+        n is None or (isinstance(n, str) and _plain_name(n)) for n in names
+    ):
+        raise JobError(f"the model registry {path} names a model that is not a plain name")
+    return data
 
 
 def active(models_dir: Path) -> Path | None:
@@ -84,12 +97,18 @@ def activate(models_dir: Path, candidate: Path, name: str) -> Decision:
 
 def install(models_dir: Path, candidate: Path, name: str, *, activate: bool) -> Decision:
     """Register a verified model under `name` and make it active if `activate`. The same
-    model (same weights) registered before under that name is not copied again."""
+    model (same weights and the same metadata) registered before under that name is not
+    copied again; anything else under that name is refused, never re-activated."""
     meta = read_metadata(candidate)
     target = models_dir / name
     if target.exists():
-        if read_metadata(target).weights_sha256 != meta.weights_sha256:
-            raise JobError(f"a different model named {name} is already registered")
+        if read_metadata(target).weights_sha256 != meta.weights_sha256 or sha256(
+            target / METADATA
+        ) != sha256(candidate / METADATA):
+            raise JobError(
+                f"a different model named {name} is already registered "
+                "(the weights or the metadata differ)"
+            )
         reason = "already registered"
     else:
         _register(models_dir, candidate, name)
@@ -121,12 +140,12 @@ def rollback(models_dir: Path) -> str:
 def _register(models_dir: Path, candidate: Path, name: str) -> None:
     """Copy the candidate in as `name` (never over another) and check the copy: it is what
     will be loaded."""
-    models_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    target = models_dir / name
-    if target.exists():
-        raise JobError(f"a model named {name} is already registered")
-    shutil.copytree(candidate, target)
-    read_metadata(target)
+    with _writing(models_dir):
+        models_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        target = models_dir / name
+        if target.exists():
+            raise JobError(f"a model named {name} is already registered")
+        copy_model(candidate, target)
 
 
 def _make_active(models_dir: Path, name: str) -> None:
@@ -144,8 +163,24 @@ def _accuracy(meta: ModelMeta) -> float:
 
 def _write(models_dir: Path, data: dict[str, Any]) -> None:
     # Atomic: a crash leaves the old registry or the new one, never half of either.
-    temporary = models_dir / f".{REGISTRY}.tmp"
-    temporary.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    with temporary.open("rb") as handle:
-        os.fsync(handle.fileno())
-    temporary.replace(models_dir / REGISTRY)
+    with _writing(models_dir):
+        temporary = models_dir / f".{REGISTRY}.tmp"
+        temporary.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        with temporary.open("rb") as handle:
+            os.fsync(handle.fileno())
+        temporary.replace(models_dir / REGISTRY)
+
+
+@contextmanager
+def _writing(models_dir: Path) -> Iterator[None]:
+    """A registry that cannot be written (read-only, a file where the folder should be, a
+    full disk) is one JobError naming it."""
+    try:
+        yield
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise JobError(f"cannot write the model registry {models_dir}: {why}") from exc
+
+
+def _plain_name(name: str) -> bool:
+    return name not in ("", ".", "..") and "/" not in name and "\0" not in name

@@ -24,9 +24,10 @@ import numpy as np
 import structlog
 
 from core.errors import EdgehookError, JobError
-from pipeline.models import registry, signing
+from pipeline.models import registry
 from pipeline.models.engines import Engine, choose
 from pipeline.models.metadata import ModelMeta
+from pipeline.models.trust import SigningPolicy
 from pipeline.training.images import FORMATS, decode, fit
 
 log = structlog.get_logger("edgehook.serving")
@@ -63,17 +64,15 @@ class ActiveModel:
     def __init__(
         self,
         models_dir: Path,
-        trusted_keys: Sequence[str],
+        policy: SigningPolicy,
         *,
-        allow_unsigned: bool = False,
         engine: str = "auto",
         interval_s: float = 0.5,
         report: Report | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.models_dir = models_dir
-        self.trusted_keys = list(trusted_keys)
-        self.allow_unsigned = allow_unsigned
+        self.policy = policy
         self.engine = engine
         self.interval_s = interval_s
         self.report = report or (lambda kind, **fields: None)
@@ -84,6 +83,7 @@ class ActiveModel:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._refresh_lock = threading.Lock()
+        self._failing: str | None = None  # the follower's last failure, reported once
 
     # -- following ------------------------------------------------------------------------
 
@@ -99,7 +99,7 @@ class ActiveModel:
                 return False  # reported already; tried again when its files change
             try:
                 loaded = self._load(name, directory)
-            except (EdgehookError, OSError, RuntimeError, ValueError) as exc:
+            except Exception as exc:  # any model that does not load is refused, not raised
                 self._refused = (name, stamp)
                 self.refusal = reason = (
                     str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
@@ -122,11 +122,7 @@ class ActiveModel:
             return True
 
     def _load(self, name: str, directory: Path) -> Loaded:
-        if self.allow_unsigned:
-            registry.read_metadata(directory)
-            signer = "unchecked (models.allow_unsigned = true)"
-        else:
-            signer = signing.verify(directory, self.trusted_keys).key_id
+        signer = self.policy.accept(directory)
         choice = choose(directory, self.engine, log=lambda line: log.info("engine", detail=line))
         meta = choice.meta
         spec = meta.spec
@@ -151,8 +147,16 @@ class ActiveModel:
         while not self._stop.wait(self.interval_s):
             try:
                 self.refresh()
-            except Exception:  # the follower must outlive any one bad look at the registry
-                log.exception("follow_failed")
+                self._failing = None
+            except Exception as exc:  # the follower must outlive any one bad look at the registry
+                # Reported (logged with its trace, and audited) once while it keeps failing
+                # the same way: out of descriptors, it would otherwise log every interval.
+                first = str(exc).splitlines()[0][:300] if str(exc) else ""
+                error = f"{type(exc).__name__}: {first}"
+                if error != self._failing:
+                    self._failing = error
+                    log.error("follow_failed", error=error, exc_info=True)
+                    self.report("follow_failed", error=error)
 
     def close(self) -> None:
         self._stop.set()
@@ -238,8 +242,7 @@ def load_active(
         config = load_config(find_config(explicit, os.environ, cwd), os.environ, cwd=cwd)
     active = ActiveModel(
         config.models_dir,
-        signing.trusted_keys(config.secrets.model_signing_key_file, config.models.trusted_keys),
-        allow_unsigned=config.models.allow_unsigned,
+        SigningPolicy.from_config(config),
         engine=engine or config.predictor.engine,
         interval_s=config.predictor.follow_interval_s,
     )

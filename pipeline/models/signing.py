@@ -23,8 +23,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from core import bounded
 from core.errors import JobError
-from pipeline.models.modelfile import METADATA, SIGNATURE, WEIGHTS, read_metadata, sha256
+from pipeline.models.modelfile import (
+    MAX_SIGNATURE_BYTES,
+    METADATA,
+    SIGNATURE,
+    WEIGHTS,
+    read_metadata,
+    sha256,
+)
 
 DOMAIN = b"edgehook-model-signature-v1\n"
 PREFIX = "ed25519:"
@@ -141,9 +149,13 @@ def _check(
     """The signer named by the signature record at `record_path`, if it is trusted and
     signed exactly `message`; otherwise JobError naming `what` or `files`."""
     try:
-        record = json.loads(record_path.read_text(encoding="utf-8"))
+        # A FIFO, a device or a link out of the directory is refused, never read.
+        inside = record_path.parent if record_path.name == SIGNATURE else None
+        record = bounded.read_json(record_path, MAX_SIGNATURE_BYTES, inside=inside)
         public = str(record["public_key"])
         signature = base64.b64decode(record["signature"], validate=True)
+    except bounded.Unreadable as exc:
+        raise JobError(f"refusing the signature: {exc}") from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise JobError(f"{record_path.name} is malformed") from exc
     trusted_ids = {key_id(key): key for key in trusted}

@@ -23,6 +23,7 @@ import pickle
 import statistics
 import tempfile
 import weakref
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +31,18 @@ from typing import Any
 
 import numpy as np
 
+from core import bounded
 from core.errors import JobError
+from core.names import label_problem
 from pipeline.training.images import fit
 from pipeline.training.model import AUTO_MAX_SIZE, EDGEHOOK_CNN, MIN_SIZE, TORCHVISION
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp"})
 MAX_IMAGES = 200_000
 MAX_SIDE = 8192
+MAX_NPZ_BYTES = 16 << 30
+MAX_BATCH_BYTES = 1 << 30  # one CIFAR python batch is 31 MB
+MAX_CLASSES = 1000  # what a model's spec allows (metadata.MAX_CLASSES)
 EXPECTED = (
     "an image-folder tree (one folder per class), CIFAR-10 python batches "
     "(data_batch_*), or a .npz with arrays x and y"
@@ -101,7 +107,11 @@ class Dataset:
 
 def scan(root: Path) -> Source:
     """The dataset's layout, labels and image sizes under `root`, or JobError naming what was
-    expected. Image files are opened for their headers only."""
+    expected. Image files are opened for their headers only. `root` may also be one .npz."""
+    if not root.exists():
+        raise JobError(f"{root} does not exist")
+    if root.is_file() and root.suffix.lower() == ".npz":
+        return _from_arrays(*_load_npz(root), "npz")
     npz = sorted(root.rglob("*.npz"))
     if npz:
         return _from_arrays(*_load_npz(npz[0]), "npz")
@@ -182,7 +192,8 @@ def split(count: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    # Regular files only: PIL opening a FIFO would wait for a writer forever.
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def _scan_folders(folders: list[Path]) -> Source:
@@ -211,7 +222,7 @@ def _scan_folders(folders: list[Path]) -> Source:
         )
     return Source(
         "image-folder",
-        tuple(folder.name for folder in folders),
+        _class_names([folder.name for folder in folders], "image-folder: the class folder"),
         np.asarray(labels, dtype=np.int64),
         paths,
         None,
@@ -257,6 +268,29 @@ def _from_arrays(x: np.ndarray, y: np.ndarray, classes: tuple[str, ...], layout:
     return Source(layout, classes, y, None, x, [min(height, width)], channels == 1, [])
 
 
+def _class_names(names: list[str], what: str) -> tuple[str, ...]:
+    """Class names as models keep them: printable text (a folder name that is not UTF-8
+    arrives with lone surrogates), at most MAX_CLASSES of them; JobError naming the first
+    that is not."""
+    if len(names) > MAX_CLASSES:
+        raise JobError(f"{what}s are {len(names)}; a model has at most {MAX_CLASSES} classes")
+    for name in names:
+        problem = label_problem(name)
+        if problem is not None:
+            shown = name.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")
+            raise JobError(f"{what} {shown[:80]!r} {problem}; rename it")
+    return tuple(names)
+
+
+def _npz_names(names: np.ndarray, file: str) -> tuple[str, ...]:
+    if names.ndim != 1 or names.size > MAX_CLASSES or names.dtype.kind not in "US":
+        raise JobError(f"{file}: classes must list at most {MAX_CLASSES} names (strings)")
+    return tuple(
+        n.decode("utf-8", "surrogateescape") if isinstance(n, bytes) else str(n)
+        for n in names.tolist()
+    )
+
+
 def _check_labels(y: np.ndarray, classes: tuple[str, ...], layout: str) -> None:
     if not 2 <= len(y) <= MAX_IMAGES:
         raise JobError(f"{layout}: {len(y)} readable images; need between 2 and {MAX_IMAGES}")
@@ -266,14 +300,23 @@ def _check_labels(y: np.ndarray, classes: tuple[str, ...], layout: str) -> None:
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     try:
-        with np.load(path, allow_pickle=False) as data:
+        # Opened here (a regular file, never a FIFO) and closed here, whatever np.load thinks.
+        handle = os.fdopen(bounded.open_regular(path, MAX_NPZ_BYTES), "rb")
+    except bounded.Unreadable as exc:
+        raise JobError(str(exc)) from exc
+    try:
+        with handle, np.load(handle, allow_pickle=False) as data:
             x = data["x"] if "x" in data else data["images"]
             y = data["y"] if "y" in data else data["labels"]
-            classes = tuple(str(c) for c in data["classes"]) if "classes" in data else ()
+            classes: tuple[str, ...] = ()
+            if "classes" in data:
+                classes = _npz_names(data["classes"], path.name)
     except KeyError as exc:
         raise JobError(f"{path.name} needs arrays x (or images) and y (or labels)") from exc
-    except (OSError, ValueError) as exc:
-        raise JobError(f"{path.name} is not a readable .npz without pickles ({exc})") from exc
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        # a truncated or damaged archive is refused here, not met halfway through training
+        why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise JobError(f"{path.name} is not a readable .npz without pickles ({why})") from exc
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
@@ -283,8 +326,15 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     y = np.asarray(y)
     if not np.issubdtype(y.dtype, np.integer):
         raise JobError(f"{path.name}: y must hold integer class labels")
+    # Bounded before any name is made: labels [0, 10**9] would build a billion of them.
+    top = len(classes) if classes else MAX_CLASSES
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= top):
+        raise JobError(
+            f"{path.name}: labels run from {int(y.min())} to {int(y.max())}; they must be "
+            f"0..{top - 1} ({'one per listed class' if classes else 'the most classes'})"
+        )
     classes = classes or tuple(str(i) for i in range(int(y.max()) + 1 if y.size else 0))
-    return x, y, classes
+    return x, y, _class_names(list(classes), f"{path.name}: the class")
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -310,9 +360,12 @@ class _ArraysOnly(pickle.Unpickler):
 
 def _unpickle(path: Path) -> dict[Any, Any]:
     try:
-        data = _ArraysOnly(io.BytesIO(path.read_bytes()), encoding="bytes").load()
+        raw = bounded.read_bytes(path, MAX_BATCH_BYTES)
+        data = _ArraysOnly(io.BytesIO(raw), encoding="bytes").load()
     except JobError:
         raise
+    except bounded.Unreadable as exc:
+        raise JobError(str(exc)) from exc
     except Exception as exc:
         raise JobError(f"{path.name} is not a CIFAR python batch ({type(exc).__name__})") from exc
     if not isinstance(data, dict):
@@ -333,5 +386,9 @@ def _load_cifar(folder: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     if (folder / "batches.meta").exists():
         names = _unpickle(folder / "batches.meta").get(b"label_names")
         if isinstance(names, list):
-            classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+            decoded = [
+                n.decode("utf-8", "surrogateescape") if isinstance(n, bytes) else str(n)
+                for n in names
+            ]
+            classes = _class_names(decoded, "batches.meta: the class")
     return np.concatenate(xs), np.concatenate(ys), classes

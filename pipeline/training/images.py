@@ -23,16 +23,48 @@ def fit(image: Any, size: int, channels: int) -> np.ndarray:
             array = array.transpose(1, 2, 0)
         image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8))
     mode = "L" if channels == 1 else "RGB"
-    if image.mode in ("I;16", "I", "F") and mode == "L":
-        # 16-bit and float scans: scale to 8 bits rather than clip
-        values = np.asarray(image, dtype=np.float64)
-        span = max(float(values.max() - values.min()), 1e-9)
-        image = Image.fromarray(np.uint8(np.rint((values - values.min()) / span * 255)))
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        # Cropped and resized in their own depth first, then scaled to 8 bits: the
+        # full-size image is never copied (8000x5000 at 16 bits is 80 MB decoded).
+        if image.size != (size, size):
+            image = ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
+        image = _eight_bit(image)
     pixels = image.convert(mode)
     if pixels.size != (size, size):
         pixels = ImageOps.fit(pixels, (size, size), method=Image.Resampling.BILINEAR)
     array = np.asarray(pixels, dtype=np.uint8)
     return array[None] if array.ndim == 2 else np.ascontiguousarray(array.transpose(2, 0, 1))
+
+
+def _eight_bit(image: Any) -> Any:
+    """A 16-bit (or 32-bit integer, or float) grey image as 8 bits, scaled by its bit depth
+    (a value's top byte: a uniform grey stays that grey, nothing is stretched), in integer
+    arithmetic (no float64 copy: 8000x5000 would be a gigabyte)."""
+    from PIL import Image
+
+    values = np.asarray(image)
+    if image.mode == "F":  # floats: taken as 0..255, as Pillow's own conversion does
+        eight = np.clip(values, 0, 255).astype(np.uint8)
+    elif image.mode == "I":  # 32-bit integers holding 16-bit samples (PNG in older Pillow)
+        eight = (np.clip(values, 0, 65535) >> 8).astype(np.uint8)
+    else:
+        eight = (values.astype(np.uint16, copy=False) >> 8).astype(np.uint8)
+    return Image.fromarray(eight)
+
+
+def pixels_in(data: bytes, formats: tuple[str, ...] = ("PNG", "JPEG", "PPM", "BMP")) -> int:
+    """The pixel count an encoded image's header declares (0 when it is not one: decode
+    refuses it later, with its reason)."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data), formats=formats) as image:
+            width, height = image.size
+            return int(width) * int(height)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return 0
 
 
 # The formats edgehook decodes: Pillow's other plugins (EPS runs Ghostscript) stay unused.

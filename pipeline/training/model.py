@@ -65,17 +65,13 @@ class ModelSpec:
             raise JobError(
                 f"model architecture {arch!r} is not one edgehook builds ({', '.join(ARCHS)})"
             )
-        try:
-            spec = cls(
-                arch=str(data["arch"]),
-                in_channels=int(data["in_channels"]),
-                height=int(data["height"]),
-                width=int(data["width"]),
-                num_classes=int(data["num_classes"]),
-                channels=int(data["channels"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise JobError(f"model metadata is incomplete or malformed ({exc})") from exc
+        sizes: dict[str, Any] = {
+            k: data.get(k) for k in ("in_channels", "height", "width", "num_classes", "channels")
+        }
+        bad = [k for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int)]
+        if bad:  # "16", 16.5, Infinity or absent: refused, never coerced
+            raise JobError(f"model metadata: spec.{bad[0]} is not a whole number")
+        spec = cls(arch=str(data["arch"]), **sizes)
         spec.check()
         return spec
 

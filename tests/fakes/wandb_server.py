@@ -60,6 +60,9 @@ class FakeWandb:
         self.tamper: set[str] = set()
         self.fail_graphql = False
         self.graphql_status = 0  # not 0: every GraphQL request answers this status (429, 401)
+        # not None: every GraphQL request answers 200 with these bytes and content type (an
+        # HTML page from a captive portal, JSON that is not GraphQL's, garbage)
+        self.graphql_raw: tuple[bytes, str] | None = None
         self.missing_files: set[str] = set()
         self.file_delay_s = 0.0  # a slow server: each file waits this long before its bytes
         self.drop_files = 0  # the next N file requests: the connection closes, no answer
@@ -422,6 +425,9 @@ class FakeWandb:
                     return
                 if fake.fail_graphql:
                     self._send(500, b'{"errors":[{"message":"internal error"}]}')
+                    return
+                if fake.graphql_raw is not None:
+                    self._send(200, *fake.graphql_raw)
                     return
                 if fake.graphql_status:
                     fake.operations.append(f"refused {fake.graphql_status}")

@@ -29,9 +29,10 @@ from core.errors import EdgehookError, JobError
 from core.sections import PredictorConfig
 from pipeline.models import registry, signing
 from pipeline.models.engines import choose, float_engine, torch_int8
-from pipeline.models.modelfile import WEIGHTS, save
+from pipeline.models.modelfile import WEIGHTS, save, sha256
 from pipeline.models.predictor import Measured, Metrics, build_app
 from pipeline.models.serving import ActiveModel, load_active
+from pipeline.models.trust import SigningPolicy
 from pipeline.training.datasets import read_dataset
 from pipeline.training.train import TrainConfig, train
 from tests.conftest import Workspace, free_port, make_workspace, run_edgehook
@@ -96,8 +97,10 @@ def device(digits: Digits, tmp_path: Path) -> Device:
 
 
 def active_model(device: Device, **kwargs: object) -> ActiveModel:
+    allow_unsigned = bool(kwargs.pop("allow_unsigned", False))
     trusted = signing.trusted_keys(device.config.secrets.model_signing_key_file, ())
-    return ActiveModel(device.config.models_dir, trusted, **kwargs)  # type: ignore[arg-type]
+    policy = SigningPolicy(tuple(trusted), allow_unsigned)
+    return ActiveModel(device.config.models_dir, policy, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -241,7 +244,7 @@ def test_healthz_and_metrics(
     assert health["model"] == "a" and health["engine"] in ("torch-int8", "onnxruntime")
     assert health["engine"] == min(health["batch1_ms"], key=health["batch1_ms"].get)
     assert health["input"] == [1, 8, 8] and health["classes"] == 10
-    assert health["signer"] == signing.key_id(active.trusted_keys[0])
+    assert health["signer"] == signing.key_id(active.policy.trusted_keys[0])
     client.post("/predict", content=png(digits.images[0]), headers={"content-type": "image/png"})
     client.post("/predict", content=b"x", headers={"content-type": "text/plain"})
     text = client.get("/metrics").text
@@ -354,8 +357,8 @@ def test_onnx_export_agrees_with_the_int8_model(device: Device, digits: Digits) 
     key_id = signing.key_id(signing.public_text(device.key.public_key()))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (
-        f"wrote {out}: int8 QDQ (uint8 activations, int8 per-channel weights); "
-        f"signed by {key_id} (a.onnx.sig)"
+        f"wrote {out}: int8 QDQ (uint8 activations, int8 per-channel weights) "
+        f"(source signed by {key_id}); signed by {key_id} (a.onnx.sig)"
     )
     assert signing.verify_file(out, [signing.public_text(device.key.public_key())]).key_id == key_id
     verified = run_edgehook(
@@ -392,7 +395,12 @@ def test_model_install_verifies_registers_and_audits(device: Device, tmp_path: P
         )
 
     key_id = signing.key_id(signing.public_text(device.key.public_key()))
-    name_a = "installed-" + registry.read_metadata(device.signed["a"]).weights_sha256[:12]
+    name_a = (
+        "installed-"
+        + registry.read_metadata(device.signed["a"]).weights_sha256[:12]
+        + "-"
+        + sha256(device.signed["a"] / "model.json")[:8]
+    )
     done = install(device.signed["a"], "--no-activate")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"registered: {name_a}, signed by {key_id}"
