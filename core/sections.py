@@ -87,7 +87,7 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
-class Limits:
+class RateLimits:
     """The receiver's per-client token buckets (receiver/ratelimit.py)."""
 
     requests_per_second: float = setting(
@@ -386,7 +386,7 @@ class WatchConfig:
 SECTIONS: list[tuple[str, type[Any]]] = [
     ("", General),
     ("server", ServerConfig),
-    ("rate_limit", Limits),
+    ("rate_limit", RateLimits),
     ("audit", AuditConfig),
     ("dedupe", DedupeConfig),
     ("store", StoreConfig),
