@@ -122,7 +122,8 @@ def make_model(config: Config, name: str, accuracy: float, key_file: Path) -> No
                "train_acc": 0.5 + i / 10, "val_acc": 0.45 + i / 10, "lr": 0.003, "seconds": 1.5}
               for i in range(4)]  # fmt: skip
     meta = ModelMeta(
-        format=3, spec={"arch": "edgehook-cnn"}, classes=["cat", MARKUP],
+        format=3, spec={"arch": "edgehook-cnn", "in_channels": 1, "height": 8, "width": 8,
+                           "num_classes": 2, "channels": 32}, classes=["cat", MARKUP],
         normalisation={"mean": [0.5], "std": [0.5]}, engine="x86",
         metrics={"int8_accuracy": accuracy, "qat_accuracy": accuracy, "epochs": epochs,
                  "confusion": [[8, 2], [1, 9]],
