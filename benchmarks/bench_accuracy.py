@@ -96,7 +96,7 @@ def write_sets(tmp: Path, smoke: bool) -> dict[str, Any]:
 
 def test_images(test: Path, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """The held-back test images fitted as edgehook fits them, in [0, 1], with labels."""
-    from pipeline.training.images import decode, fit
+    from pipeline.nn.images import decode, fit
 
     if test.suffix == ".npz":
         with np.load(test) as data:

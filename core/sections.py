@@ -12,7 +12,7 @@ from typing import Any
 from core.settings import setting
 
 CLIENT_IP_HEADERS = ("x-forwarded-for", "cf-connecting-ip")
-# The model families edgehook builds (pipeline/training/model.py): declared here because
+# The model families edgehook builds (pipeline/nn/model.py): declared here because
 # the config and the rules' `arch` argument check them without importing torch.
 ARCHS = (
     "edgehook-cnn",

@@ -253,7 +253,7 @@ def _benchmark(model_dir: Path, as_json: bool) -> int:
 
 
 def _read(path: Path, spec: dict[str, int]) -> Any:
-    from pipeline.training.images import decode
+    from pipeline.nn.images import decode
 
     try:
         pixels = decode(path.read_bytes(), spec["height"], spec["in_channels"])

@@ -17,7 +17,7 @@ from core.errors import JobError
 @dataclass(frozen=True)
 class ModelMeta:
     format: int
-    spec: dict[str, Any]  # training.model.ModelSpec, checked by ModelSpec.from_dict on load
+    spec: dict[str, Any]  # pipeline.nn.model.ModelSpec, checked by ModelSpec.from_dict on load
     classes: list[str]
     normalisation: dict[str, list[float]]
     engine: str  # the quantized engine it was trained for (x86, qnnpack, ...)

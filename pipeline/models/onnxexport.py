@@ -89,9 +89,9 @@ def _plain(tensors: dict[str, torch.Tensor], owner: str, role: str, current: Any
 
 def network(directory: Path, fp32: bool) -> tuple[nn.Module, ModelMeta, str]:
     """The serving network for export: int8 QDQ, or fp32; and a line saying which."""
-    from pipeline.models.int8 import qat_from_tensors
     from pipeline.models.modelfile import load_parts
-    from pipeline.training.quantize import backend, quiet
+    from pipeline.nn.int8 import qat_from_tensors
+    from pipeline.nn.quantize import backend, quiet
 
     meta, model, _, tensors = load_parts(directory)
     with quiet():
@@ -113,7 +113,7 @@ def network(directory: Path, fp32: bool) -> tuple[nn.Module, ModelMeta, str]:
 def to_onnx_bytes(directory: Path, fp32: bool = False) -> tuple[bytes, dict[str, str]]:
     """The ONNX file's bytes and its edgehook metadata. QDQ unless `fp32`; a QDQ export the
     exporter refuses falls back to fp32, with the reason in the metadata."""
-    from pipeline.training.quantize import quiet
+    from pipeline.nn.quantize import quiet
 
     try:
         serving, meta, what = network(directory, fp32)
@@ -140,7 +140,7 @@ def export(directory: Path, out: Path, fp32: bool = False) -> dict[str, str]:
 def _export(serving: nn.Module, meta: ModelMeta) -> bytes:
     import warnings
 
-    from pipeline.training.quantize import quiet
+    from pipeline.nn.quantize import quiet
 
     spec = meta.spec
     dummy = torch.rand(1, spec["in_channels"], spec["height"], spec["width"])

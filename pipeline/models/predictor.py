@@ -39,7 +39,7 @@ from starlette.routing import Route
 from core.errors import Rejection
 from core.sections import PredictorConfig
 from pipeline.models.serving import ActiveModel, Loaded, rank
-from pipeline.training.images import decode
+from pipeline.nn.images import decode
 
 log = structlog.get_logger("edgehook.predictor")
 # The body types /predict takes, and the one Pillow format each may hold.

@@ -27,7 +27,7 @@ from core.errors import EdgehookError, JobError
 from pipeline.models import registry, signing
 from pipeline.models.engines import Engine, choose
 from pipeline.models.metadata import ModelMeta
-from pipeline.training.images import FORMATS, decode, fit
+from pipeline.nn.images import FORMATS, decode, fit
 
 log = structlog.get_logger("edgehook.serving")
 Report = Callable[..., None]  # (kind, **fields): model_loaded, model_swapped, model_refused

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from core.errors import JobError
-from pipeline.training.images import fit
-from pipeline.training.model import AUTO_MAX_SIZE, EDGEHOOK_CNN, MIN_SIZE, TORCHVISION
+from pipeline.nn.images import fit
+from pipeline.nn.model import AUTO_MAX_SIZE, EDGEHOOK_CNN, MIN_SIZE, TORCHVISION
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp"})
 MAX_IMAGES = 200_000

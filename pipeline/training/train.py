@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +27,8 @@ import torch
 from torch import nn
 
 from core.errors import JobError
-from pipeline.training.augment import Augment
-from pipeline.training.datasets import Dataset, read_dataset, split
-from pipeline.training.model import EDGEHOOK_CNN, ModelSpec, build, head_name
-from pipeline.training.quantize import (
+from pipeline.nn.model import EDGEHOOK_CNN, ModelSpec, build, head_name
+from pipeline.nn.quantize import (
     backend,
     fake_quant_off,
     freeze_bn,
@@ -38,6 +36,8 @@ from pipeline.training.quantize import (
     run,
     to_int8,
 )
+from pipeline.training.augment import Augment
+from pipeline.training.datasets import Dataset, read_dataset, split
 
 AUGMENT_MIN_SIZE = 16
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -95,13 +95,6 @@ def auto_epochs(train_images: int) -> int:
 def qat_epochs(epochs: int) -> int:
     """The last quarter of the epochs (at least one) is quantization-aware."""
     return max(1, round(epochs / 4)) if epochs > 1 else 1
-
-
-def normalise(images: np.ndarray, normalisation: dict[str, list[float]]) -> torch.Tensor:
-    """float (N, C, H, W) in [0, 1] -> the model's input."""
-    mean = np.asarray(normalisation["mean"], dtype=np.float32)[None, :, None, None]
-    std = np.asarray(normalisation["std"], dtype=np.float32)[None, :, None, None]
-    return torch.from_numpy(np.ascontiguousarray((images - mean) / std))
 
 
 class _Images(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -540,10 +533,6 @@ def _device(wanted: str) -> torch.device:
     """CUDA when asked for (or "auto") and present, else the CPU."""
     use_cuda = wanted in ("auto", "cuda") and torch.cuda.is_available()
     return torch.device("cuda" if use_cuda else "cpu")
-
-
-def config_dict(config: TrainConfig) -> dict[str, Any]:
-    return asdict(config)
 
 
 def _progress(phase: str, epoch: int, epochs: int, total: int) -> Callable[[int], None]:

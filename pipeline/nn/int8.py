@@ -18,7 +18,7 @@ from torch import nn
 from torch.ao.quantization import FakeQuantizeBase
 
 from core.errors import JobError
-from pipeline.training.quantize import (
+from pipeline.nn.quantize import (
     WeightOnlyLinear,
     fold_bn,
     observe_afresh,

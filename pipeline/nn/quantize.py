@@ -1,4 +1,4 @@
-"""Quantization, behind one small module (and pipeline/models/int8.py, the int8 model as
+"""Quantization, behind one small module (and pipeline/nn/int8.py, the int8 model as
 plain tensors): everything else calls prepare_qat, freeze_bn, fold_bn, to_int8, run and
 backend. Today
 this is torch's eager-mode API (what Jetson's torch 2.3-2.5 wheels offer); torch now
@@ -28,7 +28,7 @@ import torch.ao.nn.qat as nnqat
 from torch import nn
 from torch.ao.quantization import FakeQuantizeBase
 
-from pipeline.training.model import head_name
+from pipeline.nn.model import head_name
 
 # The deprecation notices torch emits for the eager API; silenced here and only here.
 _KNOWN_WARNINGS = (
