@@ -259,6 +259,12 @@ class TrainingConfig:
     hflip: bool = setting(
         False, "also mirror training images (only where a mirror image keeps its label)"
     )
+    quantization: str = setting(
+        "symmetric",
+        "int8 activations: `symmetric` (zero point 0 as int8; TensorRT can take it) or `affine` "
+        "(torch's default)",
+        choices=("symmetric", "affine"),
+    )
     time_budget_s: int = setting(
         0, "stop training within this many seconds (`0`: no budget)", minimum=0, maximum=604800
     )

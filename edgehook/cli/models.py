@@ -125,6 +125,12 @@ def register(sub: Subparsers) -> None:
     export.add_argument(
         "--fp32", action="store_true", help="the float network, no QDQ (see README: TensorRT)"
     )
+    export.add_argument(
+        "--target",
+        choices=["onnxruntime", "tensorrt"],
+        default="onnxruntime",
+        help="tensorrt: symmetric Q/DQ, every zero point an int8 0 (docs/tensorrt.md)",
+    )
     imported.add_argument("source", type=Path, help="the .pth file torchvision publishes")
     imported.add_argument("--arch", required=True, choices=ARCHS[1:])
     imported.add_argument("--out", type=Path, required=True)
@@ -331,7 +337,7 @@ def run_model(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if args.model_command == "install":
         return _install(loaded, env, args.path, activate=not args.no_activate)
     if args.model_command == "export":
-        return _export(loaded, args.path, args.out, args.fp32)
+        return _export(loaded, args.path, args.out, args.fp32, args.target)
     if args.model_command == "rollback":
         name = registry.rollback(loaded.models_dir)
         operator_audit(loaded, env, action="model_rollback", model=name)
@@ -381,11 +387,11 @@ def _install(loaded: Any, env: Mapping[str, str], path: Path, activate: bool) ->
     return 0
 
 
-def _export(loaded: Any, path: Path, out: Path, fp32: bool) -> int:
+def _export(loaded: Any, path: Path, out: Path, fp32: bool, target: str) -> int:
     from pipeline.models import signing
     from pipeline.models.onnxexport import export
 
-    props = export(path, out, fp32=fp32)
+    props = export(path, out, fp32=fp32, target=target)
     line = f"wrote {out}: {props['edgehook.quantization']}"
     if loaded.secrets.model_signing_key_file is not None:
         key = signing.load_private(loaded.secrets.model_signing_key_file)

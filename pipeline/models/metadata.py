@@ -32,6 +32,8 @@ class ModelMeta:
     job_id: int | None = None
     dataset_layout: str | None = None
     origin: str | None = None  # "from scratch" or "fine-tuned from ..."
+    # activations: "symmetric" (zero point 128) or "affine"; files without it were affine
+    quantization: str = "affine"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -78,6 +80,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "job_id": (int, type(None)),
     "dataset_layout": (str, type(None)),
     "origin": (str, type(None)),
+    "quantization": (str,),
 }
 
 

@@ -54,6 +54,7 @@ def save(
         classes=list(trained.classes),
         normalisation=trained.normalisation,
         engine=trained.engine,
+        quantization=trained.quantization,
         metrics=trained.metrics,
         train_config=dataclasses.asdict(trained.config),
         sources=sources,
@@ -141,7 +142,8 @@ def load_for_finetune(directory: Path) -> tuple[Any, ModelMeta, Any]:
     from pipeline.nn.quantize import backend
 
     meta, model, spec, tensors = load_parts(directory)
-    return qat_from_tensors(model, tensors, backend(), meta.engine), meta, spec
+    qat = qat_from_tensors(model, tensors, backend(), meta.engine, meta.quantization)
+    return qat, meta, spec
 
 
 def sha256(path: Path) -> str:

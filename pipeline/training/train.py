@@ -34,6 +34,7 @@ from pipeline.nn.quantize import (
     freeze_bn,
     prepare_qat,
     run,
+    scheme_of,
     to_int8,
 )
 from pipeline.training.augment import Augment
@@ -60,6 +61,7 @@ class TrainConfig:
     time_budget_s: float = 0.0  # 0: no budget
     patience: int = 0  # fp32 epochs without improvement before stopping; 0: auto
     device: str = "auto"  # auto | cpu | cuda
+    quantization: str = "symmetric"  # activations: quantize.SCHEMES
     dry_run: bool = False  # one batch of each phase: check the plumbing
 
 
@@ -74,6 +76,7 @@ class Trained:
     config: TrainConfig
     metrics: dict[str, Any]
     held_out: np.ndarray = field(repr=False)  # up to 256 held-out images in [0, 1], for checks
+    quantization: str = "symmetric"  # the scheme the QAT model trained in (quantize.SCHEMES)
 
 
 @dataclass(frozen=True)
@@ -375,7 +378,7 @@ def train(
         model, fp32_acc = _fp32_phase(
             state, model, epochs - quantised if epochs > 1 else 1, quantised, pretrained
         )
-        model = _freeze(prepare_qat(model, engine), state)
+        model = _freeze(prepare_qat(model, engine, config.quantization), state)
     model, qat_acc = _qat_phase(state, model, quantised, fine_tune=start_from is not None)
     model = model.cpu()
     int8 = to_int8(copy.deepcopy(model), engine)
@@ -410,6 +413,7 @@ def train(
         config,
         metrics,
         dataset.floats(held_idx[:256]),
+        scheme_of(model),
     )
 
 
@@ -572,6 +576,7 @@ def configure(training: Mapping[str, Any], args: Mapping[str, Any], **extra: Any
         augment=bool(training.get("augment", True)),
         hflip=bool(hflip if hflip is not None else training.get("hflip", False)),
         time_budget_s=float(given("time_budget") or training.get("time_budget_s") or 0),
+        quantization=str(training.get("quantization", TrainConfig.quantization)),
         **extra,
     )
 
