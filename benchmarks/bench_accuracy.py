@@ -9,9 +9,14 @@ and its int8 model is scored on the 20%. The reference is the 20-line fp32 scrip
 issue: three conv-BN-ReLU blocks (32/64/128), AdamW 3e-3, one-cycle, 10 epochs, on the same
 80% at the size edgehook chose. Each run is its own process (peak RSS is its own); peak RSS
 is also measured for edgehook at 1x and 4x the photos (one epoch: memory, not accuracy).
+Real photographs too (benchmarks/realsets.py: textures, scenes, faces from scikit-image's
+wheel, tested on a region of each photo the trainer never saw); `--quantization
+affine,symmetric` trains edgehook once per int8 scheme, in the same run.
 
   .venv/bin/python benchmarks/bench_accuracy.py            # full
-  .venv/bin/python benchmarks/bench_accuracy.py --smoke    # quick (CI)
+  .venv/bin/python benchmarks/bench_accuracy.py --smoke    # quick (CI): digits, photos
+  .venv/bin/python benchmarks/bench_accuracy.py --sets digits,textures \
+      --quantization affine,symmetric --no-memory          # the scheme comparison
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import realsets  # noqa: E402
 from benchmarks.reporting import write  # noqa: E402
+
+SETS = ("digits", "photos", "textures", "scenes", "faces")
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
@@ -91,12 +99,12 @@ def write_sets(tmp: Path, smoke: bool) -> dict[str, Any]:
     np.save(test_dir / "labels.npy", np.asarray(labels))
     sets["photos"] = (tmp / "photos-1x", test_dir)
     sets["photos-4x"] = (tmp / "photos-4x", test_dir)
-    return sets
+    return {**sets, **realsets.write_all(tmp, smoke)}
 
 
 def test_images(test: Path, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """The held-back test images fitted as edgehook fits them, in [0, 1], with labels."""
-    from pipeline.training.images import decode, fit
+    from pipeline.nn.images import decode, fit
 
     if test.suffix == ".npz":
         with np.load(test) as data:
@@ -104,27 +112,37 @@ def test_images(test: Path, size: int, channels: int) -> tuple[np.ndarray, np.nd
             labels = data["y"]
     else:
         labels = np.load(test / "labels.npy")
-        names = sorted(test.glob("*.jpg"), key=lambda p: int(p.stem))
+        names = sorted([*test.glob("*.jpg"), *test.glob("*.png")], key=lambda p: int(p.stem))
         images = [decode(p.read_bytes(), size, channels) for p in names]
     return np.stack(images).astype(np.float32) / 255.0, labels
 
 
-def child_edgehook(data: Path, test: Path, epochs: int) -> dict[str, Any]:
+def child_edgehook(
+    data: Path, test: Path, epochs: int, quantization: str = "symmetric"
+) -> dict[str, Any]:
+    import torch
+
     from pipeline.models.inference import predict
+    from pipeline.nn.model import normalise
+    from pipeline.nn.quantize import run
     from pipeline.training.train import TrainConfig, load_data, train
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
-        config = TrainConfig(epochs=epochs)
+        config = TrainConfig(epochs=epochs, quantization=quantization)
         dataset = load_data(data, config, {}, Path(work))
         trained = train(dataset, config, log=lambda _: None)
     seconds = time.perf_counter() - started
     channels, size, _ = dataset.shape
     x, y = test_images(test, size, channels)
     predicted = predict(trained.int8, x, trained.normalisation).argmax(1)
+    qat = run(trained.qat.cpu(), normalise(x, trained.normalisation)).argmax(1)
     m = trained.metrics
     return {
+        "quantization": trained.quantization,
         "test_accuracy_int8": round(float((predicted == y).mean()), 4),
+        "test_accuracy_qat": round(float((qat == torch.from_numpy(y)).float().mean()), 4),
+        "fp32_accuracy_val": m.get("fp32_accuracy"),
         "qat_accuracy_val": m["qat_accuracy"],
         "int8_accuracy_val": m["int8_accuracy"],
         "epochs_run": len(m["epochs"]),
@@ -197,6 +215,11 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--sets", default=None, help=f"comma-separated, of {','.join(SETS)}")
+    parser.add_argument(
+        "--quantization", default="symmetric", help="comma-separated int8 schemes to train"
+    )
+    parser.add_argument("--no-memory", action="store_true", help="skip the 4x memory runs")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -206,18 +229,22 @@ def main() -> int:
 
         warnings.filterwarnings("ignore")
         if kind == "edgehook":
-            result = child_edgehook(Path(data), Path(test), int(rest[0]))
+            result = child_edgehook(Path(data), Path(test), int(rest[0]), *rest[1:])
         else:
             result = child_reference(Path(data), Path(test), *map(int, rest))
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps({**result, "peak_rss_mb": round(peak_mb, 1)}))
         return 0
+    names = args.sets.split(",") if args.sets else (["digits", "photos"] if args.smoke else SETS)
+    schemes = args.quantization.split(",")
     figures: dict[str, Any] = {"smoke": args.smoke}
     with tempfile.TemporaryDirectory(prefix="edgehook-accuracy-") as tmp:
         sets = write_sets(Path(tmp), args.smoke)
-        for name in ("digits", "photos"):
+        for name in names:
             data, test = sets[name]
-            ours = spawn("edgehook", str(data), str(test), "3" if args.smoke else "0")
+            epochs = "3" if args.smoke else "0"
+            runs = {q: spawn("edgehook", str(data), str(test), epochs, q) for q in schemes}
+            ours = runs[schemes[0]]
             ref = spawn(
                 "reference",
                 str(data),
@@ -228,23 +255,26 @@ def main() -> int:
             )
             figures[name] = {
                 "edgehook": ours,
+                "schemes": runs,
                 "reference": ref,
                 "gap_points": round(
                     (ref["test_accuracy_fp32"] - ours["test_accuracy_int8"]) * 100, 2
                 ),
                 "time_ratio": round(ours["seconds"] / ref["seconds"], 2),
             }
-        one = spawn("edgehook", str(sets["photos"][0]), str(sets["photos"][1]), "1")
-        four = spawn("edgehook", str(sets["photos-4x"][0]), str(sets["photos-4x"][1]), "1")
-        figures["memory"] = {
-            "images_1x": one["images"],
-            "images_4x": four["images"],
-            "peak_rss_mb_1x": one["peak_rss_mb"],
-            "peak_rss_mb_4x": four["peak_rss_mb"],
-            "ratio": round(four["peak_rss_mb"] / one["peak_rss_mb"], 3),
-        }
+        if not args.no_memory:
+            one = spawn("edgehook", str(sets["photos"][0]), str(sets["photos"][1]), "1")
+            four = spawn("edgehook", str(sets["photos-4x"][0]), str(sets["photos-4x"][1]), "1")
+            figures["memory"] = {
+                "images_1x": one["images"],
+                "images_4x": four["images"],
+                "peak_rss_mb_1x": one["peak_rss_mb"],
+                "peak_rss_mb_4x": four["peak_rss_mb"],
+                "ratio": round(four["peak_rss_mb"] / one["peak_rss_mb"], 3),
+            }
     rows = []
-    for name, floor in (("digits", 98.0), ("photos", 95.0)):
+    for name in names:
+        floor = {"digits": 98.0, "photos": 95.0}.get(name, 0.0)
         f = figures[name]
         ours, ref = f["edgehook"], f["reference"]
         rows += [
@@ -261,6 +291,17 @@ def main() -> int:
                 "<= 2",
             ),
         ]
+        for scheme, run in f["schemes"].items():
+            rows.append(
+                (
+                    f"{name}, {scheme}: fp32 (val) / QAT / int8 test accuracy",
+                    f"{run['fp32_accuracy_val']} / {run['test_accuracy_qat']} / "
+                    f"{run['test_accuracy_int8']} ({run['seconds']} s)",
+                    "int8 within 1 point of fp32",
+                )
+            )
+    if args.no_memory:
+        return _report(args, figures, rows)
     mem = figures["memory"]
     rows.append(
         (
@@ -269,6 +310,10 @@ def main() -> int:
             "<= 1.2x",
         )
     )
+    return _report(args, figures, rows)
+
+
+def _report(args: argparse.Namespace, figures: dict[str, Any], rows: list[Any]) -> int:
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report = (
         f"# Accuracy on real data ({when})\n\n{platform.processor() or platform.machine()}, "

@@ -37,11 +37,15 @@ from torch import nn  # noqa: E402
 from benchmarks.reporting import arguments, write  # noqa: E402
 from pipeline.models.inference import latency_ms  # noqa: E402
 from pipeline.models.modelfile import WEIGHTS, save  # noqa: E402
+from pipeline.nn.model import (  # noqa: E402
+    ModelSpec,
+    build,
+    normalise,
+)
+from pipeline.nn.quantize import backend, freeze_bn, prepare_qat, quiet  # noqa: E402
 from pipeline.training import synthetic  # noqa: E402
 from pipeline.training.datasets import read_dataset  # noqa: E402
-from pipeline.training.model import ModelSpec, build  # noqa: E402
-from pipeline.training.quantize import backend, freeze_bn, prepare_qat, quiet  # noqa: E402
-from pipeline.training.train import FREEZE_SAMPLE, TrainConfig, normalise, qat_epochs, train  # noqa: E402
+from pipeline.training.train import FREEZE_SAMPLE, TrainConfig, qat_epochs, train  # noqa: E402
 
 
 def step(

@@ -13,7 +13,7 @@ from typing import Any
 from core.settings import setting
 
 CLIENT_IP_HEADERS = ("x-forwarded-for", "cf-connecting-ip")
-# The model families edgehook builds (pipeline/training/model.py): declared here because
+# The model families edgehook builds (pipeline/nn/model.py): declared here because
 # the config and the rules' `arch` argument check them without importing torch.
 ARCHS = (
     "edgehook-cnn",
@@ -274,6 +274,12 @@ class TrainingConfig:
     augment: bool = setting(True, "random crops, small rotations, colour jitter while training")
     hflip: bool = setting(
         False, "also mirror training images (only where a mirror image keeps its label)"
+    )
+    quantization: str = setting(
+        "symmetric",
+        "int8 activations: `symmetric` (zero point 0 as int8; TensorRT can take it) or `affine` "
+        "(torch's default)",
+        choices=("symmetric", "affine"),
     )
     time_budget_s: int = setting(
         0, "stop training within this many seconds (`0`: no budget)", minimum=0, maximum=604800

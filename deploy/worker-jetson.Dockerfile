@@ -21,7 +21,7 @@ COPY pipeline/ pipeline/
 RUN python3 -m venv --system-site-packages /opt/edgehook \
  && /opt/edgehook/bin/python -c "import torch, torchvision; print(f'torch=={torch.__version__}'); print(f'torchvision=={torchvision.__version__}')" > /tmp/torch.txt \
  && /opt/edgehook/bin/pip install --constraint /tmp/torch.txt ".[pipeline,predictor,onnx]" \
- && /opt/edgehook/bin/python -c "import pipeline.training.quantize, pipeline.worker, pipeline.models.predictor, onnxruntime, torchvision, wandb" \
+ && /opt/edgehook/bin/python -c "import pipeline.nn.quantize, pipeline.worker, pipeline.models.predictor, onnxruntime, torchvision, wandb" \
  && rm -rf /src /tmp/torch.txt
 RUN groupadd --system --gid ${UID} edgehook \
  && useradd --system --uid ${UID} --gid edgehook --home-dir /nonexistent --shell /usr/sbin/nologin \

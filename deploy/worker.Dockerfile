@@ -19,7 +19,7 @@ COPY pipeline/ pipeline/
 RUN python -m venv /opt/edgehook \
  && /opt/edgehook/bin/pip install --index-url ${TORCH_INDEX} ${TORCH} \
  && /opt/edgehook/bin/pip install ".[pipeline,predictor,onnx]" \
- && /opt/edgehook/bin/python -c "import pipeline.training.quantize, pipeline.worker, pipeline.models.predictor, onnxruntime, torchvision, wandb"
+ && /opt/edgehook/bin/python -c "import pipeline.nn.quantize, pipeline.worker, pipeline.models.predictor, onnxruntime, torchvision, wandb"
 
 FROM ${PYTHON}
 ARG UID=10001

@@ -290,7 +290,7 @@ def _torch() -> Iterator[Finding]:
         yield Finding(PASS, "cuda", f"CUDA: {torch.cuda.get_device_name(0)}")
     else:
         yield Finding(WARN, "cuda", "no CUDA device: training runs on the CPU")
-    from pipeline.training.quantize import backend
+    from pipeline.nn.quantize import backend
 
     engine = backend()
     if engine in torch.backends.quantized.supported_engines:

@@ -92,14 +92,21 @@ def _register_export(actions: Subparsers) -> None:
     export = add_command(
         actions,
         "export",
-        "write a model as ONNX (int8 QDQ; --fp32 for TensorRT), signed when this device signs",
+        "write a model as ONNX (int8 QDQ), signed when this device signs",
         "edgehook model export edgehook-data/models/job3-attempt1 --format onnx --out m.onnx",
+        "edgehook model export ./model --format onnx --target tensorrt --out m-trt.onnx",
     )
     export.add_argument("path", type=Path, help="a model directory")
     export.add_argument("--format", choices=["onnx"], required=True)
     export.add_argument("--out", type=Path, required=True)
     export.add_argument(
-        "--fp32", action="store_true", help="the float network, no QDQ (see README: TensorRT)"
+        "--fp32", action="store_true", help="the float network, no QDQ"
+    )
+    export.add_argument(
+        "--target",
+        choices=["onnxruntime", "tensorrt"],
+        default="onnxruntime",
+        help="tensorrt: symmetric Q/DQ, every zero point an int8 0 (docs/tensorrt.md)",
     )
     export.set_defaults(func=run_export)
 
@@ -235,7 +242,7 @@ def run_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     from pipeline.models.onnxexport import export
 
     with accepted(loaded, args.path) as (copy, signer):
-        props = export(copy, args.out, fp32=args.fp32)
+        props = export(copy, args.out, fp32=args.fp32, target=args.target)
     line = f"wrote {args.out}: {props['edgehook.quantization']} (source signed by {signer})"
     if loaded.secrets.model_signing_key_file is not None:
         key = signing.load_private(loaded.secrets.model_signing_key_file)

@@ -229,7 +229,7 @@ def _benchmark(model_dir: Path, as_json: bool) -> int:
 
 
 def _read(path: Path, spec: dict[str, int]) -> Any:
-    from pipeline.training.images import decode
+    from pipeline.nn.images import decode
 
     try:
         # A FIFO or device named as an image is refused, not waited on.

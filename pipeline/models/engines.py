@@ -77,7 +77,7 @@ def float_engine(directory: Path, device: str, half: bool) -> Engine:
     from torch.ao.quantization import FakeQuantizeBase
 
     from pipeline.models.modelfile import load_for_finetune
-    from pipeline.training.train import normalise
+    from pipeline.nn.model import normalise
 
     if device == "cuda" and not torch.cuda.is_available():
         raise JobError("CUDA is not available on this device")

@@ -21,8 +21,8 @@ def predict(model: Any, images: np.ndarray, normalisation: dict[str, list[float]
     """Class probabilities, (N, classes), for images (N, C, H, W) in [0, 1]."""
     import torch
 
-    from pipeline.training.quantize import run
-    from pipeline.training.train import normalise
+    from pipeline.nn.model import normalise
+    from pipeline.nn.quantize import run
 
     logits = run(model, normalise(images.astype(np.float32), normalisation))
     return torch.softmax(logits, dim=1).numpy()
@@ -33,7 +33,7 @@ def latency_ms(model: Any, x: Any, repeats: int) -> float:
     import statistics
     import time
 
-    from pipeline.training.quantize import run
+    from pipeline.nn.quantize import run
 
     run(model, x)
     times = []
@@ -49,7 +49,7 @@ def speed(int8: Any, spec: dict[str, int], repeats: int = 50) -> dict[str, float
     model is the same architecture with fresh weights (speed does not depend on them)."""
     import torch
 
-    from pipeline.training.model import ModelSpec, build
+    from pipeline.nn.model import ModelSpec, build
 
     fp32 = build(ModelSpec.from_dict(spec)).eval()
     one = torch.rand(1, spec["in_channels"], spec["height"], spec["width"])

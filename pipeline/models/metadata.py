@@ -30,7 +30,7 @@ SPEC_INTS = {
 @dataclass(frozen=True)
 class ModelMeta:
     format: int
-    spec: dict[str, Any]  # training.model.ModelSpec, checked by ModelSpec.from_dict on load
+    spec: dict[str, Any]  # pipeline.nn.model.ModelSpec, checked by ModelSpec.from_dict on load
     classes: list[str]
     normalisation: dict[str, list[float]]
     engine: str  # the quantized engine it was trained for (x86, qnnpack, ...)
@@ -45,6 +45,8 @@ class ModelMeta:
     job_id: int | None = None
     dataset_layout: str | None = None
     origin: str | None = None  # "from scratch" or "fine-tuned from ..."
+    # activations: "symmetric" (zero point 128) or "affine"; files without it were affine
+    quantization: str = "affine"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -100,6 +102,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "job_id": (int, type(None)),
     "dataset_layout": (str, type(None)),
     "origin": (str, type(None)),
+    "quantization": (str,),
 }
 
 

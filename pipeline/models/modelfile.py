@@ -6,12 +6,13 @@ model.safetensors and model.json (and, with model signing, its signature); anyth
 .pt pickle, a TorchScript file, an unknown layout) is refused before a byte is loaded. The
 architecture is edgehook's own, rebuilt from validated metadata; the weights file holds the
 int8 model's numbers (int8 weights with their scales and zero points, float biases, each
-layer's output scale and zero point: pipeline.models.int8.int8_tensors), about a
+layer's output scale and zero point: pipeline.nn.int8.int8_tensors), about a
 quarter of the fp32 model's size. Fine-tuning starts from their dequantized values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import socket
 import stat
@@ -47,8 +48,7 @@ def save(
     import torch
     from safetensors.torch import save_file
 
-    from pipeline.models.int8 import int8_tensors
-    from pipeline.training.train import config_dict
+    from pipeline.nn.int8 import int8_tensors
 
     directory.mkdir(parents=True, exist_ok=True)
     save_file(int8_tensors(trained.int8), str(directory / WEIGHTS))
@@ -59,8 +59,9 @@ def save(
         classes=list(trained.classes),
         normalisation=trained.normalisation,
         engine=trained.engine,
+        quantization=trained.quantization,
         metrics=trained.metrics,
-        train_config=config_dict(trained.config),
+        train_config=dataclasses.asdict(trained.config),
         sources=sources,
         torch=torch.__version__,
         created_at=time.time(),
@@ -113,7 +114,7 @@ def load_parts(directory: Path) -> tuple[ModelMeta, Any, Any, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from pipeline.training.model import ModelSpec, build
+    from pipeline.nn.model import ModelSpec, build
 
     meta = read_metadata(directory)
     spec = ModelSpec.from_dict(meta.spec)
@@ -135,8 +136,8 @@ def load_int8(directory: Path) -> tuple[Any, ModelMeta]:
     """The int8 model, rebuilt from validated metadata with its numbers from the weights
     file, for this machine's quantized engine (a model trained on x86 runs on a Jetson's
     qnnpack and the other way round; the inference check and the deploy smoke test judge)."""
-    from pipeline.models.int8 import int8_from_tensors
-    from pipeline.training.quantize import backend
+    from pipeline.nn.int8 import int8_from_tensors
+    from pipeline.nn.quantize import backend
 
     meta, model, _, tensors = load_parts(directory)
     return int8_from_tensors(model, tensors, backend()), meta
@@ -145,11 +146,12 @@ def load_int8(directory: Path) -> tuple[Any, ModelMeta]:
 def load_for_finetune(directory: Path) -> tuple[Any, ModelMeta, Any]:
     """A QAT model starting from the saved int8 model's dequantized weights, its metadata
     and its spec."""
-    from pipeline.models.int8 import qat_from_tensors
-    from pipeline.training.quantize import backend
+    from pipeline.nn.int8 import qat_from_tensors
+    from pipeline.nn.quantize import backend
 
     meta, model, spec, tensors = load_parts(directory)
-    return qat_from_tensors(model, tensors, backend(), meta.engine), meta, spec
+    qat = qat_from_tensors(model, tensors, backend(), meta.engine, meta.quantization)
+    return qat, meta, spec
 
 
 def sha256(path: Path) -> str:

@@ -40,7 +40,7 @@ from core.errors import Rejection
 from core.sections import PredictorConfig
 from pipeline.models.decoding import Decoders, PixelBudget
 from pipeline.models.serving import ActiveModel, Loaded, rank
-from pipeline.training.images import decode, pixels_in
+from pipeline.nn.images import decode, pixels_in
 
 log = structlog.get_logger("edgehook.predictor")
 # The body types /predict takes, and the one Pillow format each may hold.

@@ -28,7 +28,7 @@ from pipeline.models import registry
 from pipeline.models.engines import Engine, choose
 from pipeline.models.metadata import ModelMeta
 from pipeline.models.trust import SigningPolicy
-from pipeline.training.images import FORMATS, decode, fit
+from pipeline.nn.images import FORMATS, decode, fit
 
 log = structlog.get_logger("edgehook.serving")
 Report = Callable[..., None]  # (kind, **fields): model_loaded, model_swapped, model_refused

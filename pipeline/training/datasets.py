@@ -34,8 +34,8 @@ import numpy as np
 from core import bounded
 from core.errors import JobError
 from core.names import label_problem
-from pipeline.training.images import fit
-from pipeline.training.model import AUTO_MAX_SIZE, EDGEHOOK_CNN, MIN_SIZE, TORCHVISION
+from pipeline.nn.images import fit
+from pipeline.nn.model import AUTO_MAX_SIZE, EDGEHOOK_CNN, MIN_SIZE, TORCHVISION
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp"})
 MAX_IMAGES = 200_000

@@ -17,7 +17,7 @@ import torch
 from core.errors import JobError
 from pipeline.models.modelfile import sha256
 from pipeline.models.signing import verify_file
-from pipeline.training.model import TORCHVISION, ModelSpec, build
+from pipeline.nn.model import TORCHVISION, ModelSpec, build
 
 KIND = "edgehook-weights-1"
 

@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +27,18 @@ import torch
 from torch import nn
 
 from core.errors import JobError
-from pipeline.training.augment import Augment
-from pipeline.training.datasets import Dataset, read_dataset, split
-from pipeline.training.model import EDGEHOOK_CNN, ModelSpec, build, head_name
-from pipeline.training.quantize import (
+from pipeline.nn.model import EDGEHOOK_CNN, ModelSpec, build, head_name
+from pipeline.nn.quantize import (
     backend,
     fake_quant_off,
     freeze_bn,
     prepare_qat,
     run,
+    scheme_of,
     to_int8,
 )
+from pipeline.training.augment import Augment
+from pipeline.training.datasets import Dataset, read_dataset, split
 
 AUGMENT_MIN_SIZE = 16
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
@@ -60,6 +61,7 @@ class TrainConfig:
     time_budget_s: float = 0.0  # 0: no budget
     patience: int = 0  # fp32 epochs without improvement before stopping; 0: auto
     device: str = "auto"  # auto | cpu | cuda
+    quantization: str = "symmetric"  # activations: quantize.SCHEMES
     dry_run: bool = False  # one batch of each phase: check the plumbing
 
 
@@ -74,6 +76,7 @@ class Trained:
     config: TrainConfig
     metrics: dict[str, Any]
     held_out: np.ndarray = field(repr=False)  # up to 256 held-out images in [0, 1], for checks
+    quantization: str = "symmetric"  # the scheme the QAT model trained in (quantize.SCHEMES)
 
 
 @dataclass(frozen=True)
@@ -95,13 +98,6 @@ def auto_epochs(train_images: int) -> int:
 def qat_epochs(epochs: int) -> int:
     """The last quarter of the epochs (at least one) is quantization-aware."""
     return max(1, round(epochs / 4)) if epochs > 1 else 1
-
-
-def normalise(images: np.ndarray, normalisation: dict[str, list[float]]) -> torch.Tensor:
-    """float (N, C, H, W) in [0, 1] -> the model's input."""
-    mean = np.asarray(normalisation["mean"], dtype=np.float32)[None, :, None, None]
-    std = np.asarray(normalisation["std"], dtype=np.float32)[None, :, None, None]
-    return torch.from_numpy(np.ascontiguousarray((images - mean) / std))
 
 
 class _Images(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -382,7 +378,7 @@ def train(
         model, fp32_acc = _fp32_phase(
             state, model, epochs - quantised if epochs > 1 else 1, quantised, pretrained
         )
-        model = _freeze(prepare_qat(model, engine), state)
+        model = _freeze(prepare_qat(model, engine, config.quantization), state)
     model, qat_acc = _qat_phase(state, model, quantised, fine_tune=start_from is not None)
     model = model.cpu()
     int8 = to_int8(copy.deepcopy(model), engine)
@@ -417,6 +413,7 @@ def train(
         config,
         metrics,
         dataset.floats(held_idx[:256]),
+        scheme_of(model),
     )
 
 
@@ -542,10 +539,6 @@ def _device(wanted: str) -> torch.device:
     return torch.device("cuda" if use_cuda else "cpu")
 
 
-def config_dict(config: TrainConfig) -> dict[str, Any]:
-    return asdict(config)
-
-
 def _progress(phase: str, epoch: int, epochs: int, total: int) -> Callable[[int], None]:
     if not sys.stderr.isatty():
         return lambda _seen: None
@@ -583,6 +576,7 @@ def configure(training: Mapping[str, Any], args: Mapping[str, Any], **extra: Any
         augment=bool(training.get("augment", True)),
         hflip=bool(hflip if hflip is not None else training.get("hflip", False)),
         time_budget_s=float(given("time_budget") or training.get("time_budget_s") or 0),
+        quantization=str(training.get("quantization", TrainConfig.quantization)),
         **extra,
     )
 

@@ -34,9 +34,9 @@ from pipeline.models.modelfile import save
 from pipeline.models.predictor import Measured, Metrics, build_app
 from pipeline.models.serving import ActiveModel
 from pipeline.models.trust import SigningPolicy
+from pipeline.nn.images import decode
 from pipeline.training import synthetic
 from pipeline.training.datasets import read_dataset
-from pipeline.training.images import decode
 from pipeline.training.train import TrainConfig, train
 from tests.conftest import free_port
 
@@ -121,7 +121,7 @@ def test_16_bit_images_are_scaled_by_their_depth_not_stretched() -> None:
 def test_deep_grey_images_of_every_mode_keep_their_grey() -> None:
     from PIL import Image
 
-    from pipeline.training.images import fit
+    from pipeline.nn.images import fit
 
     pgm = b"P5\n40 30\n65535\n" + np.full((30, 40), 0x8080, ">u2").tobytes()  # 16-bit netpbm
     assert set(decode(pgm, 16, 1).ravel().tolist()) == {128}

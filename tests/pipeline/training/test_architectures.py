@@ -16,9 +16,9 @@ from core.errors import JobError
 from pipeline.models import signing
 from pipeline.models.inference import predict
 from pipeline.models.modelfile import load_int8, save, sha256
+from pipeline.nn.model import MIN_SIZE, TORCHVISION, ModelSpec, build, head_name
 from pipeline.training import synthetic
 from pipeline.training.datasets import read_dataset
-from pipeline.training.model import MIN_SIZE, TORCHVISION, ModelSpec, build, head_name
 from pipeline.training.pretrained import import_weights, load_pretrained
 from pipeline.training.train import TrainConfig, configure, train
 

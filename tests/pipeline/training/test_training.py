@@ -21,11 +21,11 @@ from core.errors import JobError
 from pipeline.models import registry
 from pipeline.models.inference import check_in_fresh_process, predict
 from pipeline.models.modelfile import WEIGHTS, load_for_finetune, load_int8, read_metadata, save
+from pipeline.nn.model import build, normalise
+from pipeline.nn.quantize import backend, fold_bn, freeze_bn, prepare_qat, run
 from pipeline.training import synthetic
 from pipeline.training.datasets import read_dataset, split
-from pipeline.training.model import build
-from pipeline.training.quantize import backend, fold_bn, freeze_bn, prepare_qat, run
-from pipeline.training.train import TrainConfig, Trained, _Inputs, evaluate, normalise, train
+from pipeline.training.train import TrainConfig, Trained, _Inputs, evaluate, train
 
 WRITERS = {
     "image-folder": synthetic.write_image_folder,
@@ -359,7 +359,7 @@ def test_a_model_trained_for_one_engine_runs_under_the_other(
             save(tmp_path / trained_for, model, sources=["test"])
             torch.backends.quantized.engine = trained_for
             expected = predict(model.int8, model.held_out, model.normalisation).argmax(1)
-            monkeypatch.setattr("pipeline.training.quantize.backend", lambda e=runs_on: e)
+            monkeypatch.setattr("pipeline.nn.quantize.backend", lambda e=runs_on: e)
             reloaded, meta = load_int8(tmp_path / trained_for)
             assert torch.backends.quantized.engine == runs_on
             got = predict(reloaded, model.held_out, meta.normalisation).argmax(1)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -191,3 +192,10 @@ def float_head(model: nn.Module) -> nn.Module:
     model.set_submodule(name, nn.Sequential(DeQuantStub(), model.get_submodule(name)))
     model.set_submodule("dequant", nn.Identity())
     return model
+
+
+def normalise(images: np.ndarray, normalisation: dict[str, list[float]]) -> torch.Tensor:
+    """float (N, C, H, W) in [0, 1] -> the model's input."""
+    mean = np.asarray(normalisation["mean"], dtype=np.float32)[None, :, None, None]
+    std = np.asarray(normalisation["std"], dtype=np.float32)[None, :, None, None]
+    return torch.from_numpy(np.ascontiguousarray((images - mean) / std))

@@ -1,4 +1,4 @@
-"""Quantization, behind one small module (and pipeline/models/int8.py, the int8 model as
+"""Quantization, behind one small module (and pipeline/nn/int8.py, the int8 model as
 plain tensors): everything else calls prepare_qat, freeze_bn, fold_bn, to_int8, run and
 backend. Today
 this is torch's eager-mode API (what Jetson's torch 2.3-2.5 wheels offer); torch now
@@ -28,7 +28,7 @@ import torch.ao.nn.qat as nnqat
 from torch import nn
 from torch.ao.quantization import FakeQuantizeBase
 
-from pipeline.training.model import head_name
+from pipeline.nn.model import head_name
 
 # The deprecation notices torch emits for the eager API; silenced here and only here.
 _KNOWN_WARNINGS = (
@@ -56,7 +56,55 @@ def backend() -> str:
     return "x86" if "x86" in engines else "fbgemm"
 
 
-def prepare_qat(model: nn.Module, engine: str) -> nn.Module:
+# How activations are quantized. "symmetric": quint8 with zero point 128, the very grid of
+# int8 with zero point 0 (subtract 128), which TensorRT's explicit Q/DQ requires; weights
+# per channel, symmetric, in -127..127 on every engine. "affine": torch's default for the
+# engine (x86: 0..127 with a zero point of its own, per-channel weights; qnnpack: 0..255,
+# one weight scale per tensor). benchmarks/README.md has what each scored.
+SCHEMES = ("symmetric", "affine")
+ZERO_POINT = 128  # a symmetric activation's quint8 zero point
+
+
+class SymmetricObserver(torch.ao.quantization.MovingAverageMinMaxObserver):
+    """The activation range as quint8 with zero point 128 and the scale torch's fused fake
+    quantizer trains with (max(-min / 128, max / 127)), so the int8 model computes exactly
+    what QAT simulated; torch's own symmetric quint8 rounds the zero point to 127 for an
+    explicit 0..255 range."""
+
+    def _calculate_qparams(
+        self, min_val: torch.Tensor, max_val: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        low, high = torch.clamp(min_val, max=0.0), torch.clamp(max_val, min=0.0)
+        scale = torch.maximum(-low / 128, high / 127).clamp(min=float(self.eps)).reshape(1)
+        return scale.float(), torch.full((1,), ZERO_POINT, dtype=torch.int64)
+
+
+def qconfig(engine: str, scheme: str = "symmetric") -> Any:
+    """The QAT qconfig for `engine` under `scheme` (one of SCHEMES)."""
+    from torch.ao.quantization import FusedMovingAvgObsFakeQuantize, QConfig
+    from torch.ao.quantization.fake_quantize import (
+        fused_per_channel_wt_fake_quant_range_neg_127_to_127,
+    )
+
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown quantization scheme {scheme!r} (one of {', '.join(SCHEMES)})")
+    with quiet():
+        if scheme == "affine":
+            return torch.ao.quantization.get_default_qat_qconfig(engine)
+        activation = FusedMovingAvgObsFakeQuantize.with_args(
+            observer=SymmetricObserver,
+            quant_min=0,
+            quant_max=255,
+            dtype=torch.quint8,
+            qscheme=torch.per_tensor_symmetric,
+            reduce_range=False,
+        )
+        return QConfig(
+            activation=activation, weight=fused_per_channel_wt_fake_quant_range_neg_127_to_127
+        )
+
+
+def prepare_qat(model: nn.Module, engine: str, scheme: str = "symmetric") -> nn.Module:
     """Fuse conv+bn(+relu) (the model's own fuse_model: edgehook's or torchvision's) and
     insert fake quantization for training, in place. The head gets fake-quantized weights
     and float output."""
@@ -65,11 +113,17 @@ def prepare_qat(model: nn.Module, engine: str) -> nn.Module:
         model.train()
         fuse: Any = model.fuse_model
         fuse(is_qat=True)
-        qconfig: Any = torch.ao.quantization.get_default_qat_qconfig(engine)
+        qconfig_: Any = qconfig(engine, scheme)
         head: Any = model.get_submodule(head_name(model))
-        model.qconfig = qconfig
-        head.qconfig = torch.ao.quantization.QConfig(activation=nn.Identity, weight=qconfig.weight)
+        model.qconfig = qconfig_
+        head.qconfig = torch.ao.quantization.QConfig(activation=nn.Identity, weight=qconfig_.weight)
         return torch.ao.quantization.prepare_qat(model, inplace=True)
+
+
+def scheme_of(model: nn.Module) -> str:
+    """The scheme a QAT model was prepared with (see SCHEMES)."""
+    symmetric = any(isinstance(m, SymmetricObserver) for m in model.modules())
+    return "symmetric" if symmetric else "affine"
 
 
 def fold_bn(model: nn.Module) -> nn.Module:

@@ -18,11 +18,13 @@ from torch import nn
 from torch.ao.quantization import FakeQuantizeBase
 
 from core.errors import JobError
-from pipeline.training.quantize import (
+from pipeline.nn.quantize import (
+    SCHEMES,
     WeightOnlyLinear,
     fold_bn,
     observe_afresh,
     prepare_qat,
+    qconfig,
     quantize_on_grid,
     quiet,
     to_int8,
@@ -162,17 +164,24 @@ def int8_from_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], engine
 
 
 def qat_from_tensors(
-    model: nn.Module, tensors: dict[str, torch.Tensor], engine: str, saved_engine: str
+    model: nn.Module,
+    tensors: dict[str, torch.Tensor],
+    engine: str,
+    saved_engine: str,
+    scheme: str = "affine",
 ) -> nn.Module:
     """A QAT model (batch norm folded) that computes what the saved int8 model computes:
-    what fine-tuning a previous model trains. Weights are the dequantized int8 weights (each
-    weight observer measures them); each activation observer starts from the float range the
-    saved scale and zero point cover under the engine the model was trained for."""
+    what fine-tuning a previous model trains, in the scheme it was saved in. Weights are the
+    dequantized int8 weights (each weight observer measures them); each activation observer
+    starts from the float range the saved scale and zero point cover under the engine and
+    scheme the model was trained for."""
     if saved_engine not in ("x86", "fbgemm", "qnnpack", "onednn"):
         raise JobError(f"the model was trained for an unknown quantized engine {saved_engine!r}")
+    if scheme not in SCHEMES:
+        raise JobError(f"the model's quantization {scheme!r} is not one edgehook knows")
     with quiet():
-        saved = torch.ao.quantization.get_default_qat_qconfig(saved_engine).activation()
-    qat = fold_bn(prepare_qat(model, engine))
+        saved = qconfig(saved_engine, scheme).activation()
+    qat = fold_bn(prepare_qat(model, engine, scheme))
     with torch.no_grad():
         for name, layer in qat.named_modules():
             if hasattr(layer, "weight_fake_quant"):
