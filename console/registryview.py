@@ -11,6 +11,7 @@ from core.errors import JobError
 from pipeline import operator
 from pipeline.models import registry, signing
 from pipeline.models.metadata import ModelMeta
+from pipeline.models.trust import SigningPolicy
 from pipeline.queue import SqliteQueue
 
 CHART_W, CHART_H, PAD = 360, 160, 30
@@ -20,9 +21,7 @@ def models_page(
     config: Config, queue: SqliteQueue, actions: list[dict[str, Any]]
 ) -> dict[str, Any]:
     current = registry.state(config.models_dir)
-    trusted = signing.trusted_keys(
-        config.secrets.model_signing_key_file, config.models.trusted_keys
-    )
+    trusted = SigningPolicy.from_config(config).trusted_keys
     out = []
     for name in reversed(list(operator.names(config.models_dir))):
         path = config.models_dir / name
@@ -45,7 +44,7 @@ def _model(
     path: Path,
     meta: ModelMeta,
     current: dict[str, Any],
-    trusted: list[str],
+    trusted: tuple[str, ...],
     queue: SqliteQueue,
     actions: list[dict[str, Any]],
 ) -> dict[str, Any]:
