@@ -1,5 +1,5 @@
-"""PostgreSQL faults (rows of tests/faults/README.md): the database out of reach mid-burst, a worker SIGKILLed mid-job,
-and a worker cut off past its lease on another host."""
+"""PostgreSQL faults (rows of tests/faults/README.md): the database out of reach mid-burst,
+a worker SIGKILLed mid-job, and a worker cut off past its lease on another host."""
 
 from __future__ import annotations
 
