@@ -168,16 +168,19 @@ def main() -> None:
     finally:
         cluster.stop("immediate")
         cluster.remove()
-    for name, figures in results.items():
-        print(
-            f"{name:10}  1 receiver {figures['committed_per_s_1']:7.0f}/s  "
-            f"2 receivers {figures['committed_per_s_2']:7.0f}/s  commit-to-claim "
-            f"p50 {figures['commit_to_claim_p50_ms']:.1f} ms  "
-            f"p99 {figures['commit_to_claim_p99_ms']:.1f} ms"
-        )
+    lines = [
+        f"{name:10}  1 receiver {figures['committed_per_s_1']:7.0f}/s  "
+        f"2 receivers {figures['committed_per_s_2']:7.0f}/s  commit-to-claim "
+        f"p50 {figures['commit_to_claim_p50_ms']:.1f} ms  "
+        f"p99 {figures['commit_to_claim_p99_ms']:.1f} ms"
+        for name, figures in results.items()
+    ]
+    print("\n".join(lines))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "store.json").write_text(json.dumps(results, indent=2))
+        stamp = time.strftime("%Y-%m-%d")  # run_all.py collects store-*.json and store-*.md
+        (args.out / f"store-{stamp}.json").write_text(json.dumps(results, indent=2))
+        (args.out / f"store-{stamp}.md").write_text("\n".join(["```", *lines, "```", ""]))
 
 
 if __name__ == "__main__":
