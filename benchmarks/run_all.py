@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("receiver", "queue", "training", "accuracy", "predictor", "console")
+BENCHMARKS = ("receiver", "queue", "training", "accuracy", "predictor", "console", "store")
 
 
 def machine() -> dict[str, Any]:
@@ -218,6 +218,8 @@ def headline(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     row("console: first page of each list and filter, worst p95 (ms)", worst, "<= 150",
         worst <= 150)  # fmt: skip
     row("console RSS (MB)", console["peak_rss_mb"], "< 80", console["peak_rss_mb"] < 80)
+    claim = results["store"]["figures"]["postgresql"]["commit_to_claim_p99_ms"]
+    row("store: PostgreSQL commit -> claim p99, NOTIFY (ms)", claim, "<= 100", claim <= 100)
     return rows
 
 

@@ -186,11 +186,18 @@ class OutputPump:
         os.set_blocking(pipe.fileno(), False)
         self._selector.register(pipe, selectors.EVENT_READ, log)
 
+    def add_wakeup(self, fd: int) -> None:
+        """A non-blocking pipe whose bytes only end the wait (pipeline.listen's NOTIFY)."""
+        self._selector.register(fd, selectors.EVENT_READ, None)
+
     def wait(self, timeout: float) -> None:
         if not self._selector.get_map():
             time.sleep(timeout)
             return
         for key, _ in self._selector.select(timeout):
+            if key.data is None:
+                _drain(key.fd)  # many notifications wake the loop once
+                continue
             try:
                 data = os.read(key.fd, 65536)
             except BlockingIOError:
@@ -214,3 +221,11 @@ class OutputPump:
         self._selector.unregister(pipe)
         pipe.close()
         log.close()
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass

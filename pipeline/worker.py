@@ -384,9 +384,17 @@ def run_worker(config: Config, env: Mapping[str, str], *, once: bool) -> int:
     lock = WorkerLock(config.data_dir)
     conn = open_store(config.store_target)
     audit = AuditLog(config.audit_dir / "worker", audit_key, config.audit, clock=time.time)
+    worker = Worker(config, SqliteQueue(conn), audit, env, wandb_key)
+    listener = None
+    if isinstance(config.store_target, str):  # PostgreSQL: wake on NOTIFY, poll as fallback
+        from pipeline.listen import JobListener  # psycopg only for a PostgreSQL store
+        listener = JobListener(config.store_target).start()
+        worker.outputs.add_wakeup(listener.fileno())
     try:
-        return Worker(config, SqliteQueue(conn), audit, env, wandb_key).run(once=once)
+        return worker.run(once=once)
     finally:
+        if listener is not None:
+            listener.close()  # before the store: its thread's connection is its own
         audit.close()
         conn.close()
         lock.release()

@@ -41,7 +41,7 @@ def test_all_benchmarks_in_smoke_mode_write_one_report(tmp_path: Path) -> None:
     assert report["smoke"] is True
     assert {"cpu", "cores", "python", "torch", "peer"} <= set(report["machine"])
     # 20, plus accuracy (3 rows a set, and memory), plus the predictor's 3, the console's 2
-    assert len(report["headline"]) == 32
+    assert len(report["headline"]) == 33
     assert all(isinstance(r["value"], (int, float)) for r in report["headline"])
 
     ours = [r for r in report["receiver"]["results"] if r["server"] == "edgehook"]

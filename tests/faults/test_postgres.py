@@ -1,14 +1,27 @@
 """PostgreSQL faults (rows of tests/faults/README.md): the database out of reach mid-burst,
-and a worker cut off past its lease on another host."""
+a worker SIGKILLed mid-job, and a worker cut off past its lease on another host."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
+import signal
+import time
+from pathlib import Path
 
 from core.store import Committed, Delivery, open_store
 from pipeline.queue import SqliteQueue
 from receiver.committer import Committer
+from tests.conftest import make_workspace, wait_for
 from tests.pg import Cluster
+from tests.pipeline.conftest import (
+    add_rules,
+    command_rule,
+    edgehook,
+    processes_with,
+    python_command,
+)
 
 
 def delivery(body: str) -> Delivery:
@@ -73,3 +86,45 @@ def test_database_restart_while_workers_hold_leases(pg_cluster: Cluster, pg_url:
     assert worker.reap_expired(now=130.0) == []
     assert worker.complete(job_id, "host-a", now=131.0) is True  # type: ignore[arg-type]
     assert worker.get(job_id).state == "succeeded"  # type: ignore[arg-type,union-attr]
+
+
+def test_worker_sigkilled_mid_job_another_data_dir_completes_it_once(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """Two hosts (two data dirs) share the database: the first worker dies mid-job, its child
+    with it; once the lease runs out, the other worker runs the job, and it runs once."""
+    runs = tmp_path / "runs"
+    runs.mkdir(mode=0o777)
+    os.chmod(runs, 0o777)
+    argv = python_command(
+        tmp_path,
+        f"""
+        import os, time
+        time.sleep(1.0)
+        with open("{runs}/done-" + os.environ["EDGEHOOK_JOB_ID"], "a") as f:
+            f.write("x")
+        """,
+    )
+    hosts = [make_workspace(tmp_path / name) for name in ("a", "b")]
+    for host in hosts:
+        add_rules(host, command_rule("once", argv), worker="lease_s = 2\n")
+    queue = SqliteQueue(open_store(pg_url))
+    d = dataclasses.replace(delivery("k"), rule="once", action="command", received_at=time.time())
+    job_id = queue.enqueue(d, 60).job_id
+    assert job_id is not None
+    env = {"EDGEHOOK_STORE_URL": pg_url}
+    first = edgehook(hosts[0], "worker", env=env)
+    wait_for(lambda: processes_with(argv[1]) != [])  # the child is running
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    wait_for(lambda: processes_with(argv[1]) == [], timeout=5)
+    assert not (runs / f"done-{job_id}").exists()
+    sql = "SELECT lease_expires FROM jobs WHERE id = ?"
+    (expires,) = queue.conn.execute(sql, (job_id,)).fetchone()
+    wait_for(lambda: time.time() > expires)  # the dead worker's lease has run out
+    second = edgehook(hosts[1], "worker", "--once", env=env)
+    assert second.wait(timeout=60) == 0
+    assert queue.get(job_id).state == "succeeded"  # type: ignore[union-attr]
+    assert (runs / f"done-{job_id}").read_text() == "x"
+    assert [a.outcome for a in queue.attempts(job_id)] == ["lost", "succeeded"]
+    queue.conn.close()
