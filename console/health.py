@@ -112,7 +112,8 @@ def _iso_ts(answer: dict[str, Any] | None, key: str) -> float | None:
 
 
 def _listening(host: str, port: int) -> bool:
-    target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host  # noqa: S104
+    # A wildcard bind is probed through loopback: we compare against it, never bind it.
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host  # noqa: S104  # nosec B104
     try:
         with socket.create_connection((target, port), timeout=PROBE_TIMEOUT_S):
             return True
@@ -136,10 +137,11 @@ def _locked(path: Path) -> bool:
 
 
 def _predictor(host: str, port: int) -> dict[str, Any] | None:
-    target = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104  # nosec B104
     url = f"http://{target}:{port}/healthz"
     try:
-        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as answer:
+        # Always http:// to the configured predictor (never a user-given scheme).
+        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as answer:  # nosec B310
             data = json.loads(answer.read(65536))
     except urllib.error.HTTPError as exc:  # up, but serving no model (503)
         exc.close()

@@ -334,7 +334,7 @@ def _claim(
 ) -> int | None:
     """Claim (kind, key) for this delivery: None when it is ours, else the earlier job."""
     row = store.execute(
-        "INSERT INTO dedupe_claims (kind, key, received_at, client) VALUES (?, ?, ?, ?) "  # noqa: S608
+        "INSERT INTO dedupe_claims (kind, key, received_at, client) VALUES (?, ?, ?, ?) "  # noqa: S608  # nosec B608
         "ON CONFLICT (kind, key) DO UPDATE SET received_at = excluded.received_at, "
         f"client = excluded.client, job_id = NULL WHERE {take_over} RETURNING 1",
         (kind, key, d.received_at, d.client, *params),

@@ -124,7 +124,7 @@ class SqliteQueue:
         (a waiting claimer would hold a row the lock's holder must supersede: a deadlock)."""
         postgres = not isinstance(conn, sqlite3.Connection)
         row = conn.execute(
-            "SELECT id, coalesce_key FROM jobs WHERE state = ? AND run_after <= ? "  # noqa: S608
+            "SELECT id, coalesce_key FROM jobs WHERE state = ? AND run_after <= ? "  # noqa: S608  # nosec B608
             "ORDER BY id LIMIT 1" + (" FOR UPDATE SKIP LOCKED" if postgres else ""),
             (QUEUED, now),
         ).fetchone()
@@ -206,7 +206,7 @@ class SqliteQueue:
         """The job's new state, or None if this worker no longer held it."""
         with transaction(self.conn) as conn:
             row = conn.execute(
-                "SELECT attempts, max_attempts, cancel_requested FROM jobs WHERE id = ? AND "  # noqa: S608
+                "SELECT attempts, max_attempts, cancel_requested FROM jobs WHERE id = ? AND "  # noqa: S608  # nosec B608
                 "lease_owner = ? AND state = ?" + _for_update(conn),
                 (job_id, worker, RUNNING),
             ).fetchone()
@@ -242,7 +242,7 @@ class SqliteQueue:
         out = []
         with transaction(self.conn) as conn:
             rows = conn.execute(
-                "SELECT id, attempts, max_attempts, cancel_requested FROM jobs "  # noqa: S608
+                "SELECT id, attempts, max_attempts, cancel_requested FROM jobs "  # noqa: S608  # nosec B608
                 "WHERE state = ? AND lease_expires < ?" + _for_update(conn, skip_locked=True),
                 (RUNNING, now),
             ).fetchall()
@@ -268,7 +268,7 @@ class SqliteQueue:
         """Queued: cancelled at once. Running: flagged; its worker kills it. None: no job."""
         with transaction(self.conn) as conn:
             row = conn.execute(
-                "SELECT state FROM jobs WHERE id = ?" + _for_update(conn),  # noqa: S608
+                "SELECT state FROM jobs WHERE id = ?" + _for_update(conn),  # noqa: S608  # nosec B608
                 (job_id,),
             ).fetchone()
             if row is None:
@@ -298,7 +298,7 @@ class SqliteQueue:
         """A failed, cancelled or superseded job queued again with a fresh set of attempts."""
         with transaction(self.conn) as conn:
             row = conn.execute(
-                "SELECT state FROM jobs WHERE id = ?" + _for_update(conn),  # noqa: S608
+                "SELECT state FROM jobs WHERE id = ?" + _for_update(conn),  # noqa: S608  # nosec B608
                 (job_id,),
             ).fetchone()
             if row is None:

@@ -19,5 +19,5 @@ VENV=${EDGEHOOK_VENV:-.venv}
 "$VENV/bin/lint-imports" --no-cache
 # Security lint: no medium or high finding may stand unexplained (explained ones carry a
 # `nosec <id>` comment saying why).
-"$VENV/bin/bandit" -q -r edgehook core receiver pipeline scripts -ll
+"$VENV/bin/bandit" -q -r edgehook core receiver pipeline console scripts -ll
 "$VENV/bin/python" -m pytest ${tier[@]+"${tier[@]}"} "$@"
