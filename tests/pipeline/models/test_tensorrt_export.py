@@ -5,6 +5,7 @@ inference, onnxruntime against edgehook's own int8 model on real held-out digits
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -109,15 +110,19 @@ def test_the_cli_writes_and_signs_the_tensorrt_export(
     config = workspace.config()
     assert config.secrets.model_signing_key_file is not None
     key = signing.load_private(config.secrets.model_signing_key_file)
+    # export verifies its source: a copy of the model, signed by this device's key
+    source = tmp_path / "model"
+    shutil.copytree(digits[0], source)
+    signing.sign(source, key)
     out = tmp_path / "m.onnx"
     done = run_edgehook(
-        "model", "export", str(digits[0]), "--format", "onnx", "--target", "tensorrt",
+        "model", "export", str(source), "--format", "onnx", "--target", "tensorrt",
         "--out", str(out), config=workspace.config_path, cwd=workspace.dir,
     )  # fmt: skip
     key_id = signing.key_id(signing.public_text(key.public_key()))
     assert (done.returncode, done.stdout.strip()) == (
         0,
         f"wrote {out}: int8 QDQ for TensorRT (int8 activations, int8 per-channel weights, "
-        f"zero points 0); signed by {key_id} (m.onnx.sig)",
+        f"zero points 0) (source signed by {key_id}); signed by {key_id} (m.onnx.sig)",
     ), done.stderr
     assert signing.verify_file(out, [signing.public_text(key.public_key())]).key_id == key_id
