@@ -34,8 +34,15 @@ SECONDS = int(os.environ.get("EDGEHOOK_ATHERIS_SECONDS", "15"))
 def test_fuzz_target_runs_clean_for_a_bounded_time(
     module: str, target: str, tmp_path: Path
 ) -> None:
+    # Through a shell that forks: Linux carries a process's peak RSS across exec, so a
+    # child exec'd straight from this (torch-laden) pytest process starts with pytest's
+    # peak and libFuzzer's -rss_limit_mb fires at once; a fork of the small shell does not.
     result = subprocess.run(
         [
+            "/bin/sh",
+            "-c",
+            '"$@"; exit $?',
+            "sh",
             sys.executable,
             "-m",
             f"tests.fuzz.{module}",
