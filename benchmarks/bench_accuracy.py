@@ -130,7 +130,7 @@ def child_edgehook(
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as work:
         config = TrainConfig(epochs=epochs, quantization=quantization)
-        dataset = load_data(data, config, {}, Path(work))
+        dataset = load_data(data, config, Path(work))
         trained = train(dataset, config, log=lambda _: None)
     seconds = time.perf_counter() - started
     channels, size, _ = dataset.shape

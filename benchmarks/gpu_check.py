@@ -108,7 +108,7 @@ def one_set(name: str, data: Path, test: Path, work: Path, dry_run: bool) -> lis
     started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = TrainConfig(device=device, dry_run=dry_run)
-    dataset = load_data(data, config, {}, work)
+    dataset = load_data(data, config, work)
     trained = train(dataset, config, log=lambda _: None)
     seconds = time.perf_counter() - started
     model = work / f"{name}-model"

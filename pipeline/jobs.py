@@ -26,6 +26,7 @@ from pipeline.models import registry
 from pipeline.models.trust import SigningPolicy
 from pipeline.queue import Job
 from pipeline.sandbox import command_environment
+from pipeline.training.config import TrainConfig
 
 SPEC = "job.json"
 RESULT = "result.json"
@@ -53,7 +54,7 @@ class JobSpec:
     artifacts: ArtifactSource
     trusted_keys: list[str] = field(default_factory=list)
     allow_unsigned: bool = False
-    training: dict[str, Any] = field(default_factory=dict)  # the config's [training] table
+    training: dict[str, Any] = field(default_factory=dict)  # a retrain's TrainConfig.to_dict()
 
     def policy(self) -> SigningPolicy:
         """The worker's signing policy, as handed to this job (public keys only)."""
@@ -141,9 +142,12 @@ def prepare(
         # public keys only, never the private one.
         trusted_keys=list(policy().trusted_keys) if rule.action in ("deploy", "retrain") else [],
         allow_unsigned=config.models.allow_unsigned,
-        training={
-            k: str(v) if isinstance(v, Path) else v for k, v in asdict(config.training).items()
-        },
+        # The one typed training config, written once; the child rebuilds it (from_dict).
+        training=(
+            TrainConfig.from_settings(config.training, job.args).to_dict()
+            if rule.action == "retrain"
+            else {}
+        ),
     )
     spec.write(job_dir)
     return [sys.executable, "-m", "pipeline.runjob", SPEC], extra

@@ -3,8 +3,8 @@
 model, and check it reloaded in a fresh process. Signing is the caller's: the worker signs
 in outcomes.py (a job never holds the key), `edgehook train` with the device's key.
 
-torch and the training code are imported inside `make_model`: this module is imported by
-every `edgehook` command.
+Heavy (torch): its two callers, `edgehook train` and runjob's retrain, import it inside the
+function that trains.
 """
 
 from __future__ import annotations
@@ -14,7 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.models.inference import check_in_fresh_process, predict, speed
 from pipeline.models.metadata import ModelMeta
+from pipeline.models.modelfile import save
+from pipeline.training.config import TrainConfig
+from pipeline.training.train import load_data, train
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,7 @@ class Made:
 def make_model(
     data_root: Path,
     out: Path,
-    config: Any,  # training.train.TrainConfig
-    training: Mapping[str, Any],
+    config: TrainConfig,
     workdir: Path | None,
     *,
     sources: list[str],
@@ -43,11 +46,7 @@ def make_model(
 ) -> Made:
     """Train on the dataset under `data_root` and write the checked int8 model to `out`.
     With `timing`, int8 and fp32 latency are measured and kept in the metadata."""
-    from pipeline.models.inference import check_in_fresh_process, predict, speed
-    from pipeline.models.modelfile import save
-    from pipeline.training.train import load_data, train
-
-    dataset = load_data(data_root, config, training, workdir)
+    dataset = load_data(data_root, config, workdir)
     trained = train(dataset, config, log=log, start_from=start_from, pretrained=pretrained)
     kept = {"dataset_layout": dataset.layout, **(extra or {})}
     if timing:

@@ -12,6 +12,7 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,9 @@ from pipeline.artifacts import Fetched
 from pipeline.artifacts import fetch as fetch_artifact
 from pipeline.jobs import JobResult, JobSpec
 from pipeline.models.metadata import ModelMeta
+from pipeline.models.modelfile import METADATA, load_for_finetune, load_int8, read_metadata
 from pipeline.models.trust import UNCHECKED
+from pipeline.training.config import Previous, TrainConfig
 
 
 def fetch(spec: JobSpec, job_dir: Path) -> Fetched:
@@ -49,11 +52,7 @@ def retrain(spec: JobSpec, job_dir: Path) -> JobResult:
     """Fetch the dataset, train with QAT, export, and check the export in a fresh process.
     When the event is about a model artifact, fine-tune that model (only if a trusted key
     signed it) on the dataset its metadata names. The worker signs and promotes."""
-    from dataclasses import replace
-
-    from pipeline.models.modelfile import METADATA
-    from pipeline.recipe import make_model
-    from pipeline.training.train import configure
+    from pipeline.recipe import make_model  # torch: a download or publish job never loads it
 
     got = fetch(spec, job_dir)
     previous, sources, origin = None, [got.version_string], "from scratch"
@@ -63,20 +62,22 @@ def retrain(spec: JobSpec, job_dir: Path) -> JobResult:
         data = _fetch(spec, dataset_version, job_dir / "dataset")
         data_root, sources = data.root, [data.version_string, got.version_string]
         origin = f"fine-tuned from {got.version_string}"
-    training = dict(spec.training)
-    config = configure(training, spec.args)
+    config = TrainConfig.from_dict(spec.training)
     pretrained = None
     if previous is not None:  # the previous model decides the architecture and input
-        config = replace(config, arch=previous.spec.arch, input_size=previous.spec.height)
-        training["channels"] = "grey" if previous.spec.in_channels == 1 else "rgb"
+        config = replace(
+            config,
+            arch=previous.spec.arch,
+            input_size=previous.spec.height,
+            channels="grey" if previous.spec.in_channels == 1 else "rgb",
+        )
     else:
-        pretrained = _pretrained(spec, job_dir, config.arch)
+        pretrained = _pretrained(spec, job_dir, config)
     model_dir = job_dir / "model"
     made = make_model(
         data_root,
         model_dir,
         config,
-        training,
         job_dir,
         sources=sources,
         log=lambda line: print(line, flush=True),
@@ -96,13 +97,12 @@ def retrain(spec: JobSpec, job_dir: Path) -> JobResult:
     )
 
 
-def _pretrained(spec: JobSpec, job_dir: Path, arch: str) -> Any:
+def _pretrained(spec: JobSpec, job_dir: Path, config: TrainConfig) -> Any:
     """The configured pretrained weights (a file, or an artifact holding one), checked
     (pinned or signed by a trusted key) before a tensor is read; None when none is set."""
-    from pipeline.training.pretrained import load_pretrained
+    from pipeline.training.pretrained import load_pretrained  # torch, as in retrain
 
-    training = spec.training
-    artifact, file = training.get("pretrained_artifact"), training.get("pretrained_file")
+    artifact, file = config.pretrained_artifact, config.pretrained_file
     if artifact:
         got = _fetch(spec, str(artifact), job_dir / "pretrained")
         files = sorted(got.root.rglob("*.safetensors"))
@@ -114,15 +114,12 @@ def _pretrained(spec: JobSpec, job_dir: Path, arch: str) -> Any:
     else:
         return None
     print(f"starting from pretrained weights {path.name}", flush=True)
-    return load_pretrained(path, arch, training.get("pretrained_sha256"), spec.trusted_keys)
+    return load_pretrained(path, config.arch, config.pretrained_sha256, spec.trusted_keys)
 
 
 def _previous_model(spec: JobSpec, root: Path) -> tuple[Any, str]:
     """The model to fine-tune (signature checked before anything is loaded) and the dataset
     version it was trained on."""
-    from pipeline.models.modelfile import load_for_finetune, read_metadata
-    from pipeline.training.train import Previous
-
     _accept(spec, root)
     dataset = next((s for s in read_metadata(root).sources if ":" in s), None)
     if dataset is None:
@@ -135,10 +132,10 @@ def deploy(spec: JobSpec, job_dir: Path) -> JobResult:
     """Fetch a model artifact; accept it only if a trusted key signed it (checked before a
     byte of it is loaded); rebuild the int8 model from it as a smoke test. The worker checks
     the signature again and makes the model active."""
+    # numpy and torch (predict): a download or publish job never loads them.
     import numpy as np
 
     from pipeline.models.inference import predict
-    from pipeline.models.modelfile import load_int8
 
     got = fetch(spec, job_dir)
     signer = _accept(spec, got.root)
@@ -166,8 +163,6 @@ def publish(spec: JobSpec, job_dir: Path) -> JobResult:
     produced by this device, so its own upload cannot re-trigger a retrain."""
     import wandb
     from wandb.errors import CommError
-
-    from pipeline.models.modelfile import read_metadata
 
     model_dir = job_dir / "model"
     meta = read_metadata(model_dir)

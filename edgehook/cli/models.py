@@ -6,7 +6,6 @@ numpy, torch and the pipeline's training code are imported inside the commands: 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import tempfile
 from collections.abc import Mapping
@@ -99,10 +98,9 @@ def _register_keys(sub: Subparsers) -> None:
 def run_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     loaded = config(args, env)
     from pipeline.recipe import make_model
-    from pipeline.training.train import configure
+    from pipeline.training.config import TrainConfig
 
     data = _dataset_path(args.data)
-    training = dataclasses.asdict(loaded.training)
     flags = {
         "arch": args.arch,
         "input_size": args.input_size,
@@ -113,7 +111,9 @@ def run_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         "hflip": args.hflip,
         "time_budget": args.time_budget,
     }
-    train_config = configure(training, flags, device=args.device, dry_run=args.dry_run)
+    train_config = TrainConfig.from_settings(
+        loaded.training, flags, device=args.device, dry_run=args.dry_run
+    )
     pretrained = None
     weights = args.pretrained or loaded.training.pretrained_file
     if weights is not None:
@@ -128,7 +128,6 @@ def run_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             data,
             args.out,
             train_config,
-            training,
             Path(workdir),
             sources=[str(args.data)],
             pretrained=pretrained,

@@ -8,16 +8,16 @@ stopping early when it no longer improves or the time budget runs short; then QA
 model: batch-norm statistics measured exactly and folded into the convs, fake quantization,
 a small cosine learning rate, observers frozen for the last QAT epoch; the best QAT epoch is
 the one converted to int8. With pretrained weights the head trains alone first.
-One flat TrainConfig, captured once and stored with the model.
+One TrainConfig (config.py), built once from the settings and stored with the model.
+The loop's parts (batches, steps, evaluation) are in loop.py.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,42 +27,24 @@ import torch
 from torch import nn
 
 from core.errors import JobError
-from pipeline.nn.model import EDGEHOOK_CNN, ModelSpec, build, head_name
-from pipeline.nn.quantize import (
-    backend,
-    fake_quant_off,
-    freeze_bn,
-    prepare_qat,
-    run,
-    scheme_of,
-    to_int8,
-)
+from pipeline.nn.model import ModelSpec, build, head_name
+from pipeline.nn.quantize import backend, fake_quant_off, freeze_bn, prepare_qat, scheme_of, to_int8
 from pipeline.training.augment import Augment
+from pipeline.training.config import Previous as Previous
+from pipeline.training.config import TrainConfig as TrainConfig
 from pipeline.training.datasets import Dataset, read_dataset, split
+from pipeline.training.loop import (
+    Inputs,
+    Stepper,
+    batches,
+    evaluate,
+    per_class,
+    progress_bar,
+    train_one_epoch,
+)
 
 AUGMENT_MIN_SIZE = 16
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    arch: str = EDGEHOOK_CNN
-    input_size: int = 0  # 0: the images' median short side (model.AUTO_MAX_SIZE caps it)
-    epochs: int = 0  # 0: chosen from the dataset's size (auto_epochs)
-    lr: float = 0.003  # AdamW's peak learning rate
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.1
-    batch_size: int = 64
-    seed: int = 0
-    holdout: float = 0.2
-    channels: int = 32  # edgehook-cnn's first stage
-    augment: bool = True
-    hflip: bool = False  # only where a mirrored image keeps its label
-    time_budget_s: float = 0.0  # 0: no budget
-    patience: int = 0  # fp32 epochs without improvement before stopping; 0: auto
-    device: str = "auto"  # auto | cpu | cuda
-    quantization: str = "symmetric"  # activations: quantize.SCHEMES
-    dry_run: bool = False  # one batch of each phase: check the plumbing
 
 
 @dataclass
@@ -79,16 +61,6 @@ class Trained:
     quantization: str = "symmetric"  # the scheme the QAT model trained in (quantize.SCHEMES)
 
 
-@dataclass(frozen=True)
-class Previous:
-    """A model to fine-tune: its QAT module (batch norm already folded), its spec, and the
-    normalisation it learned with."""
-
-    model: nn.Module
-    spec: ModelSpec
-    normalisation: dict[str, list[float]]
-
-
 def auto_epochs(train_images: int) -> int:
     """About 12,000 images seen (190 steps of 64), between 4 and 30 epochs: measured on the
     digits and their photo variant against a strong fp32 reference (benchmarks/README.md)."""
@@ -98,169 +70,6 @@ def auto_epochs(train_images: int) -> int:
 def qat_epochs(epochs: int) -> int:
     """The last quarter of the epochs (at least one) is quantization-aware."""
     return max(1, round(epochs / 4)) if epochs > 1 else 1
-
-
-class _Images(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """The cached images at `index` with their labels; a batch is one read of the cache."""
-
-    def __init__(self, dataset: Dataset, index: np.ndarray) -> None:
-        self.dataset, self.index = dataset, index
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.__getitems__([i])
-        return x[0], y[0]
-
-    def __getitems__(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        picked = self.index[rows]
-        labels = torch.from_numpy(self.dataset.labels[picked])
-        return torch.from_numpy(self.dataset.read(picked)), labels
-
-
-def batches(
-    dataset: Dataset,
-    index: np.ndarray,
-    batch_size: int,
-    generator: torch.Generator | None = None,
-) -> torch.utils.data.DataLoader[Any]:
-    """uint8 image batches and labels; shuffled when a generator is given."""
-    return torch.utils.data.DataLoader(
-        _Images(dataset, index),
-        batch_size=batch_size,
-        shuffle=generator is not None,
-        generator=generator,
-        collate_fn=lambda batch: batch,
-    )
-
-
-class _Inputs:
-    """uint8 batches -> normalised float model input on the device, augmented if asked."""
-
-    def __init__(
-        self, norm: dict[str, list[float]], device: torch.device, augment: Augment | None
-    ) -> None:
-        self.mean = torch.tensor(norm["mean"], device=device).reshape(1, -1, 1, 1)
-        self.std = torch.tensor(norm["std"], device=device).reshape(1, -1, 1, 1)
-        self.device, self.augment = device, augment
-
-    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True).float().div_(255.0)
-        if self.augment is not None:
-            x = self.augment(x, generator)
-        return (x - self.mean) / self.std
-
-
-def train_one_epoch(
-    model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    inputs: _Inputs,
-    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    generator: torch.Generator,
-    *,
-    dry_run: bool,
-    progress: Callable[[int], None],
-) -> tuple[float, float]:
-    model.train()
-    total_loss, correct, seen = 0.0, 0, 0
-    for images, labels in loader:
-        targets = labels.to(inputs.device)
-        logits = step(inputs(images, generator), targets)
-        total_loss += float(nn.functional.cross_entropy(logits.detach().float(), targets)) * len(
-            labels
-        )
-        correct += int((logits.argmax(1) == targets).sum())
-        seen += len(labels)
-        progress(seen)
-        if dry_run:
-            break
-    return total_loss / max(1, seen), correct / max(1, seen)
-
-
-def evaluate(
-    model: nn.Module,
-    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    inputs: _Inputs,
-    num_classes: int,
-) -> tuple[float, list[list[int]]]:
-    """Accuracy and the confusion matrix (rows: true class, columns: predicted); never moves
-    a QAT model's ranges (quantize.run)."""
-    model.eval()
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    nothing = torch.Generator()
-    for images, labels in loader:
-        predicted = run(model, inputs(images, nothing)).argmax(1).cpu().numpy()
-        np.add.at(confusion, (labels.numpy(), predicted), 1)
-    return float(np.trace(confusion) / max(1, confusion.sum())), confusion.tolist()
-
-
-def per_class(confusion: list[list[int]], classes: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Precision, recall, F1 and support per class, from the confusion matrix."""
-    matrix = np.asarray(confusion, dtype=np.float64)
-    rows = []
-    for i, name in enumerate(classes):
-        hits, truth, said = matrix[i, i], matrix[i].sum(), matrix[:, i].sum()
-        precision = hits / said if said else 0.0
-        recall = hits / truth if truth else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append(
-            {
-                "class": name,
-                "precision": round(precision, 4),
-                "recall": round(recall, 4),
-                "f1": round(f1, 4),
-                "support": int(truth),
-            }
-        )
-    return rows
-
-
-class _Stepper:
-    """One optimiser step with a warm-up-then-cosine learning rate whose length can shrink
-    (the time budget) and, on CUDA, mixed precision."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        config: TrainConfig,
-        lr: float,
-        total_steps: int,
-        device: torch.device,
-        warmup: float,
-        mixed: bool,
-    ) -> None:
-        self.model, self.total, self.warmup = model, max(1, total_steps), warmup
-        self.optimiser = torch.optim.AdamW(
-            model.parameters(), lr=lr, weight_decay=config.weight_decay
-        )
-        self.loss = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimiser, self._factor)
-        self.mixed = mixed and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.mixed)
-        self.device = device
-
-    def _factor(self, step: int) -> float:
-        warm = max(1, int(self.total * self.warmup))
-        if step < warm:
-            return (step + 1) / warm
-        progress = min(1.0, (step - warm) / max(1, self.total - warm))
-        return 0.5 * (1 + math.cos(math.pi * progress))
-
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self.optimiser.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.mixed):
-            logits = self.model(x)
-            loss = self.loss(logits.float(), y)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimiser)
-        self.scaler.update()
-        self.scheduler.step()
-        return logits
-
-    @property
-    def lr(self) -> float:
-        return float(self.optimiser.param_groups[0]["lr"])
 
 
 @dataclass
@@ -282,23 +91,23 @@ class _Run:
     def loader(self) -> Any:
         return batches(self.dataset, self.train_idx, self.config.batch_size, self.generator)
 
-    def inputs(self, augment: bool) -> _Inputs:
+    def inputs(self, augment: bool) -> Inputs:
         # Below 16 px a crop or a rotation destroys too much of an image: 8 px digits
         # lost 0.3 to 1.1 points with it (benchmarks/README.md).
         on = augment and self.config.augment and self.spec.height >= AUGMENT_MIN_SIZE
         wanted = Augment(hflip=self.config.hflip) if on else None
-        return _Inputs(self.norm, self.device, wanted)
+        return Inputs(self.norm, self.device, wanted)
 
     def validate(self, model: nn.Module, device: torch.device | None = None) -> tuple[float, Any]:
         where = device or self.device
         loader = batches(self.dataset, self.held_idx, 256)
-        return evaluate(model, loader, _Inputs(self.norm, where, None), self.spec.num_classes)
+        return evaluate(model, loader, Inputs(self.norm, where, None), self.spec.num_classes)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
     def epoch(
-        self, model: nn.Module, stepper: _Stepper, phase: str, number: int, of: int
+        self, model: nn.Module, stepper: Stepper, phase: str, number: int, of: int
     ) -> tuple[float, float]:
         """One epoch of training then validation, logged; (held-out accuracy, seconds)."""
         began = time.perf_counter()
@@ -309,7 +118,7 @@ class _Run:
             stepper,
             self.generator,
             dry_run=self.config.dry_run,
-            progress=_progress(phase, number, of, len(self.train_idx)),
+            progress=progress_bar(phase, number, of, len(self.train_idx)),
         )
         seconds = time.perf_counter() - began
         val_acc, _ = self.validate(model)
@@ -427,8 +236,15 @@ def _fp32_phase(
     """fp32 epochs; returns the best epoch's model and its held-out accuracy."""
     config = state.config
     steps = math.ceil(len(state.train_idx) / config.batch_size)
-    stepper = _Stepper(
-        model, config, config.lr, planned * steps, state.device, warmup=0.1, mixed=True
+    stepper = Stepper(
+        model,
+        config.weight_decay,
+        config.label_smoothing,
+        config.lr,
+        planned * steps,
+        state.device,
+        warmup=0.1,
+        mixed=True,
     )
     head_epochs = max(1, planned // 5) if pretrained is not None and planned > 1 else 0
     patience = config.patience or max(3, planned // 3)
@@ -465,7 +281,16 @@ def _qat_phase(
     config = state.config
     steps = math.ceil(len(state.train_idx) / config.batch_size)
     lr = config.lr / (10 if fine_tune else 20)
-    stepper = _Stepper(model, config, lr, epochs * steps, state.device, warmup=0.0, mixed=False)
+    stepper = Stepper(
+        model,
+        config.weight_decay,
+        config.label_smoothing,
+        lr,
+        epochs * steps,
+        state.device,
+        warmup=0.0,
+        mixed=False,
+    )
     best, best_model = -1.0, model
     for epoch in range(1, epochs + 1):
         if epoch == epochs and epochs > 1:
@@ -496,7 +321,7 @@ def _start_model(
     """A fresh float model sized from the data (from pretrained weights if given), or the
     previous QAT model if it fits the data."""
     channels, height, width = dataset.shape
-    spec = ModelSpec(config.arch, channels, height, width, len(dataset.classes), config.channels)
+    spec = ModelSpec(config.arch, channels, height, width, len(dataset.classes), config.stem_width)
     if start_from is None:
         return spec, build(spec, weights=pretrained)
     previous = start_from.spec
@@ -539,57 +364,13 @@ def _device(wanted: str) -> torch.device:
     return torch.device("cuda" if use_cuda else "cpu")
 
 
-def _progress(phase: str, epoch: int, epochs: int, total: int) -> Callable[[int], None]:
-    if not sys.stderr.isatty():
-        return lambda _seen: None
-
-    def show(seen: int) -> None:
-        filled = int(30 * seen / total)
-        sys.stderr.write(
-            f"\r{phase} {epoch}/{epochs} [{'#' * filled}{'.' * (30 - filled)}] {seen}/{total}"
-        )
-        if seen >= total:
-            sys.stderr.write("\r" + " " * 70 + "\r")
-        sys.stderr.flush()
-
-    return show
-
-
-CHANNELS = {"auto": 0, "grey": 1, "rgb": 3}
-
-
-def configure(training: Mapping[str, Any], args: Mapping[str, Any], **extra: Any) -> TrainConfig:
-    """A TrainConfig from the config's [training] table and a job's args (or the CLI's
-    flags, by the same names); an arg given wins over the table."""
-
-    def given(name: str) -> Any:
-        return args.get(name) if args.get(name) is not None else None
-
-    hflip = given("hflip")
-    return TrainConfig(
-        arch=str(given("arch") or training.get("arch") or EDGEHOOK_CNN),
-        input_size=int(given("input_size") or training.get("input_size") or 0),
-        epochs=int(given("epochs") or 0),
-        lr=float(given("lr") or TrainConfig.lr),
-        batch_size=int(given("batch_size") or TrainConfig.batch_size),
-        seed=int(given("seed") or 0),
-        augment=bool(training.get("augment", True)),
-        hflip=bool(hflip if hflip is not None else training.get("hflip", False)),
-        time_budget_s=float(given("time_budget") or training.get("time_budget_s") or 0),
-        quantization=str(training.get("quantization", TrainConfig.quantization)),
-        **extra,
-    )
-
-
-def load_data(
-    root: Path, config: TrainConfig, training: Mapping[str, Any], workdir: Path | None
-) -> Dataset:
-    """The dataset under `root`, decoded for `config`'s architecture and input size."""
+def load_data(root: Path, config: TrainConfig, workdir: Path | None) -> Dataset:
+    """The dataset under `root`, decoded for `config`'s architecture, input size and colour."""
     return read_dataset(
         root,
         arch=config.arch,
         size=config.input_size,
-        channels=CHANNELS[str(training.get("channels", "auto"))],
-        max_unreadable_share=float(training.get("max_unreadable_share", 0.05)),
+        channels=config.in_channels,
+        max_unreadable_share=config.max_unreadable_share,
         workdir=workdir,
     )

@@ -30,7 +30,7 @@ def test_a_model_of_the_largest_class_count_trains_saves_and_loads(tmp_path: Pat
     synthetic.write_npz(tmp_path / "data", images, labels, classes)
     trained = train(
         read_dataset(tmp_path / "data"),
-        TrainConfig(epochs=1, channels=8, batch_size=256, dry_run=True, augment=False),
+        TrainConfig(epochs=1, stem_width=8, batch_size=256, dry_run=True, augment=False),
         log=lambda _: None,
     )
     assert np.asarray(trained.metrics["confusion"]).shape == (MAX_CLASSES, MAX_CLASSES)

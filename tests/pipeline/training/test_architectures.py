@@ -3,6 +3,7 @@ weights converted, pinned or signed, and trained from."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -13,6 +14,7 @@ import pytest
 import torch
 
 from core.errors import JobError
+from core.sections import TrainingConfig
 from pipeline.models import signing
 from pipeline.models.inference import predict
 from pipeline.models.modelfile import load_int8, save, sha256
@@ -20,7 +22,7 @@ from pipeline.nn.model import MIN_SIZE, TORCHVISION, ModelSpec, build, head_name
 from pipeline.training import synthetic
 from pipeline.training.datasets import read_dataset
 from pipeline.training.pretrained import import_weights, load_pretrained
-from pipeline.training.train import TrainConfig, configure, train
+from pipeline.training.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -143,14 +145,28 @@ def test_training_starts_from_pretrained_weights_with_a_new_head(
 
 
 def test_the_config_table_and_job_args_make_one_train_config() -> None:
-    table = {"arch": "resnet18", "input_size": 96, "hflip": True, "time_budget_s": 600}
-    assert configure(table, {}) == TrainConfig(
+    table = TrainingConfig(arch="resnet18", input_size=96, hflip=True, time_budget_s=600)
+    assert TrainConfig.from_settings(table) == TrainConfig(
         arch="resnet18", input_size=96, hflip=True, time_budget_s=600.0
     )
     args = {"arch": "mobilenet_v2", "epochs": 7, "hflip": False, "time_budget": 60, "lr": 0.01}
-    assert configure(table, args) == TrainConfig(
+    assert TrainConfig.from_settings(table, args) == TrainConfig(
         arch="mobilenet_v2", input_size=96, epochs=7, lr=0.01, hflip=False, time_budget_s=60.0
     )
+
+
+def test_the_train_config_defaults_are_the_settings_declaration() -> None:
+    """Every [training] setting keeps its name and default in TrainConfig; the config crosses
+    to the child as JSON and comes back equal."""
+    declared = {f.name: f.default for f in dataclasses.fields(TrainingConfig)}
+    ours = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    assert {name: ours[name] for name in declared} == declared
+    pinned = TrainingConfig(channels="grey", pretrained_file=Path("/w/m.safetensors"))
+    config = TrainConfig.from_settings(pinned, {"seed": 3}, device="cpu")
+    assert config.in_channels == 1 and config.pretrained_path == Path("/w/m.safetensors")
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(JobError, match="the training config has unknown settings: colour"):
+        TrainConfig.from_dict({"colour": "grey"})
 
 
 def test_pretrained_weights_from_an_artifact_are_checked_like_a_file(tmp_path: Path) -> None:
@@ -168,13 +184,19 @@ def test_pretrained_weights_from_an_artifact_are_checked_like_a_file(tmp_path: P
     write_local_version(root, "me/proj/weights:v1", {"a.safetensors": b"", "b.safetensors": b""})
 
     def spec(version: str, pin: str) -> JobSpec:
-        training = {"pretrained_artifact": version, "pretrained_sha256": pin}
+        training = TrainConfig(
+            arch="mobilenet_v2", pretrained_artifact=version, pretrained_sha256=pin
+        ).to_dict()
         source = ArtifactSource(source="local", local_root=str(root), download_timeout_s=60)
         return JobSpec(1, 1, "retrain", {}, {}, "dev", source, training=training)
 
-    tensors = _pretrained(spec("me/proj/weights:v0", digest), tmp_path / "job1", "mobilenet_v2")
+    def pretrained(version: str, pin: str, job: str) -> dict[str, torch.Tensor]:
+        job_spec = spec(version, pin)  # as retrain reads it: the config rebuilt from the spec
+        return _pretrained(job_spec, tmp_path / job, TrainConfig.from_dict(job_spec.training))
+
+    tensors = pretrained("me/proj/weights:v0", digest, "job1")
     assert torch.equal(tensors["features.0.0.weight"], state["features.0.0.weight"])
     with pytest.raises(JobError, match=r"do not match training\.pretrained_sha256"):
-        _pretrained(spec("me/proj/weights:v0", "0" * 64), tmp_path / "job2", "mobilenet_v2")
+        pretrained("me/proj/weights:v0", "0" * 64, "job2")
     with pytest.raises(JobError, match=r"me/proj/weights:v1 must hold exactly one \.safetensors"):
-        _pretrained(spec("me/proj/weights:v1", digest), tmp_path / "job3", "mobilenet_v2")
+        pretrained("me/proj/weights:v1", digest, "job3")

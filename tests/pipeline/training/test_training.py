@@ -25,7 +25,8 @@ from pipeline.nn.model import build, normalise
 from pipeline.nn.quantize import backend, fold_bn, freeze_bn, prepare_qat, run
 from pipeline.training import synthetic
 from pipeline.training.datasets import read_dataset, split
-from pipeline.training.train import TrainConfig, Trained, _Inputs, evaluate, train
+from pipeline.training.loop import Inputs, evaluate
+from pipeline.training.train import TrainConfig, Trained, train
 
 WRITERS = {
     "image-folder": synthetic.write_image_folder,
@@ -391,7 +392,7 @@ def test_evaluating_on_held_out_data_changes_nothing(trained: Trained) -> None:
     y = torch.from_numpy(np.zeros(len(images), dtype=np.int64))
     state = {k: v.clone() for k, v in trained.qat.state_dict().items()}
     channels = trained.spec.in_channels
-    extreme = _Inputs(
+    extreme = Inputs(
         {"mean": [0.0] * channels, "std": [0.01] * channels}, torch.device("cpu"), None
     )
     _, confusion = evaluate(trained.qat, [(images, y)], extreme, trained.spec.num_classes)
