@@ -132,10 +132,9 @@ def deploy(spec: JobSpec, job_dir: Path) -> JobResult:
     """Fetch a model artifact; accept it only if a trusted key signed it (checked before a
     byte of it is loaded); rebuild the int8 model from it as a smoke test. The worker checks
     the signature again and makes the model active."""
-    # numpy and torch (predict): a download or publish job never loads them.
-    import numpy as np
+    import numpy as np  # numpy and torch: a download or publish job never loads them
 
-    from pipeline.models.inference import predict
+    from pipeline.models.inference import predict  # torch, as numpy above
 
     got = fetch(spec, job_dir)
     signer = _accept(spec, got.root)

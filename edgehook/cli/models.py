@@ -19,6 +19,7 @@ from core.sections import ARCHS
 from edgehook.cli import model
 from edgehook.cli.common import Subparsers, add_command, config
 from pipeline.models import registry
+from pipeline.training.config import TrainConfig
 
 
 def register(sub: Subparsers) -> None:
@@ -97,8 +98,7 @@ def _register_keys(sub: Subparsers) -> None:
 
 def run_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     loaded = config(args, env)
-    from pipeline.recipe import make_model
-    from pipeline.training.config import TrainConfig
+    from pipeline.recipe import make_model  # torch: every other command stays light
 
     data = _dataset_path(args.data)
     flags = {
