@@ -132,25 +132,59 @@ def child_edgehook(
         config = TrainConfig(epochs=epochs, quantization=quantization)
         dataset = load_data(data, config, Path(work))
         trained = train(dataset, config, log=lambda _: None)
-    seconds = time.perf_counter() - started
-    channels, size, _ = dataset.shape
-    x, y = test_images(test, size, channels)
+        seconds = time.perf_counter() - started
+        channels, size, _ = dataset.shape
+        x, y = test_images(test, size, channels)
+        onnx = _onnx_tensorrt_accuracy(trained, Path(work), x, y)
     predicted = predict(trained.int8, x, trained.normalisation).argmax(1)
-    qat = run(trained.qat.cpu(), normalise(x, trained.normalisation)).argmax(1)
+    normalised = normalise(x, trained.normalisation)
+    qat = run(trained.qat.cpu(), normalised).argmax(1)
+    assert trained.fp32 is not None
+    fp32 = run(trained.fp32, normalised).argmax(1)
     m = trained.metrics
+    phases = [e["phase"] for e in m["epochs"]]
     return {
         "quantization": trained.quantization,
+        "test_accuracy_fp32": round(float((fp32 == torch.from_numpy(y)).float().mean()), 4),
         "test_accuracy_int8": round(float((predicted == y).mean()), 4),
         "test_accuracy_qat": round(float((qat == torch.from_numpy(y)).float().mean()), 4),
+        "test_accuracy_onnx_tensorrt": onnx,
+        "test_images": len(y),
         "fp32_accuracy_val": m.get("fp32_accuracy"),
         "qat_accuracy_val": m["qat_accuracy"],
         "int8_accuracy_val": m["int8_accuracy"],
         "epochs_run": len(m["epochs"]),
+        "fp32_epochs": phases.count("fp32"),
+        "qat_epochs": phases.count("qat"),
+        "fp32_seconds": round(sum(e["seconds"] for e in m["epochs"] if e["phase"] == "fp32"), 2),
+        "qat_seconds": round(sum(e["seconds"] for e in m["epochs"] if e["phase"] == "qat"), 2),
         "size": size,
         "channels": channels,
         "images": len(dataset),
         "seconds": round(seconds, 2),
     }
+
+
+def _onnx_tensorrt_accuracy(trained: Any, work: Path, x: np.ndarray, y: np.ndarray) -> Any:
+    """The test accuracy of the `--target tensorrt` ONNX export (symmetric Q/DQ) run by
+    onnxruntime's CPU provider; None for an affine model or without onnxruntime."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    from pipeline.models.modelfile import save
+    from pipeline.models.onnxexport import to_onnx_bytes
+
+    if trained.quantization != "symmetric":
+        return None
+    save(work / "model", trained, sources=["bench"])
+    data, _ = to_onnx_bytes(work / "model", target="tensorrt")
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    logits = np.asarray(session.run(None, {name: x.astype(np.float32)})[0])
+    return round(float((logits.argmax(1) == y).mean()), 4)
 
 
 def child_reference(
@@ -292,12 +326,32 @@ def main() -> int:
             ),
         ]
         for scheme, run in f["schemes"].items():
+            onnx = run.get("test_accuracy_onnx_tensorrt")
             rows.append(
                 (
-                    f"{name}, {scheme}: fp32 (val) / QAT / int8 test accuracy",
-                    f"{run['fp32_accuracy_val']} / {run['test_accuracy_qat']} / "
-                    f"{run['test_accuracy_int8']} ({run['seconds']} s)",
+                    f"{name}, {scheme}: test accuracy fp32 / QAT / int8"
+                    + (" / ONNX for TensorRT (onnxruntime)" if onnx is not None else ""),
+                    f"{run['test_accuracy_fp32']} / {run['test_accuracy_qat']} / "
+                    f"{run['test_accuracy_int8']}"
+                    + (f" / {onnx}" if onnx is not None else "")
+                    + f" ({run['test_images']} images)",
                     "int8 within 1 point of fp32",
+                )
+            )
+            rows.append(
+                (
+                    f"{name}, {scheme}: int8 points below its own fp32 (test)",
+                    round((run["test_accuracy_fp32"] - run["test_accuracy_int8"]) * 100, 2),
+                    "<= 1",
+                )
+            )
+            rows.append(
+                (
+                    f"{name}, {scheme}: held-out fp32 / QAT / int8; epochs fp32 + QAT (seconds)",
+                    f"{run['fp32_accuracy_val']} / {run['qat_accuracy_val']} / "
+                    f"{run['int8_accuracy_val']}; {run['fp32_epochs']} ({run['fp32_seconds']} s)"
+                    f" + {run['qat_epochs']} ({run['qat_seconds']} s), {run['seconds']} s in all",
+                    "",
                 )
             )
     if args.no_memory:
