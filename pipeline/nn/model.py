@@ -53,7 +53,9 @@ class ModelSpec:
     height: int
     width: int
     num_classes: int
-    channels: int = 32  # edgehook-cnn's first stage; the torchvision families ignore it
+    # edgehook-cnn's first stage width (TrainConfig.stem_width; "channels" in the model file
+    # format, which older models keep); the torchvision families ignore it
+    channels: int = 32
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
