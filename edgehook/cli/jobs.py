@@ -29,6 +29,7 @@ from edgehook.cli.common import (
 )
 from pipeline import operator
 from pipeline.queue import JobRow, SqliteQueue
+from pipeline.worker import run_worker as work
 
 _COLUMNS = (
     ("id", 6),
@@ -90,8 +91,6 @@ def register(sub: Subparsers) -> None:
 
 
 def run_worker(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from pipeline.worker import run_worker as work
-
     return work(config(args, env), env, once=args.once)
 
 
