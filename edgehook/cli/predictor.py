@@ -10,7 +10,7 @@ import structlog
 
 from core import audit
 from core.credentials import load_audit_key
-from edgehook.cli.common import Subparsers, add_bind_options, add_command, config
+from edgehook.cli.common import Subparsers, add_bind_options, add_command, bind_address, config
 from pipeline.models.trust import SigningPolicy
 
 
@@ -32,16 +32,13 @@ def run_predictor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     # numpy, starlette and uvicorn load only for this command
     from pipeline.models.predictor import Measured, Metrics, build_app
     from pipeline.models.serving import ActiveModel
-    from receiver.server import check_bind
 
     loaded = config(args, env)
     settings = loaded.predictor
-    host = settings.host if args.host is None else args.host
-    bind_port = settings.port if args.port is None else args.port
-    check_bind(
-        host,
-        args.allow_public_bind or settings.allow_public_bind,
-        "predictor.host" if args.host is None else "--host",
+    host, bind_port = bind_address(
+        args,
+        "predictor",
+        settings,
         why="the device's applications call it on loopback",
         exposed="the predictor answers anyone who reaches this address; firewall it",
     )
