@@ -14,10 +14,12 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
-from core import watched
+from core import auditread, watched
 from core.config import Config, is_loopback
+from core.credentials import load_audit_key, load_secrets, load_wandb_key, read_secret_file_bytes
 from core.errors import EdgehookError, StoreUnavailable
 from core.store import SCHEMA_VERSION, open_read_only, open_store, schema_version
 
@@ -63,8 +65,6 @@ def worst(findings: list[Finding]) -> int:
 
 
 def _secrets(config: Config, env: Mapping[str, str]) -> Iterator[Finding]:
-    from core.credentials import load_audit_key, load_secrets, load_wandb_key
-
     for name, load in (
         ("webhook", lambda: load_secrets(config, env)),
         ("audit key", lambda: load_audit_key(config, env)),
@@ -80,8 +80,6 @@ def _secrets(config: Config, env: Mapping[str, str]) -> Iterator[Finding]:
             WARN, "secrets", "no model signing key: models cannot be signed (edgehook keys init)"
         )
     else:
-        from core.credentials import read_secret_file_bytes
-
         try:
             read_secret_file_bytes(key, "secrets.model_signing_key_file")
             yield Finding(PASS, "secrets", "model signing key: present, private")
@@ -195,7 +193,6 @@ def _watch(config: Config) -> Iterator[Finding]:
     """Per watched alias: the version acted on, the last good poll, the last error."""
     if not config.watch.artifacts:
         return
-    from datetime import datetime, timezone
 
     def when(ts: object) -> str:
         if not isinstance(ts, (int, float)):
@@ -231,9 +228,6 @@ def _watch(config: Config) -> Iterator[Finding]:
 
 
 def _audit(config: Config, env: Mapping[str, str]) -> Iterator[Finding]:
-    from core import auditread
-    from core.credentials import load_audit_key
-
     found = auditread.chains(config.audit_dir)
     if not found:
         yield Finding(WARN, "audit", "no audit log yet")
@@ -290,7 +284,7 @@ def _torch() -> Iterator[Finding]:
         yield Finding(PASS, "cuda", f"CUDA: {torch.cuda.get_device_name(0)}")
     else:
         yield Finding(WARN, "cuda", "no CUDA device: training runs on the CPU")
-    from pipeline.nn.quantize import backend
+    from pipeline.nn.quantize import backend  # torch, like the check itself
 
     engine = backend()
     if engine in torch.backends.quantized.supported_engines:
@@ -300,8 +294,6 @@ def _torch() -> Iterator[Finding]:
 
 
 def _wandb(config: Config, env: Mapping[str, str], online: bool) -> Iterator[Finding]:
-    from core.credentials import load_wandb_key
-
     if not online:
         return
     key = load_wandb_key(config, env)

@@ -9,6 +9,7 @@ from core.config import DEFAULT_CONFIG_NAME
 from core.credentials import write_secret_file
 from core.errors import EdgehookError
 from edgehook.template import template_text
+from pipeline.models.signing import generate
 
 STARTER_CONFIG = """\
 # edgehook configuration. Every key is optional; shown are the defaults or starter values.
@@ -59,13 +60,6 @@ SECRET_NAMES = ("access_token", "signing_secret", "audit_key", "console_token")
 SIGNING_KEY = "model_signing_key"
 
 
-def generate_signing_key(path: Path) -> str:
-    # cryptography only (no torch): the receiver's install has it.
-    from pipeline.models.signing import generate
-
-    return generate(path)
-
-
 def run_init(directory: Path) -> str:
     """Create the files; return what to print. Refuses to overwrite anything."""
     config_path = directory / DEFAULT_CONFIG_NAME
@@ -82,7 +76,7 @@ def run_init(directory: Path) -> str:
     values = {name: secrets.token_urlsafe(32) for name in SECRET_NAMES}
     for name, value in values.items():
         write_secret_file(directory / "secrets" / name, value)
-    public_key = generate_signing_key(directory / "secrets" / SIGNING_KEY)
+    public_key = generate(directory / "secrets" / SIGNING_KEY)
     config_path.write_text(STARTER_CONFIG, encoding="utf-8")
     return f"""\
 Wrote {config_path} and {directory / "secrets"}/ (mode 0600).

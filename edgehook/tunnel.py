@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import Config
+from core.credentials import read_secret_file_bytes
 from core.errors import EdgehookError
 from edgehook.template import template_text
 
@@ -243,8 +244,6 @@ def _token(env: Mapping[str, str], name: str, path: Path | None, key: str, probl
     token = env.get(name)
     named = env.get(f"{name}_FILE")
     if not token and (named or path is not None):
-        from core.credentials import read_secret_file_bytes
-
         source, where = (Path(named), f"{name}_FILE") if named else (path, key)
         assert source is not None
         token = read_secret_file_bytes(source, where).decode().strip()

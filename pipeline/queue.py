@@ -15,6 +15,7 @@ Contract (every implementation, and the contract tests in tests/pipeline/test_qu
   reap_expired(now)                running jobs whose lease expired (their worker died) are
                                    requeued with the attempt counted, or failed when none left
   request_cancel / retry           operator actions (edgehook jobs cancel|retry)
+  get / recent / attempts ...      reads, in pipeline/queueread.py (QueueReads)
 Job states are `JobState`. Time is always a parameter (`now`), never read here.
 """
 
@@ -32,6 +33,7 @@ from core.store import (
     insert_delivery,
     transaction,
 )
+from pipeline.queueread import QueueReads
 from pipeline.records import AttemptRow, Job, JobRow, JobState
 
 __all__ = ["AttemptRow", "Job", "JobRow", "JobState", "SqliteQueue"]
@@ -43,16 +45,9 @@ CANCELLED, SUPERSEDED = JobState.CANCELLED.value, JobState.SUPERSEDED.value
 _NOTHING = -1
 _CLAIM_TRIES = 3
 
-_ROW = (
-    "SELECT jobs.id, state, rule, action, attempts, max_attempts, created_at, updated_at, "
-    "finished_at, run_after, reason, summary, events.version_string, superseded_by, "
-    "cancel_requested, lease_owner FROM jobs JOIN events ON events.id = jobs.event_id"
-)
 
-
-class SqliteQueue:
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
+class SqliteQueue(QueueReads):
+    """The queue's state changes; the reads (get, recent, attempts, ...) are QueueReads'."""
 
     # -- the receiver's side -----------------------------------------------------------------
 
@@ -154,12 +149,6 @@ class SqliteQueue:
             (SUPERSEDED, newest, now, now, reason, QUEUED, key, newest),
         )
         return newest
-
-    def superseded_by(self, job_id: int) -> list[int]:
-        rows = self.conn.execute(
-            "SELECT id FROM jobs WHERE superseded_by = ? ORDER BY id", (job_id,)
-        ).fetchall()
-        return [int(r[0]) for r in rows]
 
     def heartbeat(self, job_id: int, worker: str, lease_s: float, now: float) -> bool:
         with transaction(self.conn) as conn:
@@ -267,13 +256,9 @@ class SqliteQueue:
     def request_cancel(self, job_id: int, now: float) -> JobState | None:
         """Queued: cancelled at once. Running: flagged; its worker kills it. None: no job."""
         with transaction(self.conn) as conn:
-            row = conn.execute(
-                "SELECT state FROM jobs WHERE id = ?" + _for_update(conn),  # noqa: S608  # nosec B608
-                (job_id,),
-            ).fetchone()
-            if row is None:
+            state = _locked_state(conn, job_id)
+            if state is None:
                 return None
-            state = JobState(row[0])
             if state == JobState.QUEUED:
                 conn.execute(
                     "UPDATE jobs SET state = ?, finished_at = ?, updated_at = ?, "
@@ -288,22 +273,12 @@ class SqliteQueue:
                 )
             return state
 
-    def cancel_requested(self, job_id: int) -> bool:
-        row = self.conn.execute(
-            "SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)
-        ).fetchone()
-        return bool(row and row[0])
-
     def retry(self, job_id: int, now: float) -> JobState | None:
         """A failed, cancelled or superseded job queued again with a fresh set of attempts."""
         with transaction(self.conn) as conn:
-            row = conn.execute(
-                "SELECT state FROM jobs WHERE id = ?" + _for_update(conn),  # noqa: S608  # nosec B608
-                (job_id,),
-            ).fetchone()
-            if row is None:
+            state = _locked_state(conn, job_id)
+            if state is None:
                 return None
-            state = JobState(row[0])
             if state not in (JobState.FAILED, JobState.CANCELLED, JobState.SUPERSEDED):
                 return state
             conn.execute(
@@ -313,45 +288,6 @@ class SqliteQueue:
                 (QUEUED, now, now, job_id),
             )
             return JobState.QUEUED
-
-    def get(self, job_id: int) -> JobRow | None:
-        row = self.conn.execute(f"{_ROW} WHERE jobs.id = ?", (job_id,)).fetchone()
-        return None if row is None else _job_row(row)
-
-    def recent(
-        self, state: str | None = None, limit: int = 50, before: int | None = None
-    ) -> list[JobRow]:
-        """Newest first; `before` pages by keyset (ids below it), fast at any depth."""
-        clauses: list[str] = []
-        params: list[object] = []
-        if state:
-            clauses.append("state = ?")
-            params.append(state)
-        if before is not None:
-            clauses.append("jobs.id < ?")
-            params.append(before)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self.conn.execute(
-            f"{_ROW} {where} ORDER BY jobs.id DESC LIMIT ?", (*params, limit)
-        ).fetchall()
-        return [_job_row(row) for row in rows]
-
-    def attempts(self, job_id: int) -> list[AttemptRow]:
-        rows = self.conn.execute(
-            "SELECT number, worker, started_at, finished_at, outcome, reason, exit_code "
-            "FROM attempts WHERE job_id = ? ORDER BY id",
-            (job_id,),
-        ).fetchall()
-        return [AttemptRow(*row) for row in rows]
-
-    def runnable(self, now: float) -> bool:
-        """Cheap poll: is there anything to claim?"""
-        return (
-            self.conn.execute(
-                "SELECT 1 FROM jobs WHERE state = ? AND run_after <= ? LIMIT 1", (QUEUED, now)
-            ).fetchone()
-            is not None
-        )
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -408,6 +344,15 @@ def _for_update(conn: Connection, *, skip_locked: bool = False) -> str:
     return " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
 
 
+def _locked_state(conn: Connection, job_id: int) -> JobState | None:
+    """A job's state, its row locked for the update that follows; None: no such job."""
+    row = conn.execute(
+        "SELECT state FROM jobs WHERE id = ?" + _for_update(conn),  # noqa: S608  # nosec B608
+        (job_id,),
+    ).fetchone()
+    return None if row is None else JobState(row[0])
+
+
 def _job(row: Any) -> Job:
     return Job(
         id=int(row[0]),
@@ -419,10 +364,3 @@ def _job(row: Any) -> Job:
         max_attempts=int(row[6]),
         created_at=float(row[7]),
     )
-
-
-def _job_row(row: Any) -> JobRow:
-    names = [f.name for f in JobRow.__dataclass_fields__.values()]
-    values = dict(zip(names, row, strict=True))
-    values["cancel_requested"] = bool(values["cancel_requested"])
-    return JobRow(**values)

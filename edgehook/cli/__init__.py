@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from core import logs
 from core.errors import ConfigError, EdgehookError
 from edgehook import __version__
 from edgehook.cli import audit, console, jobs, models, predictor, serve, setup, store, watch
@@ -38,8 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from core import logs
-
     logs.configure(args.log_level)
     # Everything edgehook creates (store, audit log, job dirs) is private to its user.
     os.umask(0o077)

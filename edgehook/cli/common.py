@@ -6,7 +6,7 @@ import argparse
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from core.config import Config, find_config, load_config
 from core.credentials import load_audit_key
@@ -96,6 +96,35 @@ def add_bind_options(parser: argparse.ArgumentParser, section: str, default_port
         action="store_true",
         help=f"allow a non-loopback --host or {section}.host (not recommended)",
     )
+
+
+class BindSettings(Protocol):
+    """A server section of the config (console, predictor; frozen, so read-only here)."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def allow_public_bind(self) -> bool: ...
+
+
+def bind_address(
+    args: argparse.Namespace, section: str, settings: BindSettings, *, why: str, exposed: str
+) -> tuple[str, int]:
+    """The address a server command listens on: --host and --port over the config's
+    `section`, refused in one line when not loopback unless public binding is allowed."""
+    from receiver.server import check_bind  # uvicorn: only the server commands load it
+
+    host = settings.host if args.host is None else args.host
+    check_bind(
+        host,
+        args.allow_public_bind or settings.allow_public_bind,
+        f"{section}.host" if args.host is None else "--host",
+        why=why,
+        exposed=exposed,
+    )
+    return host, settings.port if args.port is None else args.port
 
 
 def operator_audit(loaded: Config, env: Mapping[str, str], **fields: Any) -> None:

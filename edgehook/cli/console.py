@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 
-from edgehook.cli.common import Subparsers, add_bind_options, add_command, config
+from edgehook.cli.common import Subparsers, add_bind_options, add_command, bind_address, config
 
 
 def register(sub: Subparsers) -> None:
@@ -25,16 +25,12 @@ def register(sub: Subparsers) -> None:
 def run_console(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     # uvicorn and the console's pages load only for this command
     from console.server import make_console, serve
-    from receiver.server import check_bind
 
     loaded = config(args, env)
-    settings = loaded.console
-    host = settings.host if args.host is None else args.host
-    bind_port = settings.port if args.port is None else args.port
-    check_bind(
-        host,
-        args.allow_public_bind or settings.allow_public_bind,
-        "console.host" if args.host is None else "--host",
+    host, bind_port = bind_address(
+        args,
+        "console",
+        loaded.console,
         why="it can retry, cancel and roll back, and shows the whole audit log",
         exposed="the console answers anyone who reaches this address; firewall it",
     )

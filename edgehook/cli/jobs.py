@@ -29,6 +29,7 @@ from edgehook.cli.common import (
 )
 from pipeline import operator
 from pipeline.queue import JobRow, SqliteQueue
+from pipeline.worker import run_worker as work
 
 _COLUMNS = (
     ("id", 6),
@@ -77,8 +78,8 @@ def register(sub: Subparsers) -> None:
     for name, text, action in (
         ("show", "one job and its attempts", _show),
         ("logs", "a job's output", _logs),
-        ("cancel", "cancel a queued job, or kill a running one", _cancel),
-        ("retry", "queue a failed, cancelled or superseded job again", _retry),
+        ("cancel", "cancel a queued job, or kill a running one", _by_hand(operator.cancel)),
+        ("retry", "queue a failed, cancelled or superseded job again", _by_hand(operator.retry)),
     ):
         j = add_command(jobs_sub, name, text, f"edgehook jobs {name} 12")
         j.add_argument("job_id", type=whole(1, 2**63 - 1))
@@ -90,8 +91,6 @@ def register(sub: Subparsers) -> None:
 
 
 def run_worker(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from pipeline.worker import run_worker as work
-
     return work(config(args, env), env, once=args.once)
 
 
@@ -126,28 +125,23 @@ def _one_job(action: _RowAction) -> _Action:
     return run
 
 
-def _cancel(
-    queue: SqliteQueue,
-    loaded: Config,
-    row: JobRow,
-    _args: argparse.Namespace,
-    env: Mapping[str, str],
-) -> int:
-    key = load_audit_key(loaded, env)
-    print(operator.cancel(queue, loaded, key, shell_operator(), row.id, time.time()))
-    return 0
+# operator.cancel and operator.retry: a change to one job, audited in the operator chain.
+_Change = Callable[[SqliteQueue, Config, bytes, operator.Operator, int, float], str]
 
 
-def _retry(
-    queue: SqliteQueue,
-    loaded: Config,
-    row: JobRow,
-    _args: argparse.Namespace,
-    env: Mapping[str, str],
-) -> int:
-    key = load_audit_key(loaded, env)
-    print(operator.retry(queue, loaded, key, shell_operator(), row.id, time.time()))
-    return 0
+def _by_hand(change: _Change) -> _RowAction:
+    def run(
+        queue: SqliteQueue,
+        loaded: Config,
+        row: JobRow,
+        _args: argparse.Namespace,
+        env: Mapping[str, str],
+    ) -> int:
+        key = load_audit_key(loaded, env)
+        print(change(queue, loaded, key, shell_operator(), row.id, time.time()))
+        return 0
+
+    return run
 
 
 def _list(

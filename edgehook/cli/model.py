@@ -3,8 +3,8 @@ export. Every command that takes a model in (install, export) asks the one signi
 (pipeline/models/trust.py, as deploy does) and loads the model in a child process with a
 time and memory limit before it signs, registers or activates anything.
 
-torch and the pipeline's model code load inside the commands: every `edgehook` command
-loads this module, `edgehook serve` included."""
+torch loads inside the two commands that need it (import-weights, export): every `edgehook`
+command loads this module, `edgehook serve` included."""
 
 from __future__ import annotations
 
@@ -21,8 +21,12 @@ from core.names import printable
 from core.sections import ARCHS
 from edgehook.cli.common import Subparsers, add_command, config, operator_audit, shell_operator
 from pipeline import operator
-from pipeline.models import registry
+from pipeline.artifacts import fetch
+from pipeline.models import registry, signing
+from pipeline.models.loadcheck import check_loads
+from pipeline.models.modelfile import METADATA, copy_model, sha256
 from pipeline.models.signing import Verified
+from pipeline.models.trust import SigningPolicy
 
 
 def register(sub: Subparsers) -> None:
@@ -99,9 +103,7 @@ def _register_export(actions: Subparsers) -> None:
     export.add_argument("path", type=Path, help="a model directory")
     export.add_argument("--format", choices=["onnx"], required=True)
     export.add_argument("--out", type=Path, required=True)
-    export.add_argument(
-        "--fp32", action="store_true", help="the float network, no QDQ"
-    )
+    export.add_argument("--fp32", action="store_true", help="the float network, no QDQ")
     export.add_argument(
         "--target",
         choices=["onnxruntime", "tensorrt"],
@@ -136,9 +138,6 @@ def run_rollback(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def run_verify(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     loaded = config(args, env)
-    from pipeline.models import signing
-    from pipeline.models.trust import SigningPolicy
-
     trusted = SigningPolicy.from_config(loaded).trusted_keys
     path: Path = args.path
     try:
@@ -160,9 +159,6 @@ def run_verify(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def _verify_artifact(loaded: Config, name: str, trusted: tuple[str, ...]) -> Verified:
-    from pipeline.artifacts import fetch
-    from pipeline.models import signing
-
     with tempfile.TemporaryDirectory(prefix="edgehook-verify-") as tmp:
         got = fetch(
             loaded.artifacts.source,
@@ -176,8 +172,7 @@ def _verify_artifact(loaded: Config, name: str, trusted: tuple[str, ...]) -> Ver
 
 def run_import_weights(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     loaded = config(args, env)
-    from pipeline.models import signing
-    from pipeline.training.pretrained import import_weights
+    from pipeline.training.pretrained import import_weights  # torch
 
     digest = import_weights(args.source, args.arch, args.out)
     print(f"wrote {args.out} ({args.arch}); pin it in the config:")
@@ -194,10 +189,6 @@ def accepted(loaded: Config, path: Path) -> Iterator[tuple[Path, str]]:
     """A private copy of the model at `path` that the signing policy accepts and that loads
     in a child process within its limits, and its signer. The copy is what is checked and
     used, so the source changing meanwhile cannot slip anything past the checks."""
-    from pipeline.models.loadcheck import check_loads
-    from pipeline.models.modelfile import copy_model
-    from pipeline.models.trust import SigningPolicy
-
     policy = SigningPolicy.from_config(loaded)
     with tempfile.TemporaryDirectory(prefix="edgehook-model-") as tmp:
         copy = Path(tmp) / "model"
@@ -212,8 +203,6 @@ def run_install(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     active unless told not to; audited in the operator chain. The same model (same weights
     and metadata) registered before is activated where it is."""
     loaded = config(args, env)
-    from pipeline.models.modelfile import METADATA, sha256
-
     activate = not args.no_activate
     with accepted(loaded, args.path) as (copy, signer):
         meta = registry.read_metadata(copy)
@@ -238,8 +227,7 @@ def run_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     """Export only a model the signing policy accepts and that loads in a child: the
     device's signature on the ONNX file vouches for what went in."""
     loaded = config(args, env)
-    from pipeline.models import signing
-    from pipeline.models.onnxexport import export
+    from pipeline.models.onnxexport import export  # torch and onnx
 
     with accepted(loaded, args.path) as (copy, signer):
         props = export(copy, args.out, fp32=args.fp32, target=args.target)

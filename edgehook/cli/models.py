@@ -1,7 +1,7 @@
 """`edgehook train`, `infer`, `model` and `keys`: the pipeline without a webhook.
 
-numpy, torch and the pipeline's training code are imported inside the commands: every
-`edgehook` command loads this module, `edgehook serve` included."""
+numpy, torch and the pipeline's training code are imported inside the commands that use
+them: every `edgehook` command loads this module, `edgehook serve` included."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ from core.names import printable
 from core.sections import ARCHS
 from edgehook.cli import model
 from edgehook.cli.common import Subparsers, add_command, config
-from pipeline.models import registry
+from pipeline.models import registry, signing
+from pipeline.models.modelfile import load_int8
+from pipeline.models.trust import SigningPolicy
 from pipeline.training.config import TrainConfig
 
 
@@ -117,8 +119,7 @@ def run_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     pretrained = None
     weights = args.pretrained or loaded.training.pretrained_file
     if weights is not None:
-        from pipeline.models.trust import SigningPolicy
-        from pipeline.training.pretrained import load_pretrained
+        from pipeline.training.pretrained import load_pretrained  # torch
 
         trusted = SigningPolicy.from_config(loaded).trusted_keys
         pin = args.pretrained_sha256 or loaded.training.pretrained_sha256
@@ -134,8 +135,6 @@ def run_train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         )
     signed = "unsigned (no secrets.model_signing_key_file configured)"
     if loaded.secrets.model_signing_key_file is not None:
-        from pipeline.models import signing
-
         key = signing.load_private(loaded.secrets.model_signing_key_file)
         signed = f"signed by {signing.sign(args.out, key).key_id}"
     print(
@@ -166,8 +165,10 @@ def top_k(text: str) -> int:
 
 def run_infer(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     loaded = config(args, env)
+    import numpy as np
+
+    # numpy and torch: the commands that do not infer never load them
     from pipeline.models.inference import predict
-    from pipeline.models.modelfile import load_int8
     from pipeline.training.datasets import IMAGE_SUFFIXES
 
     model_dir = args.model or registry.active(loaded.models_dir)
@@ -187,8 +188,6 @@ def run_infer(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if not paths:
         raise EdgehookError("no images given")
     model, meta = load_int8(Path(model_dir))
-    import numpy as np
-
     images = np.stack([_read(p, meta.spec) for p in paths])
     probabilities = predict(model, images, meta.normalisation)
     classes = meta.classes
@@ -206,8 +205,7 @@ def run_infer(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def _benchmark(model_dir: Path, as_json: bool) -> int:
-    from pipeline.models.inference import speed
-    from pipeline.models.modelfile import load_int8
+    from pipeline.models.inference import speed  # numpy and torch
 
     model, meta = load_int8(model_dir)
     figures = speed(model, meta.spec, repeats=200)
@@ -228,7 +226,7 @@ def _benchmark(model_dir: Path, as_json: bool) -> int:
 
 
 def _read(path: Path, spec: dict[str, int]) -> Any:
-    from pipeline.nn.images import decode
+    from pipeline.nn.images import decode  # numpy
 
     try:
         # A FIFO or device named as an image is refused, not waited on.
@@ -243,8 +241,6 @@ def _read(path: Path, spec: dict[str, int]) -> Any:
 
 def run_keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     loaded = config(args, env)
-    from pipeline.models import signing
-
     path = loaded.secrets.model_signing_key_file or loaded.base_dir / "secrets" / (
         "model_signing_key"
     )

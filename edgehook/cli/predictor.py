@@ -6,7 +6,12 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
-from edgehook.cli.common import Subparsers, add_bind_options, add_command, config
+import structlog
+
+from core import audit
+from core.credentials import load_audit_key
+from edgehook.cli.common import Subparsers, add_bind_options, add_command, bind_address, config
+from pipeline.models.trust import SigningPolicy
 
 
 def register(sub: Subparsers) -> None:
@@ -24,23 +29,16 @@ def register(sub: Subparsers) -> None:
 
 
 def run_predictor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    import structlog
-
-    from core import audit
-    from core.credentials import load_audit_key
+    # numpy, starlette and uvicorn load only for this command
     from pipeline.models.predictor import Measured, Metrics, build_app
     from pipeline.models.serving import ActiveModel
-    from pipeline.models.trust import SigningPolicy
-    from receiver.server import check_bind
 
     loaded = config(args, env)
     settings = loaded.predictor
-    host = settings.host if args.host is None else args.host
-    bind_port = settings.port if args.port is None else args.port
-    check_bind(
-        host,
-        args.allow_public_bind or settings.allow_public_bind,
-        "predictor.host" if args.host is None else "--host",
+    host, bind_port = bind_address(
+        args,
+        "predictor",
+        settings,
         why="the device's applications call it on loopback",
         exposed="the predictor answers anyone who reaches this address; firewall it",
     )
@@ -93,12 +91,8 @@ def http_server(
     evicted first, the open-files limit raised to fit (a slow body is the app's 408)."""
     import uvicorn
 
-    from pipeline.models.predictor import (
-        HEAD_TIMEOUT_S,
-        KEEP_ALIVE_S,
-        MAX_CONNECTIONS,
-        MAX_HEAD_BYTES,
-    )
+    # numpy (the predictor's module) and uvicorn, as in run_predictor
+    from pipeline.models import predictor
     from receiver.protocol import bounded_protocol
     from receiver.server import connection_capacity
 
@@ -106,9 +100,9 @@ def http_server(
         metrics.requests.labels("other", str(status)).inc()
 
     http = bounded_protocol(
-        MAX_HEAD_BYTES,
-        HEAD_TIMEOUT_S if head_timeout_s is None else head_timeout_s,
-        max_connections=connection_capacity(MAX_CONNECTIONS),
+        predictor.MAX_HEAD_BYTES,
+        predictor.HEAD_TIMEOUT_S if head_timeout_s is None else head_timeout_s,
+        max_connections=connection_capacity(predictor.MAX_CONNECTIONS),
         on_refused=refused,
     )
     return uvicorn.Server(
@@ -122,6 +116,6 @@ def http_server(
             lifespan="off",
             http=http,
             limit_concurrency=None,
-            timeout_keep_alive=KEEP_ALIVE_S if keep_alive_s is None else keep_alive_s,
+            timeout_keep_alive=predictor.KEEP_ALIVE_S if keep_alive_s is None else keep_alive_s,
         )
     )

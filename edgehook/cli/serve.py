@@ -22,7 +22,7 @@ def register(sub: Subparsers) -> None:
 
 
 def run_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from receiver.processes import serve
+    from receiver.processes import serve  # uvicorn and starlette: only for this command
 
     return serve(
         config(args, env),

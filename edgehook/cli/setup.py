@@ -7,8 +7,11 @@ import argparse
 from collections.abc import Mapping
 from pathlib import Path
 
+from core.credentials import load_secrets, load_wandb_key
 from core.errors import ConfigError, EdgehookError
+from edgehook import doctor, init, sendtest, tunnel, wandbsetup
 from edgehook.cli.common import Subparsers, add_command, config
+from edgehook.template import sample_body
 
 
 def register(sub: Subparsers) -> None:
@@ -109,15 +112,11 @@ def _register_wandb(sub: Subparsers) -> None:
 
 
 def run_init(args: argparse.Namespace, _env: Mapping[str, str]) -> int:
-    from edgehook.init import run_init as init
-
-    print(init(Path(args.dir)), end="")
+    print(init.run_init(Path(args.dir)), end="")
     return 0
 
 
 def run_doctor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from edgehook import doctor
-
     try:
         loaded = config(args, env)
     except ConfigError as exc:
@@ -133,17 +132,12 @@ def run_doctor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def run_tunnel(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from edgehook.tunnel import run_tunnel as tunnel
-
-    return tunnel(
+    return tunnel.run_tunnel(
         config(args, env), env, provider=args.provider, allow_download=args.allow_download
     )
 
 
 def run_wandb_setup(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from core.credentials import load_wandb_key
-    from edgehook.wandbsetup import Request, recorded_webhook_url, setup
-
     loaded = config(args, env)
     entity = args.entity or env.get("WANDB_ENTITY")
     project = args.project or env.get("WANDB_PROJECT")
@@ -151,25 +145,21 @@ def run_wandb_setup(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         raise EdgehookError("wandb setup needs --entity (or WANDB_ENTITY): the W&B team")
     if not project:
         raise EdgehookError("wandb setup needs --project (or WANDB_PROJECT): the W&B project")
-    request = Request(
+    request = wandbsetup.Request(
         entity=entity,
         project=project,
         alias=args.alias,
         name=args.name,
         webhook=args.webhook,
-        url=args.url or recorded_webhook_url(loaded.data_dir),
+        url=args.url or wandbsetup.recorded_webhook_url(loaded.data_dir),
         collection=args.collection,
         artifact_type=args.type,
     )
-    setup(request, api_key=load_wandb_key(loaded, env), dry_run=args.dry_run)
+    wandbsetup.setup(request, api_key=load_wandb_key(loaded, env), dry_run=args.dry_run)
     return 0
 
 
 def run_send_test(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from core.credentials import load_secrets
-    from edgehook.sendtest import send
-    from edgehook.template import sample_body
-
     loaded = config(args, env)
     secrets = load_secrets(loaded, env)
     host = loaded.server.host if ":" not in loaded.server.host else f"[{loaded.server.host}]"
@@ -182,7 +172,7 @@ def run_send_test(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     else:
         body = sample_body()
     try:
-        reply = send(url, body, secrets)
+        reply = sendtest.send(url, body, secrets)
     except OSError as exc:
         raise EdgehookError(
             f"cannot reach {url}: {getattr(exc, 'reason', exc)}; is `edgehook serve` running?"

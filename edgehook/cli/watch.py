@@ -8,8 +8,14 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+import structlog
+
+from core import audit
+from core.credentials import load_audit_key, load_wandb_key
 from core.errors import ConfigError
+from core.store import open_store
 from edgehook.cli.common import Subparsers, add_command, config
+from pipeline.watch import Watcher, wandb_resolver
 
 
 def register(sub: Subparsers) -> None:
@@ -25,11 +31,6 @@ def register(sub: Subparsers) -> None:
 
 
 def run_watch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    from core import audit
-    from core.credentials import load_audit_key, load_wandb_key
-    from core.store import open_store
-    from pipeline.watch import Watcher, wandb_resolver
-
     loaded = config(args, env)
     if not loaded.watch.artifacts:
         raise ConfigError(
@@ -62,8 +63,6 @@ def run_watch(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    import structlog
-
     structlog.get_logger("edgehook.watch").info(
         "watching",
         artifacts=list(loaded.watch.artifacts),
