@@ -81,26 +81,19 @@ def train(
     device = _device(config.device)
     engine = backend()
     train_idx, held_idx = split(len(dataset), config.holdout, config.seed)
-    norm = (
-        start_from.normalisation
-        if start_from is not None
-        else IMAGENET
-        if pretrained is not None and dataset.shape[0] == 3
-        else {"mean": dataset.mean, "std": dataset.std}
-    )
+    norm = _normalisation(dataset, start_from, pretrained)
     spec, model = _start_model(dataset, config, start_from, pretrained)
     state = Run(dataset, config, spec, device, generator, train_idx, held_idx, norm, log, started)
     epochs = 1 if config.dry_run else config.epochs or auto_epochs(len(train_idx))
     quantised = epochs if start_from is not None else qat_epochs(epochs)
+    plan = (
+        f"fine-tuning with QAT for {epochs} epoch(s)"
+        if start_from is not None
+        else f"{epochs} epochs: fp32 then int8 ({engine}) with QAT for at most the last {quantised}"
+    )
     log(
         f"training {spec.arch} ({'x'.join(map(str, dataset.shape))}, {spec.num_classes} "
-        f"classes) on {device.type}: {len(train_idx)} images, {len(held_idx)} held out, "
-        + (
-            f"fine-tuning with QAT for {epochs} epoch(s)"
-            if start_from is not None
-            else f"{epochs} epochs: fp32 then int8 ({engine}) with QAT for at most the last "
-            f"{quantised}"
-        )
+        f"classes) on {device.type}: {len(train_idx)} images, {len(held_idx)} held out, {plan}"
         + (", from pretrained weights" if pretrained is not None else "")
     )
     log(dataset.balance())
@@ -118,39 +111,59 @@ def train(
     model = model.cpu()
     int8 = to_int8(copy.deepcopy(model), engine)
     int8_acc, confusion = state.validate(int8, torch.device("cpu"))
-    gap = (qat_acc - int8_acc) * 100
-    log(
-        f"int8: held-out accuracy {int8_acc:.3f} (QAT {qat_acc:.3f}"
-        + (f", fp32 {fp32_acc:.3f}" if fp32_acc is not None else "")
-        + f"); {state.elapsed():.1f}s in all"
+    accuracy = {"int8": int8_acc, "qat": qat_acc, "fp32": fp32_acc}
+    log(_outcome(int8_acc, qat_acc, fp32_acc, state.elapsed()))
+    metrics = _metrics(state, accuracy, confusion, device)
+    probe = dataset.floats(held_idx[:256])
+    return Trained(
+        model, int8, spec, dataset.classes, norm, engine, config, metrics, probe,
+        scheme_of(model), fp32,
+    )  # fmt: skip
+
+
+def _outcome(int8: float, qat: float, fp32: float | None, seconds: float) -> str:
+    gap = (qat - int8) * 100
+    return (
+        f"int8: held-out accuracy {int8:.3f} (QAT {qat:.3f}"
+        + (f", fp32 {fp32:.3f}" if fp32 is not None else "")
+        + f"); {seconds:.1f}s in all"
         + (f"; WARNING: int8 is {gap:.1f} points below QAT" if gap > 1 else "")
     )
-    metrics = {
-        "int8_accuracy": round(int8_acc, 4),
-        "qat_accuracy": round(qat_acc, 4),
-        "fp32_accuracy": None if fp32_acc is None else round(fp32_acc, 4),
+
+
+def _normalisation(
+    dataset: Dataset, start_from: Previous | None, pretrained: dict[str, torch.Tensor] | None
+) -> dict[str, list[float]]:
+    """A fine-tune keeps its model's normalisation; pretrained RGB weights expect ImageNet's;
+    otherwise the dataset's own."""
+    if start_from is not None:
+        return start_from.normalisation
+    if pretrained is not None and dataset.shape[0] == 3:
+        return IMAGENET
+    return {"mean": dataset.mean, "std": dataset.std}
+
+
+def _metrics(
+    state: Run,
+    accuracy: dict[str, float | None],
+    confusion: list[list[int]],
+    device: torch.device,
+) -> dict[str, Any]:
+    """What model.json records of the run (the console draws its curves from `epochs`)."""
+    return {
+        **{
+            f"{phase}_accuracy": None if value is None else round(value, 4)
+            for phase, value in accuracy.items()
+        },
         "confusion": confusion,
-        "per_class": per_class(confusion, dataset.classes),
+        "per_class": per_class(confusion, state.dataset.classes),
         "epochs": state.history,
-        "held_out": len(held_idx),
-        "trained": len(train_idx),
-        "skipped_images": len(dataset.skipped),
+        "held_out": len(state.held_idx),
+        "trained": len(state.train_idx),
+        "skipped_images": len(state.dataset.skipped),
         "device": device.type,
         "seconds": round(state.elapsed(), 2),
     }
-    return Trained(
-        model,
-        int8,
-        spec,
-        dataset.classes,
-        norm,
-        engine,
-        config,
-        metrics,
-        dataset.floats(held_idx[:256]),
-        scheme_of(model),
-        fp32,
-    )
 
 
 def _start_model(
