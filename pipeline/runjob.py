@@ -185,19 +185,8 @@ def publish(spec: JobSpec, job_dir: Path) -> JobResult:
             for source in meta.sources:
                 run.use_artifact(source)
         _log_metrics(run, meta)
-        classes = meta.classes
         artifact = wandb.Artifact(
-            f"{collection}-int8",
-            type="model",
-            metadata={
-                "edgehook_device": meta.device,
-                "edgehook_key_id": signature["key_id"],
-                "edgehook_public_key": signature["public_key"],
-                "edgehook_weights_sha256": meta.weights_sha256,
-                "int8_accuracy": meta.int8_accuracy,
-                "classes": classes,
-                "sources": meta.sources,
-            },
+            f"{collection}-int8", type="model", metadata=_artifact_metadata(meta, signature)
         )
         artifact.add_dir(str(model_dir))
         aliases = ["candidate", *(["production"] if args.get("promoted") else [])]
@@ -227,6 +216,20 @@ def publish(spec: JobSpec, job_dir: Path) -> JobResult:
         ),
         produced=produced,
     )
+
+
+def _artifact_metadata(meta: ModelMeta, signature: dict[str, Any]) -> dict[str, Any]:
+    """The model artifact's metadata: who signed it (so another device can pin the key) and
+    the marks that keep this device's own upload from re-triggering a retrain."""
+    return {
+        "edgehook_device": meta.device,
+        "edgehook_key_id": signature["key_id"],
+        "edgehook_public_key": signature["public_key"],
+        "edgehook_weights_sha256": meta.weights_sha256,
+        "int8_accuracy": meta.int8_accuracy,
+        "classes": meta.classes,
+        "sources": meta.sources,
+    }
 
 
 def _log_metrics(run: Any, meta: ModelMeta) -> None:
