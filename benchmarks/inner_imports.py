@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = ("edgehook", "core", "receiver", "pipeline")
+# The five root packages of [tool.importlinter] (the console was missing before 2026-12-03).
+PARTS = ("edgehook", "core", "receiver", "pipeline", "console")
 FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 
 
@@ -102,15 +103,18 @@ def main(argv: list[str] | None = None) -> int:
         "project_with_a_comment": sum(i.commented for i in project),
         "files": len({i.path for i in found}),
     }
+    by_part = {part: sum(i.path.split("/")[0] == part for i in project) for part in PARTS}
     listed = found if args.all else project
     if args.json:
-        print(json.dumps({"totals": totals, "imports": [asdict(i) for i in listed]}, indent=1))
+        listing = [asdict(i) for i in listed]
+        print(json.dumps({"totals": totals, "by_part": by_part, "imports": listing}, indent=1))
         return 0
     print(
         f"imports inside functions: {totals['inside_functions']} in {totals['files']} files; "
         f"of edgehook's own modules: {totals['of_project_modules']} "
         f"({totals['project_with_a_comment']} with a comment beside them)"
     )
+    print("of edgehook's own, by part: " + ", ".join(f"{k} {v}" for k, v in by_part.items()))
     for i in listed:
         mark = "  " if i.commented else "! "  # ! no comment says why
         print(f"{mark}{i.path}:{i.line} in {i.function}(): {', '.join(i.modules)}")

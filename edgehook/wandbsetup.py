@@ -77,7 +77,7 @@ def setup(
     """Make W&B hold the automation `request` describes. Raises EdgehookError with one line."""
     try:
         import wandb
-        from wandb.automations import ArtifactEvent, OnAddArtifactAlias, SendWebhook
+        from wandb import automations
         from wandb.errors import CommError, UsageError
     except ImportError as exc:
         raise EdgehookError(
@@ -91,40 +91,13 @@ def setup(
     try:
         # wandb-core retries a failing server until this timeout: keep it short for a CLI.
         api = wandb.Api(api_key=api_key, timeout=10)
-        hook = _find_webhook(api, request)
-        scope, scope_text = _scope(api, request)
-        event = OnAddArtifactAlias(scope=scope, filter=ArtifactEvent.alias.eq(request.alias))
-        action = SendWebhook.from_integration(hook, payload=dict(RECOMMENDED_TEMPLATE))
-        existing = list(api.automations(entity=request.entity, name=request.name))
-        want = _create_input(event >> action, request.name)
-        differs: tuple[str, ...] = ()
-        if not existing:
-            change = "create"
-        else:
-            have = _update_input(existing[0])
-            differs = tuple(key for key in OWNED if _norm(key, have) != _norm(key, want))
-            change = "update" if differs else "unchanged"
-        outcome = Outcome(
-            change, request.name, f"{hook.name} ({hook.url_endpoint})", scope_text, differs, False
-        )
-        _report(outcome, request, dry_run, say)
-        if dry_run or change == "unchanged":
-            return outcome
-        if change == "create":
-            api.create_automation(
-                event >> action, name=request.name, description=DESCRIPTION, enabled=True
-            )
-        else:
-            api.update_automation(
-                existing[0],
-                event=event,
-                action=action,
-                scope=scope,
-                description=DESCRIPTION,
-                enabled=True,
-            )
-        say(f"{'created' if change == 'create' else 'updated'} automation {request.name!r}")
-        return replace(outcome, applied=True)
+        plan = _plan(api, automations, request)
+        _report(plan.outcome, request, dry_run, say)
+        if dry_run or plan.outcome.change == "unchanged":
+            return plan.outcome
+        _apply(api, plan, request.name)
+        say(f"{'created' if plan.existing is None else 'updated'} automation {request.name!r}")
+        return replace(plan.outcome, applied=True)
     except UsageError as exc:
         raise EdgehookError(
             f"W&B refused the credentials ({_line(exc)}): set WANDB_API_KEY, run `wandb login`, "
@@ -134,6 +107,55 @@ def setup(
         raise EdgehookError(f"W&B request failed: {_line(exc)}") from exc
     except ValueError as exc:
         raise EdgehookError(_line(exc)) from exc
+
+
+@dataclass(frozen=True)
+class _Plan:
+    outcome: Outcome  # what would change, not yet applied
+    event: Any  # the SDK's event, action and scope for the automation wanted
+    action: Any
+    scope: Any
+    existing: Any | None  # the automation of that name W&B holds now
+
+
+def _plan(api: Any, automations: Any, request: Request) -> _Plan:
+    """What W&B holds against what `request` wants: create, update (which fields) or none."""
+    hook = _find_webhook(api, request)
+    scope, scope_text = _scope(api, request)
+    event = automations.OnAddArtifactAlias(
+        scope=scope, filter=automations.ArtifactEvent.alias.eq(request.alias)
+    )
+    action = automations.SendWebhook.from_integration(hook, payload=dict(RECOMMENDED_TEMPLATE))
+    found = list(api.automations(entity=request.entity, name=request.name))
+    existing = found[0] if found else None
+    want = _create_input(event >> action, request.name)
+    differs: tuple[str, ...] = ()
+    if existing is None:
+        change = "create"
+    else:
+        have = _update_input(existing)
+        differs = tuple(key for key in OWNED if _norm(key, have) != _norm(key, want))
+        change = "update" if differs else "unchanged"
+    outcome = Outcome(
+        change, request.name, f"{hook.name} ({hook.url_endpoint})", scope_text, differs, False
+    )
+    return _Plan(outcome, event, action, scope, existing)
+
+
+def _apply(api: Any, plan: _Plan, name: str) -> None:
+    if plan.existing is None:
+        api.create_automation(
+            plan.event >> plan.action, name=name, description=DESCRIPTION, enabled=True
+        )
+    else:
+        api.update_automation(
+            plan.existing,
+            event=plan.event,
+            action=plan.action,
+            scope=plan.scope,
+            description=DESCRIPTION,
+            enabled=True,
+        )
 
 
 def _find_webhook(api: Any, request: Request) -> Any:

@@ -18,7 +18,7 @@ from core.config import Config
 from core.errors import EdgehookError, JobError
 from pipeline.models import registry
 from pipeline.models.trust import SigningPolicy
-from pipeline.queue import JobState, SqliteQueue
+from pipeline.queue import JobRow, JobState, SqliteQueue
 
 RETRYABLE = (JobState.FAILED, JobState.CANCELLED, JobState.SUPERSEDED)
 # A registered model's directory name (registry names: job12-attempt1, installed-<digest>).
@@ -62,9 +62,7 @@ def retry(
     queue: SqliteQueue, config: Config, key: bytes, who: Operator, job_id: int, now: float
 ) -> str:
     """Queue a failed, cancelled or superseded job again; returns what happened."""
-    row = queue.get(job_id)
-    if row is None:
-        raise ActionRefused(404, f"no job {job_id}")
+    row = _existing(queue, job_id)
     if row.state not in RETRYABLE or queue.retry(job_id, now) != JobState.QUEUED:
         raise ActionRefused(
             409,
@@ -91,9 +89,7 @@ def cancel(
     queue: SqliteQueue, config: Config, key: bytes, who: Operator, job_id: int, now: float
 ) -> str:
     """Cancel a queued job at once, or ask a running job's worker to kill it."""
-    row = queue.get(job_id)
-    if row is None:
-        raise ActionRefused(404, f"no job {job_id}")
+    row = _existing(queue, job_id)
     state = queue.request_cancel(job_id, now)
     if state == JobState.CANCELLED:
         record(config, key, who, job_id=job_id, transition="cancelled")
@@ -153,3 +149,10 @@ def names(models_dir: Path) -> Iterable[str]:
         return []
     found = [p for p in models_dir.iterdir() if (p / "model.json").is_file()]
     return [p.name for p in sorted(found, key=lambda p: (p.stat().st_mtime, p.name))]
+
+
+def _existing(queue: SqliteQueue, job_id: int) -> JobRow:
+    row = queue.get(job_id)
+    if row is None:
+        raise ActionRefused(404, f"no job {job_id}")
+    return row

@@ -6,20 +6,15 @@ them: every `edgehook` command loads this module, `edgehook serve` included."""
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from core import bounded
-from core.errors import EdgehookError, JobError
-from core.names import printable
+from core.errors import EdgehookError
 from core.sections import ARCHS
 from edgehook.cli import model
 from edgehook.cli.common import Subparsers, add_command, config
 from pipeline.models import registry, signing
-from pipeline.models.modelfile import load_int8
 from pipeline.models.trust import SigningPolicy
 from pipeline.training.config import TrainConfig
 
@@ -154,7 +149,6 @@ def _dataset_path(path: Path) -> Path:
 
 
 MAX_TOP_K = 100
-MAX_IMAGE_BYTES = 256 << 20
 
 
 def top_k(text: str) -> int:
@@ -165,78 +159,14 @@ def top_k(text: str) -> int:
 
 def run_infer(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     loaded = config(args, env)
-    import numpy as np
-
-    # numpy and torch: the commands that do not infer never load them
-    from pipeline.models.inference import predict
-    from pipeline.training.datasets import IMAGE_SUFFIXES
+    from edgehook import infer  # numpy and torch: the commands that do not infer never load them
 
     model_dir = args.model or registry.active(loaded.models_dir)
     if model_dir is None:
         raise EdgehookError("no active model: train one (edgehook train) or pass --model DIR")
     if args.benchmark:
-        return _benchmark(Path(model_dir), args.json)
-    paths = [
-        p
-        for target in args.paths
-        for p in (
-            sorted(q for q in target.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
-            if target.is_dir()
-            else [target]
-        )
-    ]
-    if not paths:
-        raise EdgehookError("no images given")
-    model, meta = load_int8(Path(model_dir))
-    images = np.stack([_read(p, meta.spec) for p in paths])
-    probabilities = predict(model, images, meta.normalisation)
-    classes = meta.classes
-    for path, row in zip(paths, probabilities, strict=True):
-        top = row.argsort()[::-1][: args.top_k]
-        ranked = ", ".join(f"{printable(classes[i])} {row[i]:.3f}" for i in top)
-        print(
-            json.dumps(
-                {"image": str(path), "top": [[classes[i], round(float(row[i]), 4)] for i in top]}
-            )
-            if args.json
-            else f"{printable(str(path))}: {ranked}"
-        )
-    return 0
-
-
-def _benchmark(model_dir: Path, as_json: bool) -> int:
-    from pipeline.models.inference import speed  # numpy and torch
-
-    model, meta = load_int8(model_dir)
-    figures = speed(model, meta.spec, repeats=200)
-    if as_json:
-        print(json.dumps(figures))
-        return 0
-    print(f"model {model_dir.name} on this machine (fp32: the same architecture)")
-    print(
-        f"  batch 1 latency   int8 {figures['int8_batch1_ms']:.3f} ms   "
-        f"fp32 {figures['fp32_batch1_ms']:.3f} ms"
-    )
-    print(
-        f"  batch 64 images/s int8 {figures['int8_batch64_per_s']:.0f}   "
-        f"fp32 {figures['fp32_batch64_per_s']:.0f}   "
-        f"({figures['int8_batch64_per_s'] / figures['fp32_batch64_per_s']:.1f}x)"
-    )
-    return 0
-
-
-def _read(path: Path, spec: dict[str, int]) -> Any:
-    from pipeline.nn.images import decode  # numpy
-
-    try:
-        # A FIFO or device named as an image is refused, not waited on.
-        data = bounded.read_bytes(path, MAX_IMAGE_BYTES)
-        pixels = decode(data, spec["height"], spec["in_channels"])
-    except bounded.Unreadable as exc:
-        raise JobError(f"{path} is not a readable image ({exc})") from exc
-    except (OSError, ValueError) as exc:
-        raise JobError(f"{path} is not a readable image") from exc
-    return pixels.astype("float32") / 255.0
+        return infer.benchmark(Path(model_dir), args.json)
+    return infer.classify(Path(model_dir), args.paths, args.top_k, args.json)
 
 
 def run_keys(args: argparse.Namespace, env: Mapping[str, str]) -> int:

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from typing import Any
 
-import structlog
-
-from core import audit
-from core.credentials import load_audit_key
 from edgehook.cli.common import Subparsers, add_bind_options, add_command, bind_address, config
-from pipeline.models.trust import SigningPolicy
 
 
 def register(sub: Subparsers) -> None:
@@ -29,93 +23,14 @@ def register(sub: Subparsers) -> None:
 
 
 def run_predictor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    # numpy, starlette and uvicorn load only for this command
-    from pipeline.models.predictor import Measured, Metrics, build_app
-    from pipeline.models.serving import ActiveModel
+    from edgehook import predictor  # numpy, starlette and uvicorn: only for this command
 
     loaded = config(args, env)
-    settings = loaded.predictor
     host, bind_port = bind_address(
         args,
         "predictor",
-        settings,
+        loaded.predictor,
         why="the device's applications call it on loopback",
         exposed="the predictor answers anyone who reaches this address; firewall it",
     )
-    key = load_audit_key(loaded, env)
-    metrics = Metrics()
-
-    def report(kind: str, **fields: Any) -> None:
-        metrics.report(kind, **fields)
-        audit.append(loaded.audit_dir / "predictor", key, loaded.audit, kind, **fields)
-
-    active = ActiveModel(
-        loaded.models_dir,
-        SigningPolicy.from_config(loaded),
-        engine=settings.engine,
-        interval_s=settings.follow_interval_s,
-        report=report,
-    )
-    active.refresh()
-    active.start()
-    log = structlog.get_logger("edgehook.predictor")
-    current = active.current
-    log.info(
-        "predicting",
-        url=f"http://{host}:{bind_port}/predict",
-        model=current.name if current else None,
-        engine=current.engine.name if current else None,
-    )
-
-    server = http_server(
-        Measured(build_app(active, settings, metrics), metrics, report), metrics, host, bind_port
-    )
-    try:
-        server.run()
-    finally:
-        active.close()
-    return 0
-
-
-def http_server(
-    app: Any,
-    metrics: Any,
-    host: str,
-    port: int,
-    *,
-    head_timeout_s: float | None = None,
-    keep_alive_s: int | None = None,
-) -> Any:
-    """The predictor's uvicorn server over the receiver's connection table: a slow or
-    missing head is 408, idle keep-alive connections close after `keep_alive_s` and are
-    evicted first, the open-files limit raised to fit (a slow body is the app's 408)."""
-    import uvicorn
-
-    # numpy (the predictor's module) and uvicorn, as in run_predictor
-    from pipeline.models import predictor
-    from receiver.protocol import bounded_protocol
-    from receiver.server import connection_capacity
-
-    def refused(_peer: str, status: int, _reason: str) -> None:  # below the app: counted
-        metrics.requests.labels("other", str(status)).inc()
-
-    http = bounded_protocol(
-        predictor.MAX_HEAD_BYTES,
-        predictor.HEAD_TIMEOUT_S if head_timeout_s is None else head_timeout_s,
-        max_connections=connection_capacity(predictor.MAX_CONNECTIONS),
-        on_refused=refused,
-    )
-    return uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=host,
-            port=port,
-            server_header=False,
-            access_log=False,  # /metrics counts requests; bodies are never logged
-            log_config=None,
-            lifespan="off",
-            http=http,
-            limit_concurrency=None,
-            timeout_keep_alive=predictor.KEEP_ALIVE_S if keep_alive_s is None else keep_alive_s,
-        )
-    )
+    return predictor.run(loaded, env, host, bind_port)

@@ -27,7 +27,7 @@ pytest.importorskip("torch")
 
 from core.errors import Rejection
 from core.sections import PredictorConfig
-from edgehook.cli.predictor import http_server
+from edgehook.predictor import http_server
 from pipeline.models import registry
 from pipeline.models.decoding import Decoders, PixelBudget
 from pipeline.models.modelfile import save
