@@ -4,8 +4,8 @@
 What a person does: log in; watch the overview change when a delivery arrives; follow a
 running job's log; retry a failed job and roll a model back with their buttons and Confirm,
 by keyboard alone; filter deliveries; see markup from a delivery as text, with nothing run;
-and no error in the browser's console. The predictor's side of a rollback is shown through
-the registry's active model (the predictor follows it; tests/pipeline/models covers that).
+and no error in the browser's console. A real predictor following a rollback made with the
+button: test_browser_rollback.py (slow: it trains two models and imports torch).
 """
 
 from __future__ import annotations
