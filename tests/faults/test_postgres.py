@@ -259,3 +259,61 @@ def test_receiver_on_postgres_stopped_mid_burst_503s_audits_lost_and_recovers(
             record["event"]
             == "ADD_ARTIFACT_ALIAS my-team/edge-demo/cifar10-subset:retrain +retrain"
         )
+
+
+@pytest.mark.slow  # ~7 s: a worker process, a job through a database restart
+def test_database_restart_under_a_running_worker_process(
+    pg_cluster: Cluster, tmp_path: Path, pg_url: str
+) -> None:
+    """`edgehook worker` holds a lease on a running job while the whole server restarts: the
+    job runs once and succeeds, the worker process lives on, and its LISTEN reconnects (a job
+    queued afterwards starts too)."""
+    runs = tmp_path / "runs"
+    runs.mkdir(mode=0o777)
+    os.chmod(runs, 0o777)
+    argv = python_command(
+        tmp_path,
+        f"""
+        import os, time
+        time.sleep(2.0)
+        with open("{runs}/done-" + os.environ["EDGEHOOK_JOB_ID"], "a") as f:
+            f.write("x")
+        """,
+    )
+    host = make_workspace(tmp_path / "host")
+    add_rules(host, command_rule("held", argv), worker="lease_s = 10\n")
+
+    def enqueue(tag: str) -> int:
+        queue = SqliteQueue(open_store(pg_url))
+        d = dataclasses.replace(
+            delivery(tag), rule="held", action="command", received_at=time.time()
+        )
+        job_id = queue.enqueue(d, 60).job_id
+        queue.conn.close()
+        assert job_id is not None
+        return job_id
+
+    def outcomes(job_id: int) -> tuple[str, list[str | None]]:
+        queue = SqliteQueue(open_store(pg_url))
+        try:
+            job = queue.get(job_id)
+            assert job is not None
+            return job.state, [a.outcome for a in queue.attempts(job_id)]
+        finally:
+            queue.conn.close()
+
+    worker = edgehook(host, "worker", env={"EDGEHOOK_STORE_URL": pg_url})
+    try:
+        first = enqueue("r1")
+        wait_for(lambda: processes_with(argv[1]) != [], what="the child")
+        pg_cluster.stop("fast")
+        pg_cluster.start()
+        wait_for(lambda: outcomes(first)[0] == "succeeded", what="the held job's success")
+        assert outcomes(first) == ("succeeded", ["succeeded"])
+        assert (runs / f"done-{first}").read_text() == "x"
+        second = enqueue("r2")
+        wait_for(lambda: outcomes(second)[0] == "succeeded", what="a job after the restart")
+        assert worker.poll() is None
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=15) == 0
