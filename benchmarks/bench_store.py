@@ -1,7 +1,9 @@
 """The store on SQLite beside PostgreSQL, in one run: committed deliveries a second through
 the receiver's group committer with one and two receivers (two committers on one store, as
-two receiver processes or hosts), and commit-to-claim latency (p50, p99) for a worker that
-polls every worker.poll_s.
+two receiver processes or hosts), commit-to-claim latency (p50, p99) for a claimer that
+polls every worker.poll_s (woken by NOTIFY on PostgreSQL), and commit-to-child-start latency
+(p50, p99) through a real `edgehook worker` whose job is `/bin/date +%s.%N` (the child stamps
+the moment it started).
 
     nice -n 10 .venv/bin/python benchmarks/bench_store.py [--smoke]
 
@@ -14,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import select
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -27,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.store import Connection, Delivery, open_store
+from edgehook.init import run_init
 from pipeline.listen import JobListener
 from pipeline.queue import SqliteQueue
 from receiver.committer import Committer
@@ -134,12 +139,82 @@ def latency(target: Path | str, count: int) -> tuple[float, float]:
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
+STAMP_RULE = """
+[[rules]]
+name = "stamp"
+event = "ADD_ARTIFACT_ALIAS"
+action = "command"
+command = ["/bin/date", "+%s.%N"]
+env_allow = []
+coalesce = false
+"""
+
+
+def child_start(home: Path, url: str | None, count: int) -> tuple[float, float]:
+    """Commit one delivery at a time with `edgehook worker` running (on the workspace's SQLite
+    store, or on `url`): ms from the commit's return to the child's own start stamp."""
+    run_init(home)
+    config = home / "edgehook.toml"
+    config.write_text(config.read_text() + STAMP_RULE)
+    target: Path | str = url if url is not None else home / "data" / "edgehook.db"
+    open_store(target).close()
+    env = {**os.environ, **({"EDGEHOOK_STORE_URL": url} if url else {})}
+    with (home / "worker.log").open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "edgehook", "--config", str(config), "worker"],
+            cwd=home,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    committer = Committer(target, 86400.0)
+    committer.start()
+    committed: dict[int, float] = {}
+
+    def stamp(job_id: int) -> float | None:
+        path = home / "data" / "jobs" / str(job_id) / "attempt-1.log"
+        text = path.read_text().strip() if path.exists() else ""
+        return float(text) if text else None
+
+    def started(job_id: int, timeout: float = 30.0) -> float:
+        deadline = time.monotonic() + timeout
+        while (found := stamp(job_id)) is None:
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise SystemExit(f"bench_store: job {job_id} never started ({home}/worker.log)")
+            time.sleep(0.01)
+        return found
+
+    async def send(tag: str) -> int:
+        d = dataclasses.replace(delivery(tag, time.time()), rule="stamp", action="command")
+        result = await committer.commit(d)
+        committed_at = time.time()
+        assert result.job_id is not None
+        committed[result.job_id] = committed_at
+        return result.job_id
+
+    try:
+        started(asyncio.run(send("warm-up")), timeout=60)  # the worker is up and idle
+        committed.clear()
+        for n in range(count):
+            job_id = asyncio.run(send(f"c{n}"))
+            started(job_id)
+            time.sleep(POLL_S * 1.37)  # idle again, and not in step with the poll
+    finally:
+        committer.stop()
+        worker.terminate()
+        worker.wait(timeout=30)
+    # the child can stamp before the committer's answer reaches the sender: 0 ms then
+    ordered = sorted(max(0.0, (stamp(j) or 0.0) - at) * 1000 for j, at in committed.items())
+    return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     seconds, count = (0.5, 20) if args.smoke else (4.0, 200)
+    starts = 10 if args.smoke else 100
     bin_dir = binaries()
     if bin_dir is None:
         raise SystemExit("bench_store: PostgreSQL is not installed (scripts/setup.sh)")
@@ -164,6 +239,9 @@ def main() -> None:
                 open_store(target).close()
                 p50, p99 = latency(target, count)
                 figures.update(commit_to_claim_p50_ms=p50, commit_to_claim_p99_ms=p99)
+                url = None if name == "sqlite" else cluster.fresh_database()
+                p50, p99 = child_start(Path(tmp) / f"home-{name}", url, starts)
+                figures.update(commit_to_child_start_p50_ms=p50, commit_to_child_start_p99_ms=p99)
                 results[name] = figures
     finally:
         cluster.stop("immediate")
@@ -172,7 +250,9 @@ def main() -> None:
         f"{name:10}  1 receiver {figures['committed_per_s_1']:7.0f}/s  "
         f"2 receivers {figures['committed_per_s_2']:7.0f}/s  commit-to-claim "
         f"p50 {figures['commit_to_claim_p50_ms']:.1f} ms  "
-        f"p99 {figures['commit_to_claim_p99_ms']:.1f} ms"
+        f"p99 {figures['commit_to_claim_p99_ms']:.1f} ms  commit-to-child-start "
+        f"p50 {figures['commit_to_child_start_p50_ms']:.1f} ms  "
+        f"p99 {figures['commit_to_child_start_p99_ms']:.1f} ms"
         for name, figures in results.items()
     ]
     print("\n".join(lines))

@@ -158,6 +158,31 @@ class Result:
         return rows
 
 
+# libpq's reasons that waiting will not cure, each as a line of ours: the driver's own text
+# is never passed on, since it can quote the connection string.
+_REFUSALS = (
+    (
+        "certificate verify failed",
+        "TLS: the server's certificate did not verify against sslrootcert",
+    ),
+    ("does not match host name", "TLS: the server's certificate does not name the URL's host"),
+    ("root certificate file", "TLS: sslrootcert cannot be read"),
+    ("server does not support SSL", "TLS: the server does not offer it, and sslmode requires it"),
+    ("password authentication failed", "password authentication failed"),
+)
+
+
+def _refusal(url: str, timeout_s: float) -> str | None:
+    """Why the database refuses this URL for good (TLS, authentication), from one connection
+    attempt; None when it connects or the failure may pass (the pool then keeps trying)."""
+    try:
+        psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(timeout_s))).close()
+    except psycopg.Error as exc:
+        text = str(exc)
+        return next((ours for theirs, ours in _REFUSALS if theirs in text), None)
+    return None
+
+
 class PgStore:
     """A connection pool with the slice of sqlite3.Connection's interface the store uses:
     `execute` (with `?` placeholders), `transaction` and `close`."""
@@ -177,6 +202,9 @@ class PgStore:
             name="edgehook",
         )
         self._local = threading.local()
+        refused = _refusal(url, timeout_s)
+        if refused is not None:  # no point waiting out the pool's timeout
+            raise StoreUnavailable(f"cannot reach the store at {self.where}: {refused}")
         try:
             self.pool.open(wait=True, timeout=timeout_s)
         except (PoolTimeout, psycopg.Error) as exc:

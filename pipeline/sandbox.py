@@ -190,6 +190,9 @@ class OutputPump:
         """A non-blocking pipe whose bytes only end the wait (pipeline.listen's NOTIFY)."""
         self._selector.register(fd, selectors.EVENT_READ, None)
 
+    def remove_wakeup(self, fd: int) -> None:
+        self._selector.unregister(fd)
+
     def wait(self, timeout: float) -> None:
         if not self._selector.get_map():
             time.sleep(timeout)

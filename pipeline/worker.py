@@ -8,6 +8,7 @@ rq's work-horse pattern: the child runs the job, the parent owns its outcome.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import os
@@ -92,6 +93,7 @@ class Worker:
         self.running: dict[int, Running] = {}
         self.outputs = OutputPump()
         self.stopping = False
+        self._wake_fd = -1  # written by the signal handler: ends the loop's wait at once
         self._stop_deadline = 0.0
         self._last_reap = float("-inf")
         self._last_cancel_check = float("-inf")
@@ -103,6 +105,12 @@ class Worker:
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
+        # A signal handler that returns lets select() resume its wait (PEP 475), so an idle
+        # worker would stop only after poll_s; the handler writes to this pipe instead.
+        wake_read, self._wake_fd = os.pipe()
+        for fd in (wake_read, self._wake_fd):
+            os.set_blocking(fd, False)
+        self.outputs.add_wakeup(wake_read)
         self.audit.record("worker_start", worker=self.id, pid=os.getpid())
         try:
             while True:
@@ -119,6 +127,10 @@ class Worker:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            self.outputs.remove_wakeup(wake_read)
+            os.close(wake_read)
+            os.close(self._wake_fd)
+            self._wake_fd = -1
             self.audit.record("worker_stop", worker=self.id)
         return 0
 
@@ -141,6 +153,9 @@ class Worker:
             )
             self.stopping = True
             self._stop_deadline = self.monotonic() + self.settings.shutdown_grace_s
+        if self._wake_fd >= 0:
+            with contextlib.suppress(OSError):  # a full pipe: the loop is awake already
+                os.write(self._wake_fd, b"!")
 
     def _finish_stopping(self, now: float, tick: float) -> bool:
         """Let running jobs finish within the grace period, then hand them back."""
@@ -388,6 +403,7 @@ def run_worker(config: Config, env: Mapping[str, str], *, once: bool) -> int:
     listener = None
     if isinstance(config.store_target, str):  # PostgreSQL: wake on NOTIFY, poll as fallback
         from pipeline.listen import JobListener  # psycopg only for a PostgreSQL store
+
         listener = JobListener(config.store_target).start()
         worker.outputs.add_wakeup(listener.fileno())
     try:

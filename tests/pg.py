@@ -45,11 +45,13 @@ class Cluster:
     def _run(self, *args: str) -> None:
         subprocess.run([*self._as, *args], check=True, capture_output=True, cwd=self.dir)
 
-    def start(self) -> None:
+    def start(self, options: str = "") -> None:
         if not self.data.exists():
             self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", USER,
                       "--auth=trust", "-E", "UTF8", "--no-sync")  # fmt: skip
-        options = f"-k {self.dir} -c listen_addresses='' -c fsync=off -c max_connections=200"
+        options = (
+            f"-k {self.dir} -c listen_addresses='' -c fsync=off -c max_connections=200 {options}"
+        )
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options, "-w",
                   "-l", str(self.dir / "log"), "start")  # fmt: skip
 

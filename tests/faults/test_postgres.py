@@ -5,15 +5,33 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import http.client
+import itertools
+import json
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from core.store import Committed, Delivery, open_store
+from edgehook.template import sample_body
 from pipeline.queue import SqliteQueue
 from receiver.committer import Committer
-from tests.conftest import make_workspace, wait_for
+from tests.conftest import (
+    Workspace,
+    free_port,
+    make_workspace,
+    signed,
+    start_server,
+    stop_server,
+    wait_for,
+)
 from tests.pg import Cluster
 from tests.pipeline.conftest import (
     add_rules,
@@ -128,3 +146,174 @@ def test_worker_sigkilled_mid_job_another_data_dir_completes_it_once(
     assert (runs / f"done-{job_id}").read_text() == "x"
     assert [a.outcome for a in queue.attempts(job_id)] == ["lost", "succeeded"]
     queue.conn.close()
+
+
+@pytest.mark.slow  # ~9 s: a receiver process, a burst through an outage
+def test_receiver_on_postgres_stopped_mid_burst_503s_audits_lost_and_recovers(
+    pg_cluster: Cluster, workspace: Workspace
+) -> None:
+    """Through HTTP against a real `edgehook serve` on a PostgreSQL store: 4 senders keep
+    posting while the database stops taking connections. Every 202 is in the store, every
+    other answer is a 503 whose delivery `audit show --lost` lists, and once the database is
+    back the same receiver process commits again."""
+    workspace.edit("requests_per_second = 5.0", "requests_per_second = 100000.0")
+    workspace.edit("burst = 30", "burst = 100000")
+    url = pg_cluster.fresh_database()
+    name = url.split("?")[0].rsplit("/", 1)[1]
+    server = start_server(workspace, free_port(), ("EDGEHOOK_STORE_URL", url))
+    port = int(server.url.rsplit(":", 1)[1])
+    accepted: dict[int, str] = {}  # job id -> body sha256
+    refused: dict[str, str] = {}  # request id -> body sha256
+    others: list[object] = []  # any other answer
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def post(tag: str) -> tuple[int, dict[str, object], str]:
+        body = sample_body(event_author=tag)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
+        try:
+            conn.request("POST", "/webhook", body=body, headers=signed(workspace, body))
+            reply = conn.getresponse()
+            answer = json.loads(reply.read())
+        finally:
+            conn.close()
+        with lock:
+            if reply.status == 202:
+                accepted[int(str(answer["job_id"]))] = hashlib.sha256(body).hexdigest()
+            elif reply.status == 503:
+                if answer != {"error": "store_unavailable", "detail": "try again later"}:
+                    others.append((503, answer))
+                if not reply.getheader("retry-after", "").isdigit():
+                    others.append((503, "no retry-after"))
+                refused[reply.getheader("x-request-id", "")] = hashlib.sha256(body).hexdigest()
+            else:
+                others.append((reply.status, answer))
+        return reply.status, answer, reply.getheader("x-request-id", "")
+
+    def sender(n: int) -> None:
+        for i in itertools.count():
+            if stop.is_set():
+                return
+            post(f"burst{n}x{i}")
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: len(accepted) >= 20, what="the burst to get going")
+        pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        pg_cluster.admin(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"  # noqa: S608
+        )
+        wait_for(lambda: len(refused) >= 8, what="503s while the database is out of reach")
+        pg_cluster.admin(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        during = len(accepted)
+        wait_for(lambda: len(accepted) >= during + 10, what="202s once the database is back")
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        # a new delivery after the burst: 202 from the same process, committed
+        status, answer, _ = post("after")
+        assert status == 202, answer
+        assert server.process.poll() is None
+    finally:
+        stop.set()
+        stop_server(server)
+    assert others == []
+    store = open_store(url)
+    rows = store.execute(
+        "SELECT e.body_sha256, j.id FROM events e JOIN jobs j ON j.event_id = e.id"
+    )
+    committed = {job_id: digest for digest, job_id in rows.fetchall()}
+    store.close()
+    assert {j: committed.get(j) for j in accepted} == accepted  # every 202 is in the store
+    assert not set(refused.values()) & set(committed.values())  # no 503 was committed
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "edgehook",
+            "--config",
+            str(workspace.config_path),
+            "audit",
+            "show",
+            "--lost",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=workspace.dir,
+    )
+    assert shown.returncode == 0, shown.stderr
+    lost = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert {r["request_id"]: r["body_sha256"] for r in lost} == refused
+    for record in lost:
+        assert (record["kind"], record["status"], record["decision"], record["reason"]) == (
+            "request",
+            503,
+            "unavailable",
+            "store_unavailable",
+        )
+        assert record["proven"] is True and record["chain"] == "receiver"
+        assert (
+            record["event"]
+            == "ADD_ARTIFACT_ALIAS my-team/edge-demo/cifar10-subset:retrain +retrain"
+        )
+
+
+@pytest.mark.slow  # ~7 s: a worker process, a job through a database restart
+def test_database_restart_under_a_running_worker_process(
+    pg_cluster: Cluster, tmp_path: Path, pg_url: str
+) -> None:
+    """`edgehook worker` holds a lease on a running job while the whole server restarts: the
+    job runs once and succeeds, the worker process lives on, and its LISTEN reconnects (a job
+    queued afterwards starts too)."""
+    runs = tmp_path / "runs"
+    runs.mkdir(mode=0o777)
+    os.chmod(runs, 0o777)
+    argv = python_command(
+        tmp_path,
+        f"""
+        import os, time
+        time.sleep(2.0)
+        with open("{runs}/done-" + os.environ["EDGEHOOK_JOB_ID"], "a") as f:
+            f.write("x")
+        """,
+    )
+    host = make_workspace(tmp_path / "host")
+    add_rules(host, command_rule("held", argv), worker="lease_s = 10\n")
+
+    def enqueue(tag: str) -> int:
+        queue = SqliteQueue(open_store(pg_url))
+        d = dataclasses.replace(
+            delivery(tag), rule="held", action="command", received_at=time.time()
+        )
+        job_id = queue.enqueue(d, 60).job_id
+        queue.conn.close()
+        assert job_id is not None
+        return job_id
+
+    def outcomes(job_id: int) -> tuple[str, list[str | None]]:
+        queue = SqliteQueue(open_store(pg_url))
+        try:
+            job = queue.get(job_id)
+            assert job is not None
+            return job.state, [a.outcome for a in queue.attempts(job_id)]
+        finally:
+            queue.conn.close()
+
+    worker = edgehook(host, "worker", env={"EDGEHOOK_STORE_URL": pg_url})
+    try:
+        first = enqueue("r1")
+        wait_for(lambda: processes_with(argv[1]) != [], what="the child")
+        pg_cluster.stop("fast")
+        pg_cluster.start()
+        wait_for(lambda: outcomes(first)[0] == "succeeded", what="the held job's success")
+        assert outcomes(first) == ("succeeded", ["succeeded"])
+        assert (runs / f"done-{first}").read_text() == "x"
+        second = enqueue("r2")
+        wait_for(lambda: outcomes(second)[0] == "succeeded", what="a job after the restart")
+        assert worker.poll() is None
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=15) == 0

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from core.store import Delivery, open_store
 from pipeline.queue import SqliteQueue
@@ -82,6 +83,27 @@ def test_idle_worker_starts_a_committed_job_on_notify(
         assert started_within(pg_url, second, time.monotonic()) < 1.0
         wait_for(lambda: state(pg_url, second) == "succeeded", timeout=POLL_S * 2)
     finally:
-        worker.send_signal(signal.SIGKILL)  # SIGTERM would wait out the 5 s poll
+        worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=10)
     assert state(pg_url, first) == "succeeded"
+
+
+@pytest.mark.slow  # ~3.4 s: a worker process started and stopped
+def test_sigterm_stops_an_idle_worker_at_once(workspace: Workspace, pg_url: str) -> None:
+    """An idle worker waits poll_s in its selector; SIGTERM ends that wait (the handler writes
+    to a pipe in the selector) instead of the worker noticing after up to poll_s (at most 5 s,
+    the setting's maximum, used here)."""
+    add_rules(workspace, command_rule("quick", ["/bin/true"]))
+    workspace.edit("poll_s = 0.02", f"poll_s = {POLL_S}")
+    worker = edgehook(workspace, "worker", env={"EDGEHOOK_STORE_URL": pg_url})
+    try:
+        wait_for(lambda: len(listeners(pg_url)) == 1, what="the worker's LISTEN")
+        time.sleep(0.5)  # the LISTEN's first wake-up handled: the worker is in its 5 s wait
+        sent = time.monotonic()
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=10) == 0
+        assert time.monotonic() - sent < 2.0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
