@@ -1,5 +1,6 @@
 """Two receivers and two workers on two data dirs share one PostgreSQL database: one signed
-delivery sent to both receivers is accepted once (202, then 200 duplicate) and runs once."""
+delivery sent to both receivers is accepted once (202, then 200 duplicate) and runs once,
+and the store URL's password reaches no log, audit line, job log or job environment."""
 
 from __future__ import annotations
 
@@ -60,6 +61,8 @@ def test_two_receivers_two_workers_one_database(tmp_path: Path, pg_url: str) -> 
         import os
         with open("{runs}/done-" + os.environ["EDGEHOOK_JOB_ID"], "a") as f:
             f.write("x")
+        with open("{runs}/environ-" + os.environ["EDGEHOOK_JOB_ID"], "w") as f:
+            f.write(repr(os.environ))
         """,
     )
     first = make_workspace(tmp_path / "a")
@@ -72,6 +75,10 @@ def test_two_receivers_two_workers_one_database(tmp_path: Path, pg_url: str) -> 
         first.signing_secret,
         first.audit_key,
     )
+    # The test cluster trusts local connections, so the password is never asked for, but it
+    # travels with the URL through every process as an operator's would.
+    password = "pg-secret-" + os.urandom(8).hex()
+    pg_url = pg_url.replace("edgehook@", f"edgehook:{password}@", 1)
     env = {"EDGEHOOK_STORE_URL": pg_url}
     servers = [start_server(w, free_port(), *env.items()) for w in (first, second)]
     workers = [edgehook(w, "worker", env=env) for w in (first, second)]
@@ -92,3 +99,11 @@ def test_two_receivers_two_workers_one_database(tmp_path: Path, pg_url: str) -> 
             worker.wait(timeout=10)
         for server in servers:
             stop_server(server)
+    assert (runs / f"environ-{job_id}").exists()
+    leaked = [
+        str(path)
+        for root in (first.dir, second.dir, runs)
+        for path in root.rglob("*")
+        if path.is_file() and password.encode() in path.read_bytes()
+    ]
+    assert leaked == []
