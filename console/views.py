@@ -51,8 +51,14 @@ def oldest_queued(conn: Connection) -> float | None:
 
 
 WATCHED_FIELDS = (
-    "artifact", "version_string", "outcome", "last_poll_at", "last_ok_at", "last_error",
-    "last_error_at", "failures",
+    "artifact",
+    "version_string",
+    "outcome",
+    "last_poll_at",
+    "last_ok_at",
+    "last_error",
+    "last_error_at",
+    "failures",
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from core.audit import AuditLog
 from core.auditread import records
 from pipeline.models import registry
 from tests.console.conftest import MARKUP, Site, csrf_of
@@ -143,6 +144,10 @@ def test_deliveries_newest_first_with_lost_and_summary_rows(site: Site) -> None:
     page = site.logged_in().get("/deliveries")
     assert "LOST</b> body sha256 <code>" + "b" * 64 in page.text
     assert "40 refused since" in page.text
+    # a row links to its event (on its job's page) and to its job
+    assert ('<a href="/jobs/1#event">ADD_ARTIFACT_ALIAS team/proj/data:v1 +retrain</a></td>\n'
+            '<td><a href="/jobs/1">job 1</a>') in page.text  # fmt: skip
+    assert '<h2 id="event">Event</h2>' in site.logged_in().get("/jobs/1").text
 
 
 @pytest.mark.parametrize(("query", "ids"), [
@@ -342,6 +347,21 @@ def test_metrics(site: Site) -> None:
     assert 'edgehook_job_queue_wait_seconds_count{action="retrain"} 3.0' in text
     assert 'edgehook_job_attempts_total{action="retrain",outcome="failed"} 1.0' in text
     assert 'edgehook_last_success_timestamp_seconds{what="job"}' in text
+    assert 'edgehook_last_success_timestamp_seconds{what="delivery"} 1.800000009e+09' in text
+    assert 'edgehook_last_success_timestamp_seconds{what="watch_poll"} 1.80000011e+09' in text
+
+
+def test_watch_polls_are_counted_from_the_watchers_chain(site: Site) -> None:
+    log = AuditLog(site.config.audit_dir / "watch", site.workspace.audit_key.encode(),
+                   site.config.audit, clock=lambda: 1_800_000_500.0)  # fmt: skip
+    log.record("watch_summary", source="watch", polls=5, unchanged=3, errors=1)
+    log.record("watch", source="watch", artifact="team/proj/data:production", version="v4",
+               outcome="queued", detail="job 6", job_id=6)  # fmt: skip
+    log.close()
+    text = site.api().get("/metrics").text
+    assert 'edgehook_watch_polls_total{outcome="unchanged"} 3.0' in text
+    assert 'edgehook_watch_polls_total{outcome="error"} 1.0' in text
+    assert 'edgehook_watch_polls_total{outcome="queued"} 1.0' in text
 
 
 def test_chains_are_verified_in_a_child_process_by_the_server(site: Site) -> None:
