@@ -395,3 +395,15 @@ def test_retry_all_failed_from_the_page(site: Site) -> None:
     done = client.post("/jobs/retry-failed", data={"csrf": csrf, "confirm": "yes"})
     assert "1 failed job(s) queued again" in done.text
     assert site.api().get("/api/jobs?state=failed").json()["jobs"] == []
+
+
+def test_cancel_from_the_page_asks_for_confirmation_then_acts(site: Site) -> None:
+    client = site.logged_in()
+    queued = site.jobs["queued"]
+    csrf = csrf_of(client.get("/jobs").text)
+    ask = client.post(f"/jobs/{queued}/cancel", data={"csrf": csrf})
+    assert f"Cancel job {queued}?" in ask.text and ">Confirm</button>" in ask.text
+    assert site.api().get(f"/api/jobs/{queued}").json()["state"] == "queued"  # not yet
+    done = client.post(f"/jobs/{queued}/cancel", data={"csrf": csrf, "confirm": "yes"})
+    assert f"job {queued}: cancelled" in done.text
+    assert site.api().get(f"/api/jobs/{queued}").json()["state"] == "cancelled"
