@@ -199,6 +199,12 @@ def test_every_job_action_is_reachable_with_tab(browser: Browser) -> None:
         browser.tab_to(element)
 
 
+def test_the_filter_and_each_download_are_reachable_with_tab(browser: Browser) -> None:
+    for path, element in (("/deliveries", "filter"), ("/audit", "download-receiver")):
+        browser.go(path)
+        browser.tab_to(element)
+
+
 def test_filter_deliveries(browser: Browser) -> None:
     page = browser.page
     browser.go("/deliveries")
