@@ -104,6 +104,7 @@ def test_database_restart_while_workers_hold_leases(pg_cluster: Cluster, pg_url:
     assert worker.reap_expired(now=130.0) == []
     assert worker.complete(job_id, "host-a", now=131.0) is True  # type: ignore[arg-type]
     assert worker.get(job_id).state == "succeeded"  # type: ignore[arg-type,union-attr]
+    worker.conn.close()  # not left to the pool's __del__ (an unraisable warning in a later test)
 
 
 def test_worker_sigkilled_mid_job_another_data_dir_completes_it_once(
