@@ -4,7 +4,9 @@ background, serve on loopback."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -35,8 +37,22 @@ def make_console(config: Config, env: Mapping[str, str]) -> Console:
 def verify_apart(directory: Path, key: bytes) -> Report:
     """core.auditread.verify in a fresh child process (spawned: this one has threads)."""
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=1, mp_context=context, initializer=exit_with_parent, initargs=(os.getpid(),)
+    ) as pool:
         return pool.submit(verify, directory, key).result()
+
+
+def exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    """In the verifying child: end when the console does. A console killed (or ending while
+    its refresh thread waits on a verify) left this child idle and orphaned for good."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def refresh_in_background(console: Console, stop: threading.Event) -> threading.Thread:
