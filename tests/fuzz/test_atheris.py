@@ -1,5 +1,5 @@
 """Runs each atheris target (tests/fuzz/atheris_targets.py) for a bounded time: CI gives
-each EDGEHOOK_ATHERIS_SECONDS (default 15); a longer local run is the documented command
+each EDGEHOOK_ATHERIS_SECONDS (default 10); a longer local run is the documented command
 in the targets' docstring. A crash or a broken property fails the test with libFuzzer's
 report."""
 
@@ -18,7 +18,7 @@ from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow  # coverage-guided fuzzing for a fixed time
 
-SECONDS = int(os.environ.get("EDGEHOOK_ATHERIS_SECONDS", "15"))
+SECONDS = int(os.environ.get("EDGEHOOK_ATHERIS_SECONDS", "10"))
 
 
 @pytest.mark.parametrize(
