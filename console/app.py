@@ -176,7 +176,7 @@ def build_app(console: Console) -> ASGIApp:
     env = templates()
     metrics = Metrics(console)
     routes = [
-        *pages.routes(console, env),
+        *pages.Pages(console, env).routes(),
         *api.routes(console),
         *metrics.routes(),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),

@@ -34,11 +34,19 @@ def ago(seconds: Any) -> str:
     return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
 
 
-def routes(console: Console, env: Environment) -> list[Route]:
-    def render(request: Request, name: str, status: int = 200, **context: Any) -> Response:
+class Pages:
+    """The page handlers, bound to one console and its templates."""
+
+    def __init__(self, console: Console, env: Environment) -> None:
+        self.console = console
+        self.env = env
+
+    def render(self, request: Request, name: str, status: int = 200, **context: Any) -> Response:
         session = request.scope.get("console.who")
-        flash = console.flashes.pop(session.id, None) if isinstance(session, auth.Session) else None
-        html = env.get_template(name).render(
+        flash = None
+        if isinstance(session, auth.Session):
+            flash = self.console.flashes.pop(session.id, None)
+        html = self.env.get_template(name).render(
             csrf=session.csrf if isinstance(session, auth.Session) else "",
             partial=request.query_params.get("partial") == "1",
             flash=flash,
@@ -47,45 +55,45 @@ def routes(console: Console, env: Environment) -> list[Route]:
         )
         return HTMLResponse(html, status_code=status)
 
-    def session_of(request: Request) -> auth.Session:
+    def session_of(self, request: Request) -> auth.Session:
         session = request.scope.get("console.who")
         assert isinstance(session, auth.Session)
         return session
 
-    async def checked_form(request: Request) -> dict[str, str]:
+    async def checked_form(self, request: Request) -> dict[str, str]:
         form = await request.form()
         values = {k: str(v) for k, v in form.items() if isinstance(v, str)}
-        if not auth.csrf_matches(session_of(request), values.get("csrf")):
+        if not auth.csrf_matches(self.session_of(request), values.get("csrf")):
             raise HTTPException(403, "the form's CSRF token is missing or stale; reload the page")
         return values
 
     # -- login -------------------------------------------------------------------------------
 
-    async def login(request: Request) -> Response:
+    async def login(self, request: Request) -> Response:
         if request.method == "GET":
             target = request.query_params.get("next", "/")
-            return render(request, "login.html", page="login", next=_local(target), error=None)
+            return self.render(request, "login.html", page="login", next=_local(target), error=None)
         form = await request.form()
         target = str(form.get("next") or "/")
         address = request.client.host if request.client else "-"
-        now = console.clock()
-        wait = console.limiter.retry_after(address, now)
+        now = self.console.clock()
+        wait = self.console.limiter.retry_after(address, now)
         if wait is not None:
-            response = render(request, "login.html", 429, page="login", next=_local(target),
+            response = self.render(request, "login.html", 429, page="login", next=_local(target),
                               error=f"Too many attempts; try again in {wait} s.")  # fmt: skip
             response.headers["Retry-After"] = str(wait)
             return response
         offered = form.get("token")
-        if not isinstance(offered, str) or not auth.token_matches(console.token, offered):
-            console.limiter.failed(address, now)
-            return render(request, "login.html", 401, page="login", next=_local(target),
+        if not isinstance(offered, str) or not auth.token_matches(self.console.token, offered):
+            self.console.limiter.failed(address, now)
+            return self.render(request, "login.html", 401, page="login", next=_local(target),
                           error="Wrong token.")  # fmt: skip
-        session = console.sessions.create(address, now)
+        session = self.console.sessions.create(address, now)
         response = RedirectResponse(_local(target), status_code=303)
         response.set_cookie(
             auth.SESSION_COOKIE,
             session.id,
-            max_age=int(console.sessions.lifetime_s),
+            max_age=int(self.console.sessions.lifetime_s),
             httponly=True,
             samesite="strict",
             secure=request.url.scheme == "https",
@@ -93,59 +101,59 @@ def routes(console: Console, env: Environment) -> list[Route]:
         )
         return response
 
-    async def logout(request: Request) -> Response:
-        await checked_form(request)
-        console.sessions.end(session_of(request).id)
+    async def logout(self, request: Request) -> Response:
+        await self.checked_form(request)
+        self.console.sessions.end(self.session_of(request).id)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(auth.SESSION_COOKIE, path="/")
         return response
 
     # -- pages ------------------------------------------------------------------------------
 
-    def overview(request: Request) -> Response:
-        return render(request, "overview.html", page="overview", data=api.overview(console),
-                      now=time.time())  # fmt: skip
+    def overview(self, request: Request) -> Response:
+        data = api.overview(self.console)
+        return self.render(request, "overview.html", page="overview", data=data, now=time.time())
 
-    def deliveries(request: Request) -> Response:
-        data = api.deliveries(console, request.query_params)
+    def deliveries(self, request: Request) -> Response:
+        data = api.deliveries(self.console, request.query_params)
         keep = {k: v for k, v in request.query_params.items() if k not in ("after", "partial")}
-        return render(request, "deliveries.html", page="deliveries", data=data,
+        return self.render(request, "deliveries.html", page="deliveries", data=data,
                       next_url=_next(keep, "after", data["next_after"]))  # fmt: skip
 
-    def jobs(request: Request) -> Response:
-        data = api.jobs(console, request.query_params)
+    def jobs(self, request: Request) -> Response:
+        data = api.jobs(self.console, request.query_params)
         keep = {k: v for k, v in request.query_params.items() if k not in ("before", "partial")}
-        return render(request, "jobs.html", page="jobs", data=data, states=views.STATES,
+        return self.render(request, "jobs.html", page="jobs", data=data, states=views.STATES,
                       next_url=_next(keep, "before", data["next_before"]))  # fmt: skip
 
-    def job(request: Request) -> Response:
-        data = api.job(console, int(request.path_params["job_id"]))
-        return render(request, "job.html", page="jobs", job=data)
+    def job(self, request: Request) -> Response:
+        data = api.job(self.console, int(request.path_params["job_id"]))
+        return self.render(request, "job.html", page="jobs", job=data)
 
-    def job_log(request: Request) -> Response:
-        piece = api._log(console, request)
+    def job_log(self, request: Request) -> Response:
+        piece = api._log(self.console, request)
         return PlainTextResponse(
             piece["text"],
             headers={"X-Log-Offset": str(piece["offset"]), "X-Job-State": piece["state"]},
         )
 
-    def models(request: Request) -> Response:
-        return render(request, "models.html", page="models", data=api.models(console))
+    def models(self, request: Request) -> Response:
+        return self.render(request, "models.html", page="models", data=api.models(self.console))
 
-    def audit(request: Request) -> Response:
+    def audit(self, request: Request) -> Response:
         force = request.query_params.get("verify") == "1"
-        return render(request, "audit.html", page="audit",
-                      chains=api.audit_chains(console, force=force),
-                      actions=views.operator_lines(console.config, 50))  # fmt: skip
+        return self.render(request, "audit.html", page="audit",
+                      chains=api.audit_chains(self.console, force=force),
+                      actions=views.operator_lines(self.console.config, 50))  # fmt: skip
 
-    def download(request: Request) -> Response:
+    def download(self, request: Request) -> Response:
         from starlette.responses import StreamingResponse
 
         from core.audit import list_segments
         from core.auditread import chains
 
         wanted = request.path_params["chain"]
-        found = dict(chains(console.config.audit_dir)).get(wanted)
+        found = dict(chains(self.console.config.audit_dir)).get(wanted)
         if found is None:
             raise HTTPException(404, f"no audit chain {wanted}")
         segments = [p for _, p in list_segments(found)]
@@ -163,50 +171,54 @@ def routes(console: Console, env: Environment) -> list[Route]:
 
     # -- actions: confirm, then act --------------------------------------------------------
 
-    def action(what: str, act: Any, describe: Any, back: Any) -> Any:
+    def action(self, what: str, act: Any, describe: Any, back: Any) -> Any:
         async def endpoint(request: Request) -> Response:
-            form = await checked_form(request)
+            form = await self.checked_form(request)
             if form.get("confirm") != "yes":
-                return render(request, "confirm.html", page="", what=what,
+                return self.render(request, "confirm.html", page="", what=what,
                               question=describe(request), action=request.url.path,
                               back=back(request))  # fmt: skip
             message = act(request)
-            console.flashes[session_of(request).id] = message
+            self.console.flashes[self.session_of(request).id] = message
             return RedirectResponse(back(request), status_code=303)
 
         return endpoint
 
-    def job_no(request: Request) -> int:
+    def job_no(self, request: Request) -> int:
         return int(request.path_params["job_id"])
 
-    return [
-        Route("/login", login, methods=["GET", "POST"]),
-        Route("/logout", logout, methods=["POST"]),
-        Route("/", overview),
-        Route("/deliveries", deliveries),
-        Route("/jobs", jobs),
-        Route("/jobs/{job_id:int}", job),
-        Route("/jobs/{job_id:int}/log", job_log),
-        Route("/models", models),
-        Route("/audit", audit),
-        Route("/audit/{chain}/download", download),
-        Route("/jobs/{job_id:int}/retry", action(
-            "Retry", lambda r: api.retry(console, r, job_no(r)),
-            lambda r: f"Queue job {job_no(r)} again?", lambda r: f"/jobs/{job_no(r)}"),
-            methods=["POST"]),
-        Route("/jobs/{job_id:int}/cancel", action(
-            "Cancel", lambda r: api.cancel(console, r, job_no(r)),
-            lambda r: f"Cancel job {job_no(r)}?", lambda r: f"/jobs/{job_no(r)}"),
-            methods=["POST"]),
-        Route("/jobs/retry-failed", action(
-            "Retry all failed", lambda r: api.retry_failed(console, r),
-            lambda r: f"Queue the failed jobs again (the newest {api.RETRY_ALL_LIMIT} at most)?",
-            lambda r: "/jobs?state=failed"), methods=["POST"]),
-        Route("/models/{name}/activate", action(
-            "Make active", lambda r: api.activate(console, r, r.path_params["name"]),
-            lambda r: f"Make model {r.path_params['name']} the active model?",
-            lambda r: "/models"), methods=["POST"]),
-    ]  # fmt: skip
+    def routes(self) -> list[Route]:
+        return [
+            Route("/login", self.login, methods=["GET", "POST"]),
+            Route("/logout", self.logout, methods=["POST"]),
+            Route("/", self.overview),
+            Route("/deliveries", self.deliveries),
+            Route("/jobs", self.jobs),
+            Route("/jobs/{job_id:int}", self.job),
+            Route("/jobs/{job_id:int}/log", self.job_log),
+            Route("/models", self.models),
+            Route("/audit", self.audit),
+            Route("/audit/{chain}/download", self.download),
+            Route("/jobs/{job_id:int}/retry", self.action(
+                "Retry", lambda r: api.retry(self.console, r, self.job_no(r)),
+                lambda r: f"Queue job {self.job_no(r)} again?",
+                lambda r: f"/jobs/{self.job_no(r)}"),
+                methods=["POST"]),
+            Route("/jobs/{job_id:int}/cancel", self.action(
+                "Cancel", lambda r: api.cancel(self.console, r, self.job_no(r)),
+                lambda r: f"Cancel job {self.job_no(r)}?",
+                lambda r: f"/jobs/{self.job_no(r)}"),
+                methods=["POST"]),
+            Route("/jobs/retry-failed", self.action(
+                "Retry all failed", lambda r: api.retry_failed(self.console, r),
+                lambda r: "Queue the failed jobs again "
+                f"(the newest {api.RETRY_ALL_LIMIT} at most)?",
+                lambda r: "/jobs?state=failed"), methods=["POST"]),
+            Route("/models/{name}/activate", self.action(
+                "Make active", lambda r: api.activate(self.console, r, r.path_params["name"]),
+                lambda r: f"Make model {r.path_params['name']} the active model?",
+                lambda r: "/models"), methods=["POST"]),
+        ]  # fmt: skip
 
 
 def _local(target: str) -> str:
