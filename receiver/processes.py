@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Mapping
 from types import FrameType
+from typing import NoReturn
 
 import structlog
 import uvicorn
@@ -78,21 +79,8 @@ def serve_processes(config: Config, env: Mapping[str, str], host: str, port: int
         stops = {signal.SIGTERM, signal.SIGINT}
         signal.pthread_sigmask(signal.SIG_BLOCK, stops)
         pid = os.fork()
-        if pid == 0:  # the receiver
-            code = 1
-            try:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
-                services = make_services(config, env, worker=number)
-                server = uvicorn.Server(uvicorn_config(services, host, port))
-                server.run(sockets=[_listener(host, port)])
-                code = 0 if server.started else 1
-            except BaseException:  # anything: the parent logs the exit and starts another
-                log.exception("receiver_failed", worker=number)
-            finally:
-                sys.stdout.flush()
-                os._exit(code)
+        if pid == 0:
+            _receiver(config, env, number, host, port)
         children[pid] = number
         signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
 
@@ -129,6 +117,27 @@ def serve_processes(config: Config, env: Mapping[str, str], host: str, port: int
         if not stopping:
             start(number)
     return 1 if failed and not stopping else 0
+
+
+def _receiver(
+    config: Config, env: Mapping[str, str], number: int, host: str, port: int
+) -> NoReturn:
+    """The forked receiver: default signal handling, then uvicorn on a listener of its own
+    until it stops; never returns into the parent's loop."""
+    code = 1
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+        services = make_services(config, env, worker=number)
+        server = uvicorn.Server(uvicorn_config(services, host, port))
+        server.run(sockets=[_listener(host, port)])
+        code = 0 if server.started else 1
+    except BaseException:  # anything: the parent logs the exit and starts another
+        log.exception("receiver_failed", worker=number)
+    finally:
+        sys.stdout.flush()
+        os._exit(code)
 
 
 def _listener(host: str, port: int) -> socket.socket:
