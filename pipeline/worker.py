@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import os
 import signal
 import socket
@@ -25,8 +24,10 @@ import structlog
 
 from core.audit import AuditLog
 from core.config import Config
+from core.credentials import load_audit_key, load_wandb_key
 from core.errors import EXIT_TRANSIENT, EdgehookError, StoreUnavailable
 from core.rules import Rule
+from core.store import open_store
 from pipeline.jobs import JobResult, prepare
 from pipeline.outcomes import PUBLISH_RULE, Outcomes
 from pipeline.queue import Job, JobState, SqliteQueue
@@ -39,6 +40,7 @@ from pipeline.sandbox import (
     signal_group,
     spawn,
 )
+from pipeline.workerlock import WorkerLock
 
 log = structlog.get_logger("edgehook.worker")
 REAP_EVERY_S = 1.0
@@ -370,30 +372,8 @@ class Worker:
         log.info("job", job_id=job_id, transition=transition, **fields)
 
 
-class WorkerLock:
-    """One worker process per data directory (its audit chain has one writer)."""
-
-    def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._fd = os.open(data_dir / "worker.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(self._fd)
-            raise EdgehookError(
-                f"another edgehook worker is running on {data_dir}; "
-                "run one worker per data directory"
-            ) from exc
-
-    def release(self) -> None:
-        os.close(self._fd)
-
-
 def run_worker(config: Config, env: Mapping[str, str], *, once: bool) -> int:
     """`edgehook worker`: open what the worker needs (never the receiver's secrets)."""
-    from core.credentials import load_audit_key, load_wandb_key
-    from core.store import open_store
-
     audit_key = load_audit_key(config, env)
     wandb_key = load_wandb_key(config, env)
     lock = WorkerLock(config.data_dir)
