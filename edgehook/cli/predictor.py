@@ -57,6 +57,7 @@ def run_predictor(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         engine=settings.engine,
         interval_s=settings.follow_interval_s,
         report=report,
+        key_file=loaded.secrets.model_signing_key_file,  # engines prepared in a child
     )
     active.refresh()
     active.start()
