@@ -141,9 +141,9 @@ def test_a_predictor_serving_through_onnxruntime_never_imports_torch(
     heavy = serve("torch-int8")  # the torch engine, chosen, does load torch
     assert heavy["engine"] == "torch-int8"
     assert heavy["torch"] != []
-    labels = light["labels"], heavy["labels"]
-    assert isinstance(labels[0], list) and isinstance(labels[1], list)
-    assert sum(a == b for a, b in zip(*labels, strict=True)) >= 9
+    ours, torchs = light["labels"], heavy["labels"]
+    assert isinstance(ours, list) and isinstance(torchs, list)
+    assert sum(a == b for a, b in zip(ours, torchs, strict=True)) >= 9
 
 
 def test_a_tensorrt_engine_is_keyed_by_model_tensorrt_and_gpu() -> None:
