@@ -19,7 +19,7 @@ import numpy as np
 
 from core.errors import JobError
 from pipeline.models.metadata import ModelMeta
-from pipeline.models.modelfile import read_metadata
+from pipeline.models.modelfile import load_for_finetune, load_int8, read_metadata
 from pipeline.models.prepared import Plan
 
 ENGINES = ("torch-int8", "onnxruntime", "cuda-fp16", "cuda-fp32")
@@ -35,8 +35,8 @@ def torch_int8(directory: Path) -> tuple[Engine, ModelMeta]:
     """The int8 model as `edgehook infer` and the inference check run it."""
     import threading
 
+    # inference imports torch: only when torch's engine is built.
     from pipeline.models.inference import predict
-    from pipeline.models.modelfile import load_int8
 
     model, meta = load_int8(directory)
     # Quantized modules share packed weights; torch does not promise they are safe to run
@@ -80,7 +80,7 @@ def float_engine(directory: Path, device: str, half: bool) -> Engine:
     from torch import nn
     from torch.ao.quantization import FakeQuantizeBase
 
-    from pipeline.models.modelfile import load_for_finetune
+    # pipeline.nn imports torch: only when the float engine is built.
     from pipeline.nn.model import normalise
 
     if device == "cuda" and not torch.cuda.is_available():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -125,6 +126,8 @@ def build(directory: Path, key_file: Path) -> Plan:
     except JobError:
         data = None
     choice = choose(directory, "auto", log=lambda _line: None, onnx=data)
+    skipped = dict(choice.skipped)
+    skipped["tensorrt"] = tensorrt_absent() or "the predictor has no TensorRT engine yet"
     keep_onnx = data is not None and "onnxruntime" in choice.measured_ms
     record: dict[str, Any] = {
         "version": VERSION,
@@ -133,7 +136,7 @@ def build(directory: Path, key_file: Path) -> Plan:
         "metadata_sha256": sha256(directory / METADATA),
         "onnx_sha256": hashlib.sha256(data).hexdigest() if keep_onnx and data else None,
         "measured_ms": choice.measured_ms,
-        "skipped": choice.skipped,
+        "skipped": skipped,
         "probe_top1": list(choice.probe_top1),
         "built_at": time.time(),
     }
@@ -156,6 +159,14 @@ def prepare(directory: Path, key_file: Path, timeout_s: float = BUILD_TIMEOUT_S)
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1][:300]
         raise JobError(f"preparing the engines failed: {last}")
+
+
+def tensorrt_absent() -> str | None:
+    """Why this device cannot run TensorRT, or None when the tensorrt package is installed
+    (found without importing it: importing it loads CUDA's libraries)."""
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed (the tensorrt package; JetPack ships it)"
+    return None
 
 
 def _atomic(path: Path, data: bytes) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from core.config import Config, find_config, load_config
 from core.errors import EdgehookError, JobError
 from pipeline.models import prepared, registry
 from pipeline.models.engines import Choice, Engine, choose, choose_prepared
@@ -257,8 +258,6 @@ def load_active(
             for p in model.predict([Path("door.jpg")]):
                 print(p.label, p.score)
     """
-    from core.config import Config, find_config, load_config
-
     if not isinstance(config, Config):
         cwd = Path.cwd()
         explicit = None if config is None else str(config)

@@ -59,6 +59,9 @@ def test_the_plan_measures_each_engine_and_keeps_the_int8_answers(
     assert plan.onnx == model.parent / ".engines" / prepared.model_digest(model) / "model.onnx"
     assert plan.fastest("onnxruntime") == "onnxruntime"
     assert plan.fastest("cuda-fp16") is None  # no CUDA here: skipped, never measured
+    assert plan.skipped["tensorrt"] == (
+        "TensorRT is not installed (the tensorrt package; JetPack ships it)"
+    )
 
 
 def test_a_swapped_onnx_file_is_refused(
