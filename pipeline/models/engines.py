@@ -9,6 +9,7 @@ Every engine takes images as float (N, C, H, W) in [0, 1] and answers probabilit
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import numpy as np
 from core.errors import JobError
 from pipeline.models.metadata import ModelMeta
 from pipeline.models.modelfile import load_for_finetune, load_int8, read_metadata
-from pipeline.models.prepared import Plan
+from pipeline.models.prepared import Plan, tensorrt_absent
 
 ENGINES = ("torch-int8", "onnxruntime", "cuda-fp16", "cuda-fp32")
 
@@ -199,3 +200,31 @@ def choose_prepared(
         + " at batch 1)"
     )
     return Choice(engine, meta, plan.measured_ms, plan.skipped, plan.probe_top1)
+
+
+def device_engines() -> tuple[list[str], dict[str, str]]:
+    """The engines this device can run, and why not the others (`edgehook doctor`): found
+    from the installed packages and, when torch is there, CUDA."""
+    can: list[str] = []
+    cannot: dict[str, str] = {}
+    if importlib.util.find_spec("torch") is None:
+        cannot["torch-int8"] = "torch is not installed"
+        cuda = False
+    else:
+        # torch only here, for a command (doctor), never in the predictor's process.
+        import torch
+
+        can.append("torch-int8")
+        cuda = torch.cuda.is_available()
+    if importlib.util.find_spec("onnxruntime") is None:
+        cannot["onnxruntime"] = "onnxruntime is not installed"
+    else:
+        can.append("onnxruntime")
+    for name in ("cuda-fp16", "cuda-fp32"):
+        if cuda:
+            can.append(name)
+        else:
+            cannot[name] = "no CUDA device"
+    # The predictor has no TensorRT engine yet (docs/tensorrt.md); say what is missing.
+    cannot["tensorrt"] = tensorrt_absent() or "the predictor has no TensorRT engine yet"
+    return can, cannot

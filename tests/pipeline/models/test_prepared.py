@@ -156,3 +156,13 @@ def test_a_tensorrt_engine_is_keyed_by_model_tensorrt_and_gpu() -> None:
     assert prepared.tensorrt_key(digest, "11.4.0", "Orin (nvgpu)") != key
     assert prepared.tensorrt_key(digest, "10.3.0", "NVIDIA H200") != key
     assert prepared.tensorrt_key("cd" * 32, "10.3.0", "Orin (nvgpu)") != key
+
+
+def test_doctor_says_which_engines_this_device_runs() -> None:
+    from edgehook.doctor import _engines
+
+    assert [str(f) for f in _engines()] == [
+        "PASS  engines    this device runs torch-int8, onnxruntime; not cuda-fp16: no CUDA "
+        "device; not cuda-fp32: no CUDA device; not tensorrt: TensorRT is not installed "
+        "(the tensorrt package; JetPack ships it)"
+    ]
