@@ -166,14 +166,21 @@ def main() -> int:
     swaps = 4 if args.smoke else 10
 
     from core.config import load_config
-    from pipeline.models import registry
+    from pipeline.models import prepared, registry
     from pipeline.models.serving import load_active
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-predictor-"))
     try:
         device, made, images = models(tmp)
         config = load_config(device / "edgehook.toml", {}, cwd=device)
-        registry.install(config.models_dir, made[0], "model-0", activate=True)
+        # As an install step does: both models registered and their engines prepared (in a
+        # child with torch) before the predictor starts, so it never imports torch itself.
+        assert config.secrets.model_signing_key_file is not None
+        for n in (1, 0):
+            registry.install(config.models_dir, made[n], f"model-{n}", activate=n == 0)
+            prepared.prepare(
+                config.models_dir / f"model-{n}", config.secrets.model_signing_key_file
+            )
         port = int(os.environ.get("BENCH_PREDICTOR_PORT", "0")) or free_port()
         log = (tmp / "predictor.log").open("wb")
         process = subprocess.Popen(

@@ -49,6 +49,7 @@ def diagnose(config: Config, env: Mapping[str, str], *, online: bool = False) ->
         lambda: _tunnel(config),
         lambda: _watch(config),
         _torch,
+        _engines,
         lambda: _wandb(config, env, online),
     ]
     findings: list[Finding] = []
@@ -291,6 +292,16 @@ def _torch() -> Iterator[Finding]:
         yield Finding(PASS, "quantize", f"int8 backend {engine} available")
     else:
         yield Finding(FAIL, "quantize", f"no int8 backend ({engine}) in this torch build")
+
+
+def _engines() -> Iterator[Finding]:
+    # The pipeline's serving modules: loaded for this check only, as torch is for _torch.
+    from pipeline.models.engines import device_engines
+
+    can, cannot = device_engines()
+    why = "; ".join(f"not {name}: {reason}" for name, reason in cannot.items())
+    runs = f"this device runs {', '.join(can)}" if can else "this device runs no engine"
+    yield Finding(PASS if can else FAIL, "engines", f"{runs}; {why}" if why else runs)
 
 
 def _wandb(config: Config, env: Mapping[str, str], online: bool) -> Iterator[Finding]:

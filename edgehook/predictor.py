@@ -44,6 +44,7 @@ def run(loaded: Config, env: Mapping[str, str], host: str, bind_port: int) -> in
         engine=settings.engine,
         interval_s=settings.follow_interval_s,
         report=report,
+        key_file=loaded.secrets.model_signing_key_file,  # engines prepared in a child
     )
     active.refresh()
     active.start()

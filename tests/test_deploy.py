@@ -347,3 +347,15 @@ def test_every_systemd_unit_raises_its_open_files_limit() -> None:
             if line.startswith("LimitNOFILE=")
         ]
         assert limits and limits[0] >= 4096, unit.name
+
+
+def test_the_jetson_image_names_the_tensorrt_it_gets() -> None:
+    """JetPack 6 (TensorRT 10) by default, JetPack 7 (TensorRT 11) by build argument: the
+    build checks the base's TensorRT major version, and docs/tensorrt.md shows both builds."""
+    text = (DEPLOY / "worker-jetson.Dockerfile").read_text()
+    assert re.search(r"^ARG TENSORRT=10$", text, re.M)
+    assert "import sys, tensorrt" in text
+    assert "v.split('.')[0] == '${TENSORRT}'" in text
+    docs = (ROOT / "docs" / "tensorrt.md").read_text()
+    assert "docker build -f deploy/worker-jetson.Dockerfile -t edgehook-worker:jetson ." in docs
+    assert "--build-arg TENSORRT=11" in docs and "--build-arg TENSORRT=11" in text

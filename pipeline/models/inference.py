@@ -7,34 +7,33 @@ disk in a fresh process must predict what the in-memory model predicted.
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from core.errors import JobError
+from pipeline.models.modelfile import load_int8
+from pipeline.nn.model import ModelSpec, build, normalise
+from pipeline.nn.quantize import run
+
+# torch at the top: every importer (the engines' torch_int8, the CLI's infer and speed, the
+# recipe, the deploy step) imports this module inside the function that runs a model.
 
 
 def predict(model: Any, images: np.ndarray, normalisation: dict[str, list[float]]) -> np.ndarray:
     """Class probabilities, (N, classes), for images (N, C, H, W) in [0, 1]."""
-    import torch
-
-    from pipeline.nn.model import normalise
-    from pipeline.nn.quantize import run
-
     logits = run(model, normalise(images.astype(np.float32), normalisation))
     return torch.softmax(logits, dim=1).numpy()
 
 
 def latency_ms(model: Any, x: Any, repeats: int) -> float:
     """Median milliseconds for one forward pass of `x` (after one warm-up pass)."""
-    import statistics
-    import time
-
-    from pipeline.nn.quantize import run
-
     run(model, x)
     times = []
     for _ in range(repeats):
@@ -47,10 +46,6 @@ def latency_ms(model: Any, x: Any, repeats: int) -> float:
 def speed(int8: Any, spec: dict[str, int], repeats: int = 50) -> dict[str, float]:
     """int8 against fp32 on this machine: batch-1 latency and batch-64 throughput. The fp32
     model is the same architecture with fresh weights (speed does not depend on them)."""
-    import torch
-
-    from pipeline.nn.model import ModelSpec, build
-
     fp32 = build(ModelSpec.from_dict(spec)).eval()
     one = torch.rand(1, spec["in_channels"], spec["height"], spec["width"])
     batch = one.repeat(64, 1, 1, 1)
@@ -98,8 +93,6 @@ def check_in_fresh_process(
 
 
 def main(argv: list[str]) -> int:
-    from pipeline.models.modelfile import load_int8
-
     if len(argv) != 3 or argv[0] != "check":
         print(
             "usage: python -m pipeline.models.inference check MODEL_DIR SAMPLES.npz",

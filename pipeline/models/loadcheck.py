@@ -13,7 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from core.errors import JobError
+from core.errors import EdgehookError, JobError
+from pipeline.models.modelfile import load_int8
 
 TIMEOUT_S = 120.0
 # Data segment, not address space: importing torch maps gigabytes of shared CUDA libraries
@@ -48,11 +49,12 @@ def check_loads(model_dir: Path, timeout_s: float = TIMEOUT_S) -> None:
 
 
 def main(argv: list[str]) -> int:
+    # numpy and torch (through inference) only in the child that runs this, never in the
+    # process that calls check_loads.
     import numpy as np
 
-    from core.errors import EdgehookError
+    # inference imports torch: here, in the child only.
     from pipeline.models.inference import predict
-    from pipeline.models.modelfile import load_int8
 
     if len(argv) != 1:
         print("usage: python -m pipeline.models.loadcheck MODEL_DIR", file=sys.stderr)

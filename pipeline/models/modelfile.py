@@ -45,9 +45,12 @@ def save(
     device: str | None = None,
 ) -> ModelMeta:
     """Write the model; returns its metadata."""
+    # torch (through pipeline.nn) only here: readers of metadata (the console, the
+    # predictor serving through onnxruntime, signing) must not load it.
     import torch
     from safetensors.torch import save_file
 
+    # pipeline.nn imports torch: only where the weights are written.
     from pipeline.nn.int8 import int8_tensors
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -111,9 +114,12 @@ def read_metadata(directory: Path) -> ModelMeta:
 def load_parts(directory: Path) -> tuple[ModelMeta, Any, Any, Any]:
     """Validated metadata, the fresh model it describes, its spec and the weights file's
     tensors (safetensors: no pickle)."""
+    # torch (through pipeline.nn) only here: readers of metadata (the console, the
+    # predictor serving through onnxruntime, signing) must not load it.
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    # pipeline.nn imports torch: only where the weights are loaded.
     from pipeline.nn.model import ModelSpec, build
 
     meta = read_metadata(directory)
@@ -136,6 +142,8 @@ def load_int8(directory: Path) -> tuple[Any, ModelMeta]:
     """The int8 model, rebuilt from validated metadata with its numbers from the weights
     file, for this machine's quantized engine (a model trained on x86 runs on a Jetson's
     qnnpack and the other way round; the inference check and the deploy smoke test judge)."""
+    # torch (through pipeline.nn) only here: readers of metadata (the console, the
+    # predictor serving through onnxruntime, signing) must not load it.
     from pipeline.nn.int8 import int8_from_tensors
     from pipeline.nn.quantize import backend
 
@@ -146,6 +154,8 @@ def load_int8(directory: Path) -> tuple[Any, ModelMeta]:
 def load_for_finetune(directory: Path) -> tuple[Any, ModelMeta, Any]:
     """A QAT model starting from the saved int8 model's dequantized weights, its metadata
     and its spec."""
+    # torch (through pipeline.nn) only here: readers of metadata (the console, the
+    # predictor serving through onnxruntime, signing) must not load it.
     from pipeline.nn.int8 import qat_from_tensors
     from pipeline.nn.quantize import backend
 

@@ -17,8 +17,10 @@ model cannot be written so, and a failed export is an error (no quiet fp32 fallb
 
 from __future__ import annotations
 
+import copy
 import io
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,9 @@ from torch.ao.quantization import (
 
 from core.errors import JobError
 from pipeline.models.metadata import ModelMeta
+from pipeline.models.modelfile import load_parts
+from pipeline.nn.int8 import int8_from_tensors, qat_from_tensors
+from pipeline.nn.quantize import backend, quiet
 
 OPSET = 17
 INPUT, OUTPUT = "image", "probabilities"
@@ -109,12 +114,6 @@ def network(
 ) -> tuple[nn.Module, ModelMeta, str]:
     """The serving network for export: int8 QDQ (for `target`), or fp32; and a line saying
     which."""
-    import copy
-
-    from pipeline.models.modelfile import load_parts
-    from pipeline.nn.int8 import int8_from_tensors, qat_from_tensors
-    from pipeline.nn.quantize import backend, quiet
-
     meta, model, _, tensors = load_parts(directory)
     # The checks `infer` makes (scales finite and positive, zero points in range, no tensor
     # the model has no place for), by the same function, before anything is exported.
@@ -147,8 +146,6 @@ def to_onnx_bytes(
 ) -> tuple[bytes, dict[str, str]]:
     """The ONNX file's bytes and its edgehook metadata. QDQ unless `fp32`; a QDQ export the
     exporter refuses falls back to fp32 for onnxruntime, with the reason in the metadata."""
-    from pipeline.nn.quantize import quiet
-
     if target not in TARGETS:
         raise JobError(f"unknown export target {target!r} (one of {', '.join(TARGETS)})")
     try:
@@ -176,10 +173,6 @@ def export(
 
 
 def _export(serving: nn.Module, meta: ModelMeta) -> bytes:
-    import warnings
-
-    from pipeline.nn.quantize import quiet
-
     spec = meta.spec
     dummy = torch.rand(1, spec["in_channels"], spec["height"], spec["width"])
     buffer = io.BytesIO()

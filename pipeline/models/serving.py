@@ -13,6 +13,7 @@ audited by the predictor) until its files change.
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,9 +24,10 @@ from typing import Any
 import numpy as np
 import structlog
 
+from core.config import Config, find_config, load_config
 from core.errors import EdgehookError, JobError
-from pipeline.models import registry
-from pipeline.models.engines import Engine, choose
+from pipeline.models import prepared, registry
+from pipeline.models.engines import Choice, Engine, choose, choose_prepared
 from pipeline.models.metadata import ModelMeta
 from pipeline.models.trust import SigningPolicy
 from pipeline.nn.images import FORMATS, decode, fit
@@ -70,8 +72,12 @@ class ActiveModel:
         interval_s: float = 0.5,
         report: Report | None = None,
         clock: Callable[[], float] = time.time,
+        key_file: Path | None = None,
     ) -> None:
         self.models_dir = models_dir
+        # The device's signing key: engines are prepared (and their plan signed) in a child
+        # process with it, so this one need not import torch. None: choose in-process.
+        self.key_file = key_file
         self.policy = policy
         self.engine = engine
         self.interval_s = interval_s
@@ -123,7 +129,7 @@ class ActiveModel:
 
     def _load(self, name: str, directory: Path) -> Loaded:
         signer = self.policy.accept(directory)
-        choice = choose(directory, self.engine, log=lambda line: log.info("engine", detail=line))
+        choice = self._choose(name, directory)
         meta = choice.meta
         spec = meta.spec
         probe = np.random.default_rng(1).random(
@@ -133,6 +139,24 @@ class ActiveModel:
         if out.shape != (4, len(meta.classes)) or not np.isfinite(out).all():
             raise JobError(f"the model answers {out.shape} values, not a probability per class")
         return Loaded(name, choice.engine, meta, signer, self.clock(), choice.measured_ms)
+
+    def _choose(self, name: str, directory: Path) -> Choice:
+        """The engine, from the model's signed plan (made in a child first if there is none)
+        where the device key is at hand and an engine other than torch's may be wanted."""
+        say: Callable[[str], None] = lambda line: log.info("engine", detail=line)  # noqa: E731
+        if self.key_file is None or self.engine == "torch-int8":
+            return choose(directory, self.engine, log=say)
+        trusted = self.policy.trusted_keys
+        try:
+            plan = prepared.load(directory, trusted)
+        except JobError:
+            try:
+                prepared.prepare(directory, self.key_file)
+                plan = prepared.load(directory, trusted)
+            except (JobError, OSError, subprocess.TimeoutExpired) as exc:
+                log.warning("engines_not_prepared", model=name, reason=str(exc)[:300])
+                return choose(directory, self.engine, log=say)
+        return choose_prepared(directory, plan, self.engine, log=say)
 
     def start(self) -> ActiveModel:
         """Follow the registry in a background thread (stopped by close())."""
@@ -234,8 +258,6 @@ def load_active(
             for p in model.predict([Path("door.jpg")]):
                 print(p.label, p.score)
     """
-    from core.config import Config, find_config, load_config
-
     if not isinstance(config, Config):
         cwd = Path.cwd()
         explicit = None if config is None else str(config)
@@ -245,6 +267,7 @@ def load_active(
         SigningPolicy.from_config(config),
         engine=engine or config.predictor.engine,
         interval_s=config.predictor.follow_interval_s,
+        key_file=config.secrets.model_signing_key_file,
     )
     active.refresh()
     if active.current is None:

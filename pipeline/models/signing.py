@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from core import bounded
+from core.credentials import read_secret_file_bytes
 from core.errors import JobError
 from pipeline.models.modelfile import (
     MAX_SIGNATURE_BYTES,
@@ -75,8 +76,6 @@ def public_path(private_path: Path) -> Path:
 
 
 def load_private(path: Path) -> Ed25519PrivateKey:
-    from core.credentials import read_secret_file_bytes
-
     data = read_secret_file_bytes(path, "secrets.model_signing_key_file")
     try:
         key = serialization.load_pem_private_key(data, password=None)
