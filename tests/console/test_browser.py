@@ -166,6 +166,17 @@ def test_a_running_jobs_log_is_followed(browser: Browser) -> None:
     sync_api.expect(log).to_have_text("epoch 1 loss 0.9\nepoch 2 loss 0.5\n")
 
 
+def test_retry_all_failed_is_reached_by_keyboard_and_asks_first(browser: Browser) -> None:
+    page = browser.page
+    browser.go("/jobs")
+    browser.tab_to("retry-all-failed")
+    page.keyboard.press("Enter")
+    sync_api.expect(page.get_by_text("Queue the failed jobs again")).to_be_visible()
+    sync_api.expect(page.get_by_role("button", name="Confirm")).to_be_focused()
+    browser.go("/jobs?state=failed")  # not confirmed: job 1 is still failed
+    sync_api.expect(page.locator("#retry-1")).to_be_visible()
+
+
 def test_retry_a_failed_job_with_its_button_by_keyboard(browser: Browser) -> None:
     page = browser.page
     browser.go("/jobs?state=failed")
