@@ -237,31 +237,13 @@ def build_app(
         )
         metrics.images.inc(len(blobs))
         if kind == "application/json":
-            answer: dict[str, Any] = {
-                "model": loaded.name,
-                "results": [{"predictions": r} for r in results],
-            }
-        else:
-            answer = {"model": loaded.name, "predictions": results[0]}
-        return JSONResponse(answer)
+            return JSONResponse(
+                {"model": loaded.name, "results": [{"predictions": r} for r in results]}
+            )
+        return JSONResponse({"model": loaded.name, "predictions": results[0]})
 
     async def healthz(_request: Request) -> Response:
-        loaded = active.current
-        if loaded is None:
-            body = {"model": None, "engine": None, "since": None, "refused": active.refusal}
-            return JSONResponse(body, status_code=503)
-        since = datetime.fromtimestamp(loaded.since, timezone.utc).isoformat(timespec="seconds")
-        return JSONResponse(
-            {
-                "model": loaded.name,
-                "engine": loaded.engine.name,
-                "since": since,
-                "batch1_ms": loaded.measured_ms,
-                "classes": len(loaded.meta.classes),
-                "input": list(loaded.shape),
-                "signer": loaded.signer,
-            }
-        )
+        return _health(active)
 
     async def prometheus(_request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -280,6 +262,26 @@ def build_app(
             Route("/metrics", prometheus, methods=["GET"]),
         ],
         exception_handlers={Rejection: refused, ClientDisconnect: disconnected},
+    )
+
+
+def _health(active: ActiveModel) -> Response:
+    """/healthz: the model served, its engine and since when; 503 while none is."""
+    loaded = active.current
+    if loaded is None:
+        body = {"model": None, "engine": None, "since": None, "refused": active.refusal}
+        return JSONResponse(body, status_code=503)
+    since = datetime.fromtimestamp(loaded.since, timezone.utc).isoformat(timespec="seconds")
+    return JSONResponse(
+        {
+            "model": loaded.name,
+            "engine": loaded.engine.name,
+            "since": since,
+            "batch1_ms": loaded.measured_ms,
+            "classes": len(loaded.meta.classes),
+            "input": list(loaded.shape),
+            "signer": loaded.signer,
+        }
     )
 
 
