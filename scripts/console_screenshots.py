@@ -84,7 +84,7 @@ class Run:
             if self.processes[-1].poll() is not None:
                 raise SystemExit(f"{name} exited:\n{(self.work / f'{name}.log').read_text()}")
             try:
-                with urllib.request.urlopen(url, timeout=2):  # noqa: S310  # nosec B310 loopback http
+                with urllib.request.urlopen(url, timeout=2):  # noqa: S310  # nosec B310
                     return
             except urllib.error.HTTPError:
                 return  # it answers (the predictor says 503 until a model is active)
