@@ -20,6 +20,7 @@ from console.registryview import models_page
 from core.errors import StoreUnavailable
 from core.store import connect
 from pipeline import operator
+from pipeline.models import registry
 from pipeline.queue import SqliteQueue
 
 if TYPE_CHECKING:
@@ -55,8 +56,6 @@ def overview(console: Console) -> dict[str, Any]:
     console.index.refresh(wait=False)
     last = console.index.page(Filters(), 1)
     polls = [w["last_poll_at"] for w in watched if w["last_poll_at"] is not None]
-    from pipeline.models import registry
-
     return {
         "generated_at": now,
         "processes": console.health.processes(now, max(polls) if polls else None),

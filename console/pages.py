@@ -12,10 +12,18 @@ from urllib.parse import urlencode
 from jinja2 import Environment
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import (
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
 from console import api, auth, views
+from core.audit import list_segments
+from core.auditread import chains
 
 if TYPE_CHECKING:
     from console.app import Console
@@ -147,11 +155,6 @@ class Pages:
                       actions=views.operator_lines(self.console.config, 50))  # fmt: skip
 
     def download(self, request: Request) -> Response:
-        from starlette.responses import StreamingResponse
-
-        from core.audit import list_segments
-        from core.auditread import chains
-
         wanted = request.path_params["chain"]
         found = dict(chains(self.console.config.audit_dir)).get(wanted)
         if found is None:
