@@ -112,9 +112,7 @@ def test_compose_publishes_no_port_and_the_tunnel_shares_the_receivers_network(
     compose: dict[str, object],
 ) -> None:
     svc = services(compose)
-    assert set(svc) == {
-        "receiver", "worker", "predictor", "console", "watch", "tunnel", "postgres"
-    }
+    assert set(svc) == {"receiver", "worker", "predictor", "console", "watch", "tunnel", "postgres"}
     # the predictor: the device's applications; the console: the operator; postgres
     # (profile): loopback unless POSTGRES_BIND names the address the other machines reach
     loopback = {"predictor": "8091", "console": "8092", "postgres": "5432"}

@@ -36,9 +36,7 @@ def test_signed_delivery_is_committed_then_202(app_client: Client, workspace: Wo
     assert reply.status_code == 202
     assert reply.json() == {"status": "accepted", "job_id": 1}
     assert reply.headers["x-request-id"]
-    assert jobs(services) == [
-        (1, "retrain", '{"batch_size": 64, "lr": 0.003, "seed": 0}')
-    ]
+    assert jobs(services) == [(1, "retrain", '{"batch_size": 64, "lr": 0.003, "seed": 0}')]
     line = audit_lines(services)[-1]
     assert line["decision"] == "accepted" and line["job_id"] == 1
     assert line["client"] == "203.0.113.7"
