@@ -442,7 +442,7 @@ def _post(url: str, body: bytes) -> tuple[int, str]:
 
 def test_swaps_under_concurrent_load_fail_no_request(device: Device, digits: Digits) -> None:
     """`edgehook predictor` as a process, 8 clients posting while `model install` swaps the
-    active model 6 times: every request answered 200, by one model or the other."""
+    active model 4 times: every request answered 200, by one model or the other."""
     ws = device.workspace
     registry.install(device.config.models_dir, device.signed["a"], "a", activate=True)
     port = free_port()
@@ -470,7 +470,7 @@ def test_swaps_under_concurrent_load_fail_no_request(device: Device, digits: Dig
         threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
         for thread in threads:
             thread.start()
-        for swap in range(6):
+        for swap in range(4):  # the first two prepare engines, the last two find them
             target = device.signed["b" if swap % 2 == 0 else "a"]
             done = run_edgehook("model", "install", str(target), config=ws.config_path, cwd=ws.dir)
             assert done.returncode == 0, done.stderr
@@ -493,9 +493,9 @@ def test_swaps_under_concurrent_load_fail_no_request(device: Device, digits: Dig
         process.terminate()
         process.wait(timeout=20)
     shown = run_edgehook("audit", "show", config=ws.config_path, cwd=ws.dir).stdout
-    assert shown.count("[model_swapped]") == 6 and shown.count("[model_loaded]") == 1
+    assert shown.count("[model_swapped]") == 4 and shown.count("[model_loaded]") == 1
     verified = run_edgehook("audit", "verify", config=ws.config_path, cwd=ws.dir)
-    assert verified.returncode == 0 and "predictor: ok: 7 lines" in verified.stdout
+    assert verified.returncode == 0 and "predictor: ok: 5 lines" in verified.stdout
 
 
 def test_the_example_classifies_a_folder(device: Device, digits: Digits, tmp_path: Path) -> None:
