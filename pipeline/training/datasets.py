@@ -34,7 +34,7 @@ import numpy as np
 from core import bounded
 from core.errors import JobError
 from core.names import label_problem
-from pipeline.nn.images import fit
+from pipeline.nn.images import fit, narrow
 from pipeline.nn.model import AUTO_MAX_SIZE, EDGEHOOK_CNN, MIN_SIZE, TORCHVISION
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".bmp"})
@@ -244,7 +244,7 @@ def _decoded(source: Source, skipped: list[str]) -> Iterator[tuple[int, Any]]:
     for label, path in zip(source.labels, source.paths, strict=True):
         try:
             with Image.open(path) as image:
-                image.load()
+                narrow(image).load()
                 yield int(label), image
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
             skipped.append(f"{path.parent.name}/{path.name}")
