@@ -20,9 +20,4 @@ VENV=${EDGEHOOK_VENV:-.venv}
 # Security lint: no medium or high finding may stand unexplained (explained ones carry a
 # `nosec <id>` comment saying why).
 "$VENV/bin/bandit" -q -r edgehook core receiver pipeline console scripts -ll
-# Two workers: the slow tests one after another on one, the fast ones beside them on the
-# other (tests/conftest.py groups them); EDGEHOOK_TEST_WORKERS=0 runs everything in one.
-workers=${EDGEHOOK_TEST_WORKERS:-2}
-parallel=()
-[ "$workers" != 0 ] && parallel=(-n "$workers" --dist loadgroup)
-"$VENV/bin/python" -m pytest ${parallel[@]+"${parallel[@]}"} ${tier[@]+"${tier[@]}"} "$@"
+"$VENV/bin/python" -m pytest ${tier[@]+"${tier[@]}"} "$@"

@@ -240,17 +240,3 @@ def pg_cluster() -> Iterator[Cluster]:
 def pg_url(pg_cluster: Cluster) -> str:
     """A database of this test's own, migrated."""
     return pg_cluster.fresh_database()
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under `-n 2 --dist loadgroup` (scripts/test.sh): the slow tests (processes, floods,
-    training, timings) run one after another on one worker, the fast ones beside them on
-    the other; on 2 cores a serial run left one core idle half the time."""
-    if not items or not items[0].config.pluginmanager.hasplugin("xdist"):
-        return
-    for item in items:
-        if item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.xdist_group("slow"))
-    # The benchmarks' smoke run last: by then the fast tests are done and it has the machine.
-    items.sort(key=lambda item: item.nodeid.startswith("tests/benchmarks/"))
