@@ -114,8 +114,10 @@ class PredictorConfig:
         64, "images in one JSON batch; 413 above this", minimum=1, maximum=1024
     )
     max_pixels: int = setting(
-        40_000_000,
-        "400 for an image with more pixels (decompression bombs)",
+        10_000_000,
+        "400 for an image with more pixels (decompression bombs; a larger JPEG decodes at "
+        "a half, quarter or eighth of its sides instead); each decode holds up to 4 bytes "
+        "a pixel",
         minimum=1024,
         maximum=400_000_000,
     )

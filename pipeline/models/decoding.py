@@ -50,7 +50,7 @@ class Decoders:
     is answered 503 at once."""
 
     def __init__(
-        self, decoders: int = DECODERS, waiting: int = MAX_WAITING, pixels: int = 40_000_000
+        self, decoders: int = DECODERS, waiting: int = MAX_WAITING, pixels: int = 10_000_000
     ) -> None:
         self.limiter = anyio.CapacityLimiter(decoders)
         self.max_waiting = waiting

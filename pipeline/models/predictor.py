@@ -182,7 +182,7 @@ def _classify(
     budget: PixelBudget,
 ) -> list[list[dict[str, Any]]]:
     channels, size, _ = loaded.shape
-    sizes = [pixels_in(blob, formats) for blob in blobs]  # headers only
+    sizes = [pixels_in(blob, formats, max_pixels) for blob in blobs]  # headers only
     if sum(sizes) > BATCH_PIXELS * max_pixels:
         raise Rejection(
             413,

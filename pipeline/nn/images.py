@@ -27,7 +27,11 @@ def fit(image: Any, size: int, channels: int) -> np.ndarray:
         # Scaled to 8 bits before resizing, as `narrow` decodes a 16-bit PNG: the same
         # pixels whichever way the image arrived.
         image = _eight_bit(image)
-    # Pillow's convert() to the image's own mode is a full-size copy (160 MB for a 40 MP
+    if image.mode == "RGB" and mode == "L" and image.size != (size, size):
+        # A colour image for a grey model is resized first: converting it at full size
+        # would copy it (1 byte a pixel more for the predictor to hold).
+        image = ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
+    # Pillow's convert() to the image's own mode is a full-size copy (40 MB for a 10 MP
     # RGB image); only a different mode needs one.
     pixels = image if image.mode == mode else image.convert(mode)
     if pixels.size != (size, size):
@@ -67,9 +71,29 @@ def narrow(image: Any) -> Any:
     return image
 
 
-def pixels_in(data: bytes, formats: tuple[str, ...] = ("PNG", "JPEG", "PPM", "BMP")) -> int:
-    """The pixel count an encoded image's header declares (0 when it is not one: decode
-    refuses it later, with its reason)."""
+def reduction(image: Any, max_pixels: int | None) -> int:
+    """How much an opened image is reduced as it decodes: 1 (not at all), or for a JPEG of
+    more than `max_pixels` pixels the least of libjpeg's reductions (2, 4, 8) that brings
+    it within them (a phone's photograph serves at a quarter of its pixels); 0 when it stays
+    over: refused. A lossless image has no cheaper decode, so it is refused when over."""
+    width, height = image.size
+    if max_pixels is None or width * height <= max_pixels:
+        return 1
+    if image.format == "JPEG":
+        for scale in (2, 4, 8):
+            if -(-width // scale) * -(-height // scale) <= max_pixels:
+                return scale
+    return 0
+
+
+def pixels_in(
+    data: bytes,
+    formats: tuple[str, ...] = ("PNG", "JPEG", "PPM", "BMP"),
+    max_pixels: int | None = None,
+) -> int:
+    """The pixel count an encoded image decodes to, from its header (a large JPEG as
+    `reduction` shrinks it); 0 when it is not one: decode refuses it later, with its
+    reason."""
     import io
 
     from PIL import Image, UnidentifiedImageError
@@ -77,7 +101,8 @@ def pixels_in(data: bytes, formats: tuple[str, ...] = ("PNG", "JPEG", "PPM", "BM
     try:
         with Image.open(io.BytesIO(data), formats=formats) as image:
             width, height = image.size
-            return int(width) * int(height)
+            scale = reduction(image, max_pixels) or 1
+            return -(-int(width) // scale) * -(-int(height) // scale)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return 0
 
@@ -94,8 +119,9 @@ def decode(
     max_pixels: int | None = None,
 ) -> np.ndarray:
     """An encoded image (PNG, JPEG, netpbm, BMP, or only `formats`) fitted as above;
-    ValueError when the bytes are not a readable image of those formats, or have more than
-    `max_pixels` pixels (checked from the header, before decoding)."""
+    ValueError when the bytes are not a readable image of those formats, or decode to more
+    than `max_pixels` pixels (checked from the header, before decoding; a larger JPEG
+    decodes reduced, see `reduction`)."""
     import io
 
     from PIL import Image, UnidentifiedImageError
@@ -103,8 +129,11 @@ def decode(
     try:
         with Image.open(io.BytesIO(data), formats=formats) as image:
             width, height = image.size
-            if max_pixels is not None and width * height > max_pixels:
+            scale = reduction(image, max_pixels)
+            if scale == 0:
                 raise ValueError(f"{width}x{height} is more than {max_pixels} pixels")
+            if scale > 1:
+                image.draft(image.mode, (width // scale, height // scale))
             narrow(image).load()
             return fit(image, size, channels)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:

@@ -33,6 +33,7 @@ from pipeline.models.modelfile import WEIGHTS, save, sha256
 from pipeline.models.predictor import Measured, Metrics, build_app
 from pipeline.models.serving import ActiveModel, load_active
 from pipeline.models.trust import SigningPolicy
+from pipeline.nn.images import pixels_in, reduction
 from pipeline.training.datasets import read_dataset
 from pipeline.training.train import TrainConfig, train
 from tests.conftest import Workspace, free_port, make_workspace, run_edgehook
@@ -204,6 +205,51 @@ def test_an_image_with_too_many_pixels_is_refused_before_decoding(
     assert (answer.status_code, answer.json()["error"]) == (400, "not_an_image")
     assert answer.json()["detail"] == (
         "the body is not a readable PNG image: 40x40 is more than 1024 pixels"
+    )
+
+
+def test_a_jpeg_with_too_many_pixels_decodes_reduced(
+    served: tuple[TestClient, ActiveModel, Metrics], digits: Digits
+) -> None:
+    """A JPEG over max_pixels is served at the least of libjpeg's reductions that brings it
+    within them (a phone's photograph), where a PNG of that size is refused; one still
+    over at an eighth is refused too."""
+    from PIL import Image
+
+    _, active, _ = served
+    big = Image.fromarray(digits.images[0]).resize((120, 90), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    big.convert("RGB").save(buffer, "JPEG", quality=95)
+    jpeg = buffer.getvalue()
+    with Image.open(io.BytesIO(jpeg)) as image:
+        assert reduction(image, 6_000) == 2  # 10,800 pixels: a half (60x45) is within
+        assert reduction(image, 10_800) == 1
+        assert reduction(image, 100) == 0  # an eighth (15x12) is still 180
+    assert pixels_in(jpeg, max_pixels=6_000) == 2_700
+    settings = PredictorConfig(max_pixels=6_000)
+    with TestClient(build_app(active, settings, Metrics())) as client:
+        answer = client.post("/predict", content=jpeg, headers={"content-type": "image/jpeg"})
+        assert answer.status_code == 200, answer.text
+        png_answer = client.post(
+            "/predict", content=png(np.asarray(big)), headers={"content-type": "image/png"}
+        )
+    assert (png_answer.status_code, png_answer.json()["detail"]) == (
+        400,
+        "the body is not a readable PNG image: 120x90 is more than 6000 pixels",
+    )
+    with TestClient(build_app(active, PredictorConfig(max_pixels=1024), Metrics())) as client:
+        huge = Image.new("RGB", (400, 300), (9, 9, 9))
+        buffer = io.BytesIO()
+        huge.save(buffer, "JPEG")
+        answer = client.post(
+            "/predict", content=buffer.getvalue(), headers={"content-type": "image/jpeg"}
+        )
+    assert (answer.status_code, answer.json()) == (
+        413,
+        {
+            "error": "too_many_pixels",
+            "detail": "the images hold 120000 pixels together; at most 2048",
+        },
     )
 
 
