@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.bench_queue import CONFIG_EXTRA
 from core.store import Connection, Delivery, open_store
 from edgehook.init import run_init
 from pipeline.listen import JobListener
@@ -139,15 +140,8 @@ def latency(target: Path | str, count: int) -> tuple[float, float]:
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-STAMP_RULE = """
-[[rules]]
-name = "stamp"
-event = "ADD_ARTIFACT_ALIAS"
-action = "command"
-command = ["/bin/date", "+%s.%N"]
-env_allow = []
-coalesce = false
-"""
+# The stamping rule bench_queue.py times commit -> child start with.
+STAMP_RULE = CONFIG_EXTRA
 
 
 def child_start(home: Path, url: str | None, count: int) -> tuple[float, float]:

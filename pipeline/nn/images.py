@@ -71,6 +71,10 @@ def narrow(image: Any) -> Any:
     return image
 
 
+# The formats edgehook decodes: Pillow's other plugins (EPS runs Ghostscript) stay unused.
+FORMATS = ("PNG", "JPEG", "PPM", "BMP")
+
+
 def reduction(image: Any, max_pixels: int | None) -> int:
     """How much an opened image is reduced as it decodes: 1 (not at all), or for a JPEG of
     more than `max_pixels` pixels the least of libjpeg's reductions (2, 4, 8) that brings
@@ -88,7 +92,7 @@ def reduction(image: Any, max_pixels: int | None) -> int:
 
 def pixels_in(
     data: bytes,
-    formats: tuple[str, ...] = ("PNG", "JPEG", "PPM", "BMP"),
+    formats: tuple[str, ...] = FORMATS,
     max_pixels: int | None = None,
 ) -> int:
     """The pixel count an encoded image decodes to, from its header (a large JPEG as
@@ -105,10 +109,6 @@ def pixels_in(
             return -(-int(width) // scale) * -(-int(height) // scale)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         return 0
-
-
-# The formats edgehook decodes: Pillow's other plugins (EPS runs Ghostscript) stay unused.
-FORMATS = ("PNG", "JPEG", "PPM", "BMP")
 
 
 def decode(

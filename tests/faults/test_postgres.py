@@ -9,7 +9,6 @@ import hashlib
 import http.client
 import itertools
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -37,8 +36,8 @@ from tests.pipeline.conftest import (
     add_rules,
     command_rule,
     edgehook,
+    marking_job,
     processes_with,
-    python_command,
 )
 
 
@@ -112,18 +111,7 @@ def test_worker_sigkilled_mid_job_another_data_dir_completes_it_once(
 ) -> None:
     """Two hosts (two data dirs) share the database: the first worker dies mid-job, its child
     with it; once the lease runs out, the other worker runs the job, and it runs once."""
-    runs = tmp_path / "runs"
-    runs.mkdir(mode=0o777)
-    os.chmod(runs, 0o777)
-    argv = python_command(
-        tmp_path,
-        f"""
-        import os, time
-        time.sleep(1.0)
-        with open("{runs}/done-" + os.environ["EDGEHOOK_JOB_ID"], "a") as f:
-            f.write("x")
-        """,
-    )
+    runs, argv = marking_job(tmp_path, 1.0)
     hosts = [make_workspace(tmp_path / name) for name in ("a", "b")]
     for host in hosts:
         add_rules(host, command_rule("once", argv), worker="lease_s = 2\n")
@@ -269,18 +257,7 @@ def test_database_restart_under_a_running_worker_process(
     """`edgehook worker` holds a lease on a running job while the whole server restarts: the
     job runs once and succeeds, the worker process lives on, and its LISTEN reconnects (a job
     queued afterwards starts too)."""
-    runs = tmp_path / "runs"
-    runs.mkdir(mode=0o777)
-    os.chmod(runs, 0o777)
-    argv = python_command(
-        tmp_path,
-        f"""
-        import os, time
-        time.sleep(2.0)
-        with open("{runs}/done-" + os.environ["EDGEHOOK_JOB_ID"], "a") as f:
-            f.write("x")
-        """,
-    )
+    runs, argv = marking_job(tmp_path, 2.0)
     host = make_workspace(tmp_path / "host")
     add_rules(host, command_rule("held", argv), worker="lease_s = 10\n")
 

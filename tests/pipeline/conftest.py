@@ -134,6 +134,25 @@ def python_command(tmp: Path, body: str) -> list[str]:
     return [sys.executable, str(script)]
 
 
+def marking_job(tmp: Path, seconds: float) -> tuple[Path, list[str]]:
+    """A job command that sleeps `seconds`, then appends "x" to RUNS/done-<job id>: the
+    folder (writable by the sandboxed child) and the command. Run exactly once, the file
+    holds "x"."""
+    runs = tmp / "runs"
+    runs.mkdir(mode=0o777)
+    os.chmod(runs, 0o777)
+    argv = python_command(
+        tmp,
+        f"""
+        import os, time
+        time.sleep({seconds})
+        with open("{runs}/done-" + os.environ["EDGEHOOK_JOB_ID"], "a") as f:
+            f.write("x")
+        """,
+    )
+    return runs, argv
+
+
 def processes_with(marker: str) -> list[str]:
     """Command lines of live processes that mention `marker` (read from /proc, no ps)."""
     found = []

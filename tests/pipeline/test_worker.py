@@ -27,6 +27,7 @@ from tests.pipeline.conftest import (
     enqueue,
     job,
     log_text,
+    marking_job,
     processes_with,
     python_command,
     wait_for,
@@ -342,18 +343,7 @@ def test_sigterm_hands_back_a_job_that_outlives_the_grace(
 def test_killed_worker_job_is_requeued_and_completes_exactly_once(
     workspace: Workspace, tmp_path: Path
 ) -> None:
-    runs = tmp_path / "runs"
-    runs.mkdir(mode=0o777)
-    os.chmod(runs, 0o777)
-    argv = python_command(
-        tmp_path,
-        f"""
-        import os, time
-        time.sleep(1.0)
-        with open("{runs}/done-" + os.environ["EDGEHOOK_JOB_ID"], "a") as f:
-            f.write("x")
-        """,
-    )
+    runs, argv = marking_job(tmp_path, 1.0)
     config = add_rules(workspace, command_rule("once", argv), worker="lease_s = 2\n")
     job_id = enqueue(config, "once")
     first = edgehook(workspace, "worker")
