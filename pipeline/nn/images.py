@@ -133,7 +133,11 @@ def decode(
             if scale == 0:
                 raise ValueError(f"{width}x{height} is more than {max_pixels} pixels")
             if scale > 1:
-                image.draft(image.mode, (width // scale, height // scale))
+                image.draft(image.mode, (max(1, width // scale), max(1, height // scale)))
+                # libjpeg reduces both sides alike: a strip thinner than `scale` pixels
+                # reduces less than asked, and may still be over.
+                if image.size[0] * image.size[1] > max_pixels:
+                    raise ValueError(f"{width}x{height} is more than {max_pixels} pixels")
             narrow(image).load()
             return fit(image, size, channels)
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:

@@ -154,6 +154,18 @@ def test_a_16_bit_png_decodes_to_8_bits_as_fit_would_take_them(interlace: bool) 
     assert np.array_equal(decode(buffer.getvalue(), 16, 1), whole)
 
 
+def test_a_thin_jpeg_over_the_pixel_limit_is_refused_not_a_crash() -> None:
+    """3000x2 cannot be reduced by 4 on its short side: libjpeg halves it (1500x1), still
+    over the limit, so it is refused in words rather than dividing by zero."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (3000, 2), (5, 5, 5)).save(buffer, "JPEG")
+    with pytest.raises(ValueError, match=r"^3000x2 is more than 1000 pixels$"):
+        decode(buffer.getvalue(), 8, 1, max_pixels=1000)
+    assert decode(buffer.getvalue(), 8, 1, max_pixels=1500).shape == (1, 8, 8)
+
+
 def test_narrow_leaves_other_images_alone() -> None:
     from PIL import Image
 
